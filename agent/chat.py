@@ -1,0 +1,173 @@
+"""``duplex chat``: a whole conversation from a WAV file, offline, through the real streaming loop.
+
+The input file is streamed in blocks (a 1-hour file runs in bounded memory) into a :class:`Session`
+(as fast as possible, or paced in real time with ``realtime=True``). Written next to ``output``:
+
+- ``output``: stereo WAV, user left (what the model heard), agent right, time-aligned per frame;
+- ``<stem>.txt``: the agent's transcript (its text slot); ``<stem>.transcript.json``: timed deltas;
+- ``<stem>.latency.json``: every frame's step times and the summary;
+- ``<stem>.config.json``: the resolved configuration.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+
+from agent.config import SessionConfig, save_resolved
+from agent.models import codec_for_layout, resolve_model
+from agent.session import Session
+from listen.resample import StreamingResampler
+from listen.wavio import iter_wav_blocks, wav_info
+from streaming.clock import FrameClock
+from think.transformers_backend import TransformersBackend
+
+
+@dataclass
+class ChatConfig:
+    """One offline conversation.
+
+    Attributes:
+        input: the user's side, any WAV/FLAC/OGG soundfile reads (any rate, channels, sample type).
+        output: stereo WAV to write.
+        model: checkpoint directory (None = the embedded default).
+        codec_weights: local weights directory for neural codecs (mimi, snac).
+        realtime: pace the input and the clock in real time (as a live microphone would).
+        tail_seconds: silence appended after the input so the agent can finish its answer.
+        max_seconds: stop after this much input (None = the whole file).
+        out_rate: sample rate of the output WAV (None = the codec's rate).
+        engine: transformers backend engine (auto, lean, hf).
+        threads: torch threads (None = torch's default).
+    """
+
+    input: Path
+    output: Path
+    model: Path | None = None
+    codec_weights: Path | None = None
+    realtime: bool = False
+    tail_seconds: float = 0.0
+    max_seconds: float | None = None
+    out_rate: int | None = None
+    engine: str = "auto"
+    threads: int | None = None
+
+
+def _side_path(output: Path, suffix: str) -> Path:
+    return output.with_name(output.stem + suffix)
+
+
+class _StereoWriter:
+    """Writes user and agent tracks frame by frame; agent audio that arrives late (look-ahead codecs)
+    is queued so both channels stay aligned."""
+
+    def __init__(self, path: Path, codec_rate: int, out_rate: int | None) -> None:
+        self.rate = out_rate or codec_rate
+        self.file = sf.SoundFile(str(path), "w", samplerate=self.rate, channels=2, subtype="PCM_16")
+        self.resample_user = StreamingResampler(codec_rate, self.rate)
+        self.resample_agent = StreamingResampler(codec_rate, self.rate)
+        self.agent_backlog = np.zeros(0, np.float32)
+        self.frames_written = 0
+
+    def write(self, user: np.ndarray, agent: np.ndarray, cut: bool) -> None:
+        if cut:
+            self.agent_backlog = np.zeros(0, np.float32)
+        u = self.resample_user.process(user)
+        self.agent_backlog = np.concatenate([self.agent_backlog, self.resample_agent.process(agent)])
+        a = self.agent_backlog[: len(u)]
+        self.agent_backlog = self.agent_backlog[len(a):]
+        if len(a) < len(u):
+            a = np.concatenate([a, np.zeros(len(u) - len(a), np.float32)])
+        self.file.write(np.stack([u, a], axis=1))
+        self.frames_written += len(u)
+
+    def close(self) -> None:
+        u = self.resample_user.flush()
+        a = np.concatenate([self.agent_backlog, self.resample_agent.flush()])[: len(u)]
+        a = np.concatenate([a, np.zeros(len(u) - len(a), np.float32)])
+        if len(u):
+            self.file.write(np.stack([u, a], axis=1))
+            self.frames_written += len(u)
+        self.file.close()
+
+
+async def _feed(session: Session, cfg: ChatConfig, rate: int) -> None:
+    block_seconds = 0.02 if cfg.realtime else 1.0
+    fed = 0.0
+    start = time.monotonic()
+    try:
+        for block in iter_wav_blocks(cfg.input, block_seconds=block_seconds):
+            if cfg.max_seconds is not None and fed >= cfg.max_seconds:
+                break
+            if cfg.max_seconds is not None:
+                block = block[: max(0, int(round((cfg.max_seconds - fed) * rate)))]
+            await session.push_audio(block)
+            fed += len(block) / rate
+            if cfg.realtime:
+                delay = start + fed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+    finally:
+        await session.end_input()
+
+
+async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
+                   progress: Callable[[int, int], None] | None = None, announce: Callable[[str], None] | None = None) -> dict:
+    """Run the conversation; returns a summary dict (also written in the latency report)."""
+    session_config = session_config or SessionConfig()
+    info = wav_info(cfg.input)  # clear error for a missing/corrupt file before any model is loaded
+    model_dir = resolve_model(cfg.model, announce=announce)
+    backend = TransformersBackend.from_dir(model_dir, context=session_config.context, threads=cfg.threads,
+                                           engine=cfg.engine)
+    codec = codec_for_layout(backend.layout, cfg.codec_weights)
+    model_session = backend.open_session(session_config.sampling, session_config.system_prompt)
+    session = Session(model_session, codec, backend.tokenizer, session_config, input_rate=info.rate,
+                      realtime=cfg.realtime)
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    spec = codec.spec
+    input_seconds = info.duration if cfg.max_seconds is None else min(info.duration, cfg.max_seconds)
+    expected_frames = int(np.ceil(input_seconds * 1000.0 / spec.frame_ms)) + int(round(cfg.tail_seconds * 1000.0 / spec.frame_ms))
+    writer = _StereoWriter(cfg.output, spec.sample_rate, cfg.out_rate)
+    transcript: list[dict] = []
+    feeder = asyncio.create_task(_feed(session, cfg, info.rate))
+    clock = FrameClock(spec.frame_ms / 1000.0, realtime=cfg.realtime)
+    t_start = time.perf_counter()
+    frames = 0
+    try:
+        async for out in session.run(clock, tail_frames=int(round(cfg.tail_seconds * 1000.0 / spec.frame_ms))):
+            writer.write(out.user.audio.samples, out.agent_audio, out.cut)
+            if out.text_delta or out.end_of_turn:
+                transcript.append({"frame": out.index, "time": round(out.index * spec.frame_ms / 1000.0, 3),
+                                   "text": out.text_delta, "end_of_turn": out.end_of_turn})
+            frames += 1
+            if progress:
+                progress(frames, expected_frames)
+        await feeder  # surfaces input errors
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+        writer.close()
+        await session.close()
+    wall = time.perf_counter() - t_start
+    summary = session.latency.summary()
+    summary.update({
+        "input": str(cfg.input), "output": str(cfg.output), "model": str(model_dir), "engine": backend.engine,
+        "input_seconds": round(input_seconds, 3), "output_seconds": round(writer.frames_written / writer.rate, 3),
+        "output_rate": writer.rate, "wall_seconds": round(wall, 3), "realtime": cfg.realtime,
+        "user_underruns": session.user_underruns, "nonfinite_input_samples": session.listener.nonfinite_samples,
+        "agent_speaking_at_end": bool(session.policy.agent_talking),
+    })
+    text = session.text.text
+    _side_path(cfg.output, ".txt").write_text(text.strip() + "\n")
+    _side_path(cfg.output, ".transcript.json").write_text(json.dumps(transcript, indent=1) + "\n")
+    report = session.latency.report()
+    report["summary"] = summary
+    _side_path(cfg.output, ".latency.json").write_text(json.dumps(report) + "\n")
+    save_resolved(_side_path(cfg.output, ".config.json"), chat=cfg, session=session_config,
+                  layout=backend.layout.to_dict())
+    return summary

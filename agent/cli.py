@@ -1,0 +1,183 @@
+"""The ``duplex`` command line.
+
+    duplex chat --in question.wav --out dialogue.wav [--model DIR] [--realtime] [--tail 4]
+    duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
+    duplex doctor
+    duplex bench step [--model DIR] [--frames 300]
+
+Errors a user can fix (missing file, bad audio, bad setting) print one sentence and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_session_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file or preset name (agent/presets: default, half-duplex, greedy).")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set sampling.text_temperature=0.5 (repeatable)")
+    p.add_argument("--system-prompt", help="text placed before the conversation")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--echo-guard", action="store_true", help="half-duplex fallback: ignore the user while the agent talks")
+    p.add_argument("--no-barge-in", action="store_true", help="never cut the agent when the user talks over it")
+
+
+def _session_config(args: argparse.Namespace):
+    from agent.config import resolve_session_config
+
+    overrides = list(args.overrides)
+    if args.system_prompt is not None:
+        overrides.append(f"system_prompt={json.dumps(args.system_prompt)}")
+    if args.seed is not None:
+        overrides.append(f"sampling.seed={args.seed}")
+    if args.echo_guard:
+        overrides.append("policy.echo_guard=true")
+    if args.no_barge_in:
+        overrides.append("policy.barge_in=false")
+    return resolve_session_config(args.config, overrides)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agent.chat import ChatConfig, run_chat
+
+    cfg = ChatConfig(input=Path(args.input), output=Path(args.output), model=Path(args.model) if args.model else None,
+                     codec_weights=Path(args.codec_weights) if args.codec_weights else None, realtime=args.realtime,
+                     tail_seconds=args.tail, max_seconds=args.max_seconds, out_rate=args.out_rate,
+                     engine=args.engine, threads=args.threads)
+    if cfg.tail_seconds < 0 or (cfg.max_seconds is not None and cfg.max_seconds <= 0):
+        raise ValueError("--tail must be >= 0 and --max-seconds > 0.")
+    session_config = _session_config(args)
+    bar = tqdm(total=0, unit="frame", disable=args.quiet, desc="chat", dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def announce(msg: str) -> None:
+        print(f"duplex: {msg}", file=sys.stderr)
+
+    try:
+        summary = asyncio.run(run_chat(cfg, session_config, progress=progress, announce=announce))
+    finally:
+        bar.close()
+    rtf = summary.get("real_time_factor_p95")
+    print(f"wrote {cfg.output} ({summary['output_seconds']:.2f} s, {summary['frames']} frames, "
+          f"step p95 {summary['frame_total_ms'].get('p95', 0):.1f} ms = RTF {rtf}, turn latency median "
+          f"{summary['turn_latency_ms'].get('p50', 'n/a')} ms)")
+    print(f"transcript: {cfg.output.with_suffix('.txt')}; latency report: "
+          f"{cfg.output.with_name(cfg.output.stem + '.latency.json')}")
+    if summary.get("agent_speaking_at_end") and cfg.tail_seconds == 0:
+        print("note: the agent was still speaking when the input ended; pass --tail 5 to hear the rest.")
+    return 0
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from agent.models import init_model
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} is not empty; pass --force to overwrite it.")
+    overrides = json.loads(args.model_json) if args.model_json else None
+    path = init_model(out, preset=args.preset, codec=args.codec, base=args.base, q_in=args.q_in, q_out=args.q_out,
+                      text_lead=args.text_lead, seed=args.seed, codec_weights=args.codec_weights,
+                      model_overrides=overrides)
+    info = json.loads((path / "duplex_init.json").read_text())
+    layout = json.loads((path / "duplex_layout.json").read_text())
+    print(f"wrote {path}: {info['parameters'] / 1e6:.2f} M parameters, vocabulary {layout['vocab_size']} ids, "
+          f"slot {layout['slot_size']} ids per {layout['codec']['frame_samples'] * 1000 / layout['codec']['sample_rate']:.0f} ms frame")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.doctor import main
+
+    return main()
+
+
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from agent.bench import bench_step
+
+    result = bench_step(model=args.model, preset=args.preset, codec=args.codec, frames=args.frames,
+                        warmup=args.warmup, engine=args.engine, threads=args.threads)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duplex", description="A full-duplex spoken dialogue agent.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="run a conversation from a WAV file offline and write a stereo WAV")
+    p.add_argument("--in", dest="input", required=True, help="the user's audio (WAV/FLAC/OGG, any rate/channels)")
+    p.add_argument("--out", dest="output", required=True, help="stereo WAV to write (user left, agent right)")
+    p.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
+    p.add_argument("--codec-weights", help="local weights directory for neural codecs (mimi, snac)")
+    p.add_argument("--realtime", action="store_true", help="pace input and clock in real time like a live mic")
+    p.add_argument("--tail", type=float, default=0.0, help="seconds of silence after the input (default 0)")
+    p.add_argument("--max-seconds", type=float, help="stop after this much input")
+    p.add_argument("--out-rate", type=int, help="output sample rate (default: the codec's)")
+    p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"], help="transformers backend engine")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_session_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    model = sub.add_parser("model", help="make checkpoint directories").add_subparsers(dest="model_cmd", required=True)
+    p = model.add_parser("init", help="a new checkpoint: random from a shape preset, or from a local base LLM")
+    p.add_argument("out_dir")
+    p.add_argument("--preset", default="tiny", help="shape preset: nano, tiny, small (ignored with --base)")
+    p.add_argument("--base", help="local Llama/Qwen2-family model directory to extend (nothing is downloaded)")
+    p.add_argument("--codec", default="codec2", help="codec preset: codec2, codec2-1300, codec2-3200, mimi, snac")
+    p.add_argument("--codec-weights", help="local weights directory for neural codecs")
+    p.add_argument("--q-in", type=int, help="user codebooks per frame (default: all)")
+    p.add_argument("--q-out", type=int, help="agent codebooks per frame (default: all)")
+    p.add_argument("--text-lead", type=int, default=1, help="frames the agent's text leads its audio (δ)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-json", help='shape overrides as JSON, e.g. \'{"layers": 6}\'')
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+    p.set_defaults(func=cmd_model_init)
+
+    p = sub.add_parser("doctor", help="what is installed and what is missing")
+    p.set_defaults(func=cmd_doctor)
+
+    bench = sub.add_parser("bench", help="benchmarks printing JSON").add_subparsers(dest="bench_cmd", required=True)
+    p = bench.add_parser("step", help="per-frame step time of one session (listen + think + speak)")
+    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--codec", default="codec2")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_bench_step)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("duplex: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"duplex: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

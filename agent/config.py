@@ -1,0 +1,123 @@
+"""Configuration: one dataclass per component, YAML presets, ``--set a.b=value`` overrides.
+
+Every output directory gets the resolved configuration saved beside it (``*.config.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.policy import PolicyConfig
+from think.context import ContextConfig
+from think.sampling import SamplingConfig
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass
+class SessionConfig:
+    """One conversation.
+
+    Attributes:
+        system_prompt: text placed before the conversation (persona, instructions).
+        vad_aggressiveness: webrtcvad mode 0 (lenient) .. 3 (strict).
+        max_queued_frames: user frames waiting for the model before the oldest are dropped (real time
+            only; offline runs never drop).
+        sampling: how the agent's ids are drawn.
+        policy: barge-in and echo settings.
+        context: rolling-window settings.
+    """
+
+    system_prompt: str = ""
+    vad_aggressiveness: int = 2
+    max_queued_frames: int = 25
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+
+    def __post_init__(self) -> None:
+        if self.vad_aggressiveness not in (0, 1, 2, 3):
+            raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3.")
+        if self.max_queued_frames < 1:
+            raise ValueError("max_queued_frames must be >= 1.")
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) dict, refusing unknown keys with a clear message."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"Unknown setting(s) {', '.join(sorted(where + k for k in unknown))}; "
+                         f"known: {', '.join(sorted(names))}.")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} must look like key.sub=value.")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override {item!r}: {part} is not a section.")
+        node[parts[-1]] = _parse_scalar(value)
+    return data
+
+
+def load_yaml(path_or_preset: str | Path) -> dict:
+    """Load a YAML file, or a preset by name from ``agent/presets``."""
+    path = Path(path_or_preset)
+    if not path.is_file():
+        preset = PRESETS / f"{path_or_preset}.yaml"
+        if not preset.is_file():
+            names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+            raise FileNotFoundError(f"No config file or preset named {path_or_preset!r}; presets: {', '.join(names)}.")
+        path = preset
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of settings.")
+    return data
+
+
+def resolve_session_config(config: str | Path | None = None, overrides: list[str] | None = None) -> SessionConfig:
+    data = load_yaml(config) if config else {}
+    return from_dict(SessionConfig, apply_overrides(data, overrides or []))
+
+
+def save_resolved(path: str | Path, **sections: Any) -> Path:
+    """Write the resolved configuration (dataclasses or plain values) as JSON."""
+    out = {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in sections.items()}
+    path = Path(path)
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return path

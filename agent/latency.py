@@ -1,0 +1,100 @@
+"""Latency marks: per-frame step times and per-turn response latency, summarised as JSON.
+
+Frame marks (milliseconds of wall time): ``listen`` (resample, VAD, encode), ``think`` (the model's
+slot), ``speak`` (decode) and ``total``; ``late_by`` is how late the clock issued the frame.
+Turn latency is measured on the session timeline: from the end of the user's speech (the first silent
+frame after speech) to the start of the first audible agent frame after it, plus that frame's compute.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class FrameMark:
+    frame: int
+    listen_ms: float
+    think_ms: float
+    speak_ms: float
+    total_ms: float
+    late_by_ms: float
+    forced: bool
+    rebased: bool
+    text_id: int
+    agent_rms: float
+    user_speech: bool
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"count": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"count": int(a.size), "mean": round(float(a.mean()), 3), "p50": round(float(np.percentile(a, 50)), 3),
+            "p95": round(float(np.percentile(a, 95)), 3), "p99": round(float(np.percentile(a, 99)), 3),
+            "max": round(float(a.max()), 3)}
+
+
+class LatencyRecorder:
+    """Collects frame marks and turn latencies for one session.
+
+    ``keep_frames`` bounds memory for endless sessions (0 = keep every frame, as ``duplex chat`` does
+    for its report); the summary statistics always cover every frame.
+    """
+
+    def __init__(self, frame_ms: float, keep_frames: int = 0) -> None:
+        self.frame_ms = frame_ms
+        self.keep_frames = keep_frames
+        self.frames: list[FrameMark] = []
+        self._totals: list[float] = []
+        self._thinks: list[float] = []
+        self.frames_late = 0
+        self.turn_latencies_ms: list[float] = []
+        self.barge_in_frames: list[int] = []
+        self._user_was_speaking = False
+        self._speech_end_frame: int | None = None
+
+    def add(self, mark: FrameMark) -> None:
+        self.frames.append(mark)
+        if self.keep_frames and len(self.frames) > self.keep_frames:
+            del self.frames[: len(self.frames) - self.keep_frames]
+        self._totals.append(mark.total_ms)
+        self._thinks.append(mark.think_ms)
+        if mark.late_by_ms > self.frame_ms / 2:
+            self.frames_late += 1
+        self._track_turn(mark)
+
+    def _track_turn(self, mark: FrameMark) -> None:
+        if mark.user_speech:
+            self._user_was_speaking = True
+            self._speech_end_frame = None
+        elif self._user_was_speaking:
+            self._user_was_speaking = False
+            self._speech_end_frame = mark.frame
+        audible = mark.agent_rms > 0.01 and not mark.forced
+        if audible and self._speech_end_frame is not None:
+            gap_ms = (mark.frame - self._speech_end_frame) * self.frame_ms + mark.total_ms
+            self.turn_latencies_ms.append(round(gap_ms, 3))
+            self._speech_end_frame = None
+
+    def summary(self) -> dict:
+        n = len(self._totals)
+        total = _percentiles(self._totals)
+        return {
+            "frame_ms": self.frame_ms,
+            "frames": n,
+            "frame_total_ms": total,
+            "think_ms": _percentiles(self._thinks),
+            "real_time_factor_p95": round(total.get("p95", 0.0) / self.frame_ms, 4) if n else None,
+            "real_time_factor_mean": round(total.get("mean", 0.0) / self.frame_ms, 4) if n else None,
+            "frames_late": self.frames_late,
+            "turn_latency_ms": _percentiles(self.turn_latencies_ms),
+            "turn_latencies_ms": self.turn_latencies_ms,
+            "barge_ins": len(self.barge_in_frames),
+            "barge_in_frames": self.barge_in_frames,
+        }
+
+    def report(self) -> dict:
+        """Summary plus every kept frame's marks."""
+        return {"summary": self.summary(), "frames": [asdict(m) for m in self.frames]}

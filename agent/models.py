@@ -1,0 +1,94 @@
+"""Finding and building models: the embedded default, ``duplex model init``, and codec loading.
+
+Nothing is downloaded: a model is a local directory. Without ``--model`` the embedded default under
+``demo/default_model`` is used; until the project ships its trained default, an untrained random
+"tiny" model is built once into the user's cache (and the CLI says so).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from streaming.codecs.base import Codec, load_codec
+from think.checkpoint import MODEL_PRESETS, ModelConfig, check_model_dir, init_from_base, init_from_config
+from think.layout import LAYOUT_FILE, DuplexLayout
+from think.tokenizer import default_tokenizer
+
+log = logging.getLogger(__name__)
+EMBEDDED_DEFAULT = Path(__file__).resolve().parent.parent / "demo" / "default_model"
+
+# Codec presets for layouts: name -> (codec name, options, q_in, q_out).
+CODEC_PRESETS: dict[str, tuple[str, dict, int | None, int | None]] = {
+    "codec2": ("codec2", {"mode": "700C", "frame_ms": 80}, None, None),
+    "codec2-1300": ("codec2", {"mode": 1300, "frame_ms": 80}, None, None),
+    "codec2-3200": ("codec2", {"mode": 3200, "frame_ms": 80}, None, None),
+    "mimi": ("mimi", {"num_quantizers": 8}, 8, 8),
+    "snac": ("snac", {}, None, None),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DUPLEX_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")),
+                                                         "duplex-agent")
+    return Path(root)
+
+
+def codec_for_layout(layout: DuplexLayout, codec_weights: str | Path | None = None) -> Codec:
+    """Rebuild the codec a layout was made with (neural codecs need their local weights)."""
+    options = dict(layout.codec.options)
+    if codec_weights:
+        options["weights_dir"] = str(codec_weights)
+    return load_codec(layout.codec.name, **options)
+
+
+def build_layout(codec: Codec, text_vocab_size: int, q_in: int | None = None, q_out: int | None = None,
+                 text_lead: int = 1) -> DuplexLayout:
+    return DuplexLayout.for_codec(codec, text_vocab_size, q_in=q_in, q_out=q_out, text_lead=text_lead)
+
+
+def codec_from_preset(name: str, codec_weights: str | Path | None = None,
+                      codec_config: dict | None = None) -> tuple[Codec, int | None, int | None]:
+    if name not in CODEC_PRESETS:
+        raise ValueError(f"Unknown codec preset {name!r}; choose one of {', '.join(CODEC_PRESETS)}.")
+    codec_name, options, q_in, q_out = CODEC_PRESETS[name]
+    options = dict(options)
+    if codec_weights:
+        options["weights_dir"] = str(codec_weights)
+    if codec_config:
+        options["config"] = codec_config
+    return load_codec(codec_name, **options), q_in, q_out
+
+
+def init_model(out_dir: str | Path, preset: str = "tiny", codec: str = "codec2", base: str | Path | None = None,
+               q_in: int | None = None, q_out: int | None = None, text_lead: int = 1, seed: int = 0,
+               codec_weights: str | Path | None = None, model_overrides: dict | None = None,
+               codec_config: dict | None = None) -> Path:
+    """``duplex model init``: a checkpoint directory from a shape preset or a local base LLM."""
+    codec_obj, pq_in, pq_out = codec_from_preset(codec, codec_weights, codec_config)
+    q_in, q_out = q_in or pq_in, q_out or pq_out
+    if base:
+        return init_from_base(out_dir, lambda v: build_layout(codec_obj, v, q_in, q_out, text_lead), base)
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"Unknown model preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}.")
+    cfg = ModelConfig(**{**MODEL_PRESETS[preset].__dict__, **(model_overrides or {})})
+    tok = default_tokenizer()
+    layout = build_layout(codec_obj, tok.get_vocab_size(), q_in, q_out, text_lead)
+    return init_from_config(out_dir, layout, cfg, seed=seed, tokenizer=tok)
+
+
+def resolve_model(model: str | Path | None, announce: Any = None) -> Path:
+    """The model directory to load: ``--model``, else the embedded default, else a cached random tiny."""
+    if model:
+        return check_model_dir(model)
+    if (EMBEDDED_DEFAULT / LAYOUT_FILE).is_file():
+        return EMBEDDED_DEFAULT
+    path = cache_dir() / "random-tiny"
+    if not (path / LAYOUT_FILE).is_file():
+        if announce:
+            announce(f"No trained default model is shipped yet; building an untrained random 'tiny' model in {path}.")
+        init_model(path, preset="tiny", codec="codec2")
+    elif announce:
+        announce(f"Using the untrained random 'tiny' model in {path} (no trained default is shipped yet).")
+    return path

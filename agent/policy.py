@@ -1,0 +1,98 @@
+"""Turn-taking policy on top of the model: the barge-in override and the echo guard.
+
+The model hears the user at every frame and learns when to stop; the policy is a safety net that does
+not depend on the model. If the user speaks for ``barge_in_min_speech_ms`` while the agent talks, the
+agent's audio is cut *in that same frame* (the playout buffer is flushed and the frame's agent slot is
+forced to PAD + silence codes, so the model sees that it stopped). The force holds while the user keeps
+talking and for ``release_after_ms`` of user silence after, then the model answers.
+
+The echo guard (half-duplex fallback, for open speakers without echo cancellation): while the agent
+talks, and ``echo_tail_ms`` after, the user's audio is replaced by silence before the model hears it
+and cannot trigger a barge-in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class PolicyConfig:
+    """Barge-in and echo settings.
+
+    Attributes:
+        barge_in: cut the agent when the user talks over it.
+        barge_in_min_speech_ms: sustained user speech (VAD) needed to cut the agent.
+        release_after_ms: user silence after which a cut agent may speak again.
+        agent_talking_rms: agent output level (RMS, full scale 1.0) above which the agent is talking.
+        echo_guard: replace the user's audio by silence while the agent talks (half duplex).
+        echo_tail_ms: how long the echo guard stays on after the agent stops.
+    """
+
+    barge_in: bool = True
+    barge_in_min_speech_ms: float = 240.0
+    release_after_ms: float = 320.0
+    agent_talking_rms: float = 0.01
+    echo_guard: bool = False
+    echo_tail_ms: float = 240.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy wants for this frame.
+
+    Attributes:
+        force_silence: the agent's slot is forced to PAD + silence this frame.
+        cut: a barge-in starts now (flush the agent's queued audio, tell clients).
+        mute_user: feed silence instead of the user's audio (echo guard).
+    """
+
+    force_silence: bool = False
+    cut: bool = False
+    mute_user: bool = False
+
+
+class TurnPolicy:
+    """Per-session policy state, advanced once per frame."""
+
+    def __init__(self, config: PolicyConfig, frame_ms: float) -> None:
+        self.config = config
+        self.frame_ms = frame_ms
+        self._need_speech = max(1, math.ceil(config.barge_in_min_speech_ms / frame_ms))
+        self._need_quiet = max(1, math.ceil(config.release_after_ms / frame_ms))
+        self._echo_tail = math.ceil(config.echo_tail_ms / frame_ms)
+        self.reset()
+
+    def reset(self) -> None:
+        self.user_speech_run = 0
+        self.user_quiet_run = 0
+        self.agent_talking = False
+        self.since_agent_talked = 10**9
+        self.holding = False
+        self.barge_ins = 0
+
+    def before_step(self, user_speech: bool) -> Decision:
+        """Decide for this frame from the user's VAD flag and the agent's state so far."""
+        c = self.config
+        echo_active = c.echo_guard and (self.agent_talking or self.since_agent_talked <= self._echo_tail)
+        if echo_active:
+            user_speech = False
+        if user_speech:
+            self.user_speech_run += 1
+            self.user_quiet_run = 0
+        else:
+            self.user_quiet_run += 1
+            self.user_speech_run = 0
+        cut = False
+        if c.barge_in and not self.holding and self.agent_talking and self.user_speech_run >= self._need_speech:
+            cut = True
+            self.holding = True
+            self.barge_ins += 1
+        elif self.holding and self.user_quiet_run >= self._need_quiet:
+            self.holding = False
+        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active)
+
+    def after_step(self, agent_rms: float) -> None:
+        """Record whether the agent's output this frame was audible."""
+        self.agent_talking = agent_rms >= self.config.agent_talking_rms
+        self.since_agent_talked = 0 if self.agent_talking else self.since_agent_talked + 1

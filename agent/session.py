@@ -1,0 +1,181 @@
+"""A session: one conversation running listen -> think -> speak on the frame clock.
+
+Audio arrives whenever the source has it (``push_audio``); the clock ticks once per codec frame; on
+every tick the session takes one user frame (or silence, if the microphone is late), asks the policy,
+lets the model produce the agent's slot, decodes it, and yields a :class:`FrameOutput`. Surfaces
+(``duplex chat``, the Realtime server, the daemon) consume those outputs; the session knows no wire
+format.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import numpy as np
+
+from agent.config import SessionConfig
+from agent.latency import FrameMark, LatencyRecorder
+from agent.policy import TurnPolicy
+from listen.listener import Listener, UserFrame
+from speak.vocoder import Vocoder
+from streaming.clock import FrameClock, Tick
+from streaming.codecs.base import Codec
+from streaming.frame import AudioFrame
+from streaming.queues import BoundedQueue, DropPolicy, QueueClosed
+from think.backend import BackendSession
+from think.tokenizer import TextStream
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """What one frame produced.
+
+    Attributes:
+        index: frame number.
+        user: the user's frame as the model heard it (before the echo guard).
+        agent_audio: the agent's PCM for this frame at the codec rate, ``(n,)`` (silence when cut).
+        text_id: the text slot id; ``text_delta`` the printable text it added ('' for PAD).
+        end_of_turn: the model wrote end-of-turn in the text slot.
+        cut: a barge-in cut the agent in this frame (flush queued agent audio now).
+        forced: the agent's slot was forced silent by the policy.
+        user_underrun: no user audio was ready in time (real time only); silence was used.
+        mark: the frame's latency marks.
+    """
+
+    index: int
+    user: UserFrame
+    agent_audio: np.ndarray
+    text_id: int
+    text_delta: str
+    end_of_turn: bool
+    cut: bool
+    forced: bool
+    user_underrun: bool
+    mark: FrameMark
+
+
+class Session:
+    """One conversation. Create it, ``push_audio`` from a source, and iterate ``run(clock)``."""
+
+    def __init__(self, model: BackendSession, codec: Codec, tokenizer, config: SessionConfig | None = None,
+                 input_rate: int = 16000, realtime: bool = False, keep_frame_marks: int = 0) -> None:
+        self.config = config or SessionConfig()
+        self.model = model
+        self.codec = codec
+        self.layout = model.layout
+        self.realtime = realtime
+        self.listener = Listener(codec, input_rate, vad_aggressiveness=self.config.vad_aggressiveness)
+        self.vocoder = Vocoder(codec)
+        self.frame_ms = codec.spec.frame_ms
+        self.policy = TurnPolicy(self.config.policy, self.frame_ms)
+        self.latency = LatencyRecorder(self.frame_ms, keep_frames=keep_frame_marks)
+        self.text = TextStream(tokenizer)
+        # Real time: a bounded queue that drops the oldest frames if the model falls behind, so latency
+        # stays bounded. Offline: the source waits instead (nothing is dropped).
+        policy = DropPolicy.DROP_OLDEST if realtime else DropPolicy.BLOCK
+        maxsize = self.config.max_queued_frames if realtime else 64
+        self.user_frames: BoundedQueue[UserFrame] = BoundedQueue(maxsize, policy, name="user_frames")
+        self.input_ended = False
+        self.user_underruns = 0
+        self._frame_samples = codec.spec.frame_samples
+        self._silence_codes = np.asarray(self.layout.user_silence_codes(), dtype=np.int64)
+        self._full_silence_codes = np.asarray(codec.silence_codes(), dtype=np.int64)
+
+    # ---- input side ----------------------------------------------------------------------------
+    async def push_audio(self, pcm: np.ndarray) -> int:
+        """Feed microphone PCM (any rate the session was made for, any channels/dtype). Returns the
+        number of complete frames it produced."""
+        if self.input_ended:
+            raise RuntimeError("Input already ended for this session.")
+        t0 = time.perf_counter()
+        frames = self.listener.push(pcm)
+        listen_ms = (time.perf_counter() - t0) * 1000.0 / max(1, len(frames))
+        for f in frames:
+            f.audio.meta["listen_ms"] = listen_ms
+            await self.user_frames.put(f)
+        return len(frames)
+
+    async def end_input(self) -> None:
+        """The source is done: flush the last partial frame and let ``run`` finish."""
+        if self.input_ended:
+            return
+        for f in self.listener.flush():
+            await self.user_frames.put(f)
+        self.input_ended = True
+        self.user_frames.close()
+
+    def _silent_user_frame(self, index: int) -> UserFrame:
+        audio = AudioFrame(np.zeros(self._frame_samples, np.float32), self.codec.spec.sample_rate,
+                           timestamp=index * self.frame_ms / 1000.0, index=index)
+        return UserFrame(index=index, audio=audio, codes=self._full_silence_codes, speech=False, voiced_fraction=0.0)
+
+    async def _next_user_frame(self, index: int) -> tuple[UserFrame | None, bool]:
+        """This tick's user frame, (None, False) at the end of input; (silence, True) on a real-time underrun."""
+        if self.realtime:
+            try:
+                return self.user_frames.get_nowait(), False
+            except QueueClosed:
+                return None, False
+            except Exception:  # empty: the microphone is late; the clock does not wait for it
+                if self.input_ended:
+                    return None, False
+                self.user_underruns += 1
+                return self._silent_user_frame(index), True
+        try:
+            return await self.user_frames.get(), False
+        except QueueClosed:
+            return None, False
+
+    # ---- the loop ------------------------------------------------------------------------------
+    async def run(self, clock: FrameClock, max_frames: int | None = None,
+                  tail_frames: int = 0) -> AsyncIterator[FrameOutput]:
+        """Yield one :class:`FrameOutput` per tick until the input ends (plus ``tail_frames`` of
+        silence so the agent can finish) or ``max_frames`` ticks."""
+        tail_left = tail_frames
+        async for tick in clock.ticks(max_frames=max_frames):
+            user, underrun = await self._next_user_frame(tick.index)
+            if user is None:
+                if tail_left <= 0:
+                    break
+                tail_left -= 1
+                user = self._silent_user_frame(tick.index)
+            yield await self.process_frame(user, tick, underrun)
+        clock.stop()
+
+    async def process_frame(self, user: UserFrame, tick: Tick, underrun: bool = False) -> FrameOutput:
+        """Run one frame through policy, model and decoder."""
+        t0 = time.perf_counter()
+        decision = self.policy.before_step(user.speech)
+        codes = self._silence_codes if decision.mute_user else user.codes
+        result = await self.model.step(codes, force_silence=decision.force_silence)
+        t1 = time.perf_counter()
+        agent = self.vocoder.decode(result.agent_codes[None, :])
+        if decision.force_silence:
+            # The decoder still ran (its state stays continuous); the listener hears nothing.
+            agent = np.zeros_like(agent)
+        t2 = time.perf_counter()
+        rms = float(np.sqrt(np.mean(np.square(agent, dtype=np.float64)))) if len(agent) else 0.0
+        self.policy.after_step(rms)
+        delta, eot = "", False
+        if result.text_id == self.layout.eot_id:
+            eot = True
+        elif result.text_id < self.layout.text_vocab_size:
+            delta = self.text.push(result.text_id)
+        listen_ms = float(user.audio.meta.get("listen_ms", 0.0))
+        mark = FrameMark(
+            frame=tick.index, listen_ms=round(listen_ms, 3), think_ms=round((t1 - t0) * 1000.0, 3),
+            speak_ms=round((t2 - t1) * 1000.0, 3), total_ms=round(listen_ms + (t2 - t0) * 1000.0, 3),
+            late_by_ms=round(tick.late_by * 1000.0, 3), forced=result.forced, rebased=result.rebased,
+            text_id=result.text_id, agent_rms=round(rms, 5), user_speech=user.speech,
+        )
+        self.latency.add(mark)
+        if decision.cut:
+            self.latency.barge_in_frames.append(tick.index)
+        return FrameOutput(index=tick.index, user=user, agent_audio=agent.astype(np.float32), text_id=result.text_id,
+                           text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
+                           user_underrun=underrun, mark=mark)
+
+    async def close(self) -> None:
+        self.user_frames.close()
+        await self.model.close()

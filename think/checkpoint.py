@@ -1,0 +1,171 @@
+"""Duplex checkpoint directories: make one (from a config or a local base LLM) and load one, checked.
+
+A checkpoint directory is a plain Hugging Face causal-LM directory (so transformers and vLLM load it
+unchanged) plus ``duplex_layout.json`` (the token layout) and ``tokenizer.json`` (the text tokenizer)::
+
+    config.json  model.safetensors  generation_config.json  tokenizer.json  duplex_layout.json
+
+The model is a standard Llama-family decoder whose vocabulary is the layout's whole id space, padded
+to a multiple of 64 (ids past the layout are never sampled).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from think.layout import DuplexLayout
+from think.tokenizer import TOKENIZER_FILE, default_tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+VOCAB_MULTIPLE = 64
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a from-scratch decoder (Llama architecture, so vLLM serves it as is).
+
+    Attributes:
+        layers: transformer blocks.
+        hidden: model width.
+        heads: attention heads (hidden must divide evenly).
+        kv_heads: key/value heads (grouped-query attention when < heads).
+        intermediate: MLP width.
+        max_positions: longest context in ids (the rolling window stays below it).
+        rope_theta: rotary base.
+        tie_embeddings: share input embedding and output head (halves the vocab parameters).
+    """
+
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    kv_heads: int = 4
+    intermediate: int = 768
+    max_positions: int = 8192
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+
+
+# Named shapes. "tiny" is the embedded default's shape; "nano" keeps tests fast.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "nano": ModelConfig(layers=2, hidden=64, heads=2, kv_heads=2, intermediate=128, max_positions=4096),
+    "tiny": ModelConfig(),
+    "small": ModelConfig(layers=8, hidden=384, heads=6, kv_heads=6, intermediate=1152),
+}
+
+
+def padded_vocab(layout: DuplexLayout) -> int:
+    return -(-layout.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def init_from_config(out_dir: str | Path, layout: DuplexLayout, config: ModelConfig, seed: int = 0,
+                     tokenizer: Any = None) -> Path:
+    """Write a randomly initialised checkpoint of the given shape for ``layout``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or default_tokenizer()
+    if tokenizer.get_vocab_size() != layout.text_vocab_size:
+        raise ValueError(f"Layout text_vocab_size={layout.text_vocab_size} but the tokenizer has "
+                         f"{tokenizer.get_vocab_size()} ids.")
+    if config.hidden % config.heads or config.heads % config.kv_heads:
+        raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads.")
+    torch.manual_seed(seed)
+    hf_config = LlamaConfig(
+        vocab_size=padded_vocab(layout), hidden_size=config.hidden, intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_positions,
+        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
+        bos_token_id=layout.special("session_start"), eos_token_id=layout.eot_id,
+        pad_token_id=layout.pad_id, torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(hf_config)
+    return _write(out_dir, model, layout, tokenizer, {"init": "config", "model": asdict(config), "seed": seed})
+
+
+def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base_dir: str | Path) -> Path:
+    """Extend a local base LLM (Llama/Qwen2 family) with the layout's ids and write a checkpoint.
+
+    ``layout_for_vocab(text_vocab_size) -> DuplexLayout`` builds the layout once the base's text
+    vocabulary size is known. New rows are drawn from the distribution of the existing embeddings
+    (transformers' mean resizing), so the new ids start near the text ids rather than at random.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{base_dir} is not a model directory (no config.json); pass --base with a "
+                                f"local Hugging Face model directory (nothing is downloaded).")
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, torch_dtype="float32")
+    text_vocab = model.get_input_embeddings().num_embeddings
+    layout: DuplexLayout = layout_for_vocab(text_vocab)
+    model.resize_token_embeddings(padded_vocab(layout), mean_resizing=True)
+    model.config.pad_token_id = layout.pad_id
+    hf_tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    backend_tok = getattr(hf_tok, "backend_tokenizer", None)
+    if backend_tok is None:
+        raise ValueError(f"The tokenizer in {base_dir} has no fast (tokenizer.json) form; it cannot be used.")
+    return _write(out_dir, model, layout, backend_tok, {"init": "base", "base": str(base_dir)})
+
+
+def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save(str(out / TOKENIZER_FILE))
+    layout.save(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / "duplex_init.json").write_text(json.dumps({**provenance, "parameters": n_params}, indent=2) + "\n")
+    log.info("wrote checkpoint %s (%.2f M parameters)", out, n_params / 1e6)
+    return out
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    layout: DuplexLayout
+    tokenizer: Any
+    path: Path
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Raise a clear error unless ``path`` looks like a duplex checkpoint directory."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"Model directory {p} does not exist; pass --model with a directory made by "
+                                f"`duplex model init` (or leave it out to use the embedded default).")
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p} is not a model directory (no config.json); pass --model with a "
+                                f"directory made by `duplex model init`.")
+    return p
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load model, layout and tokenizer, and check that they agree."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    layout = DuplexLayout.load(p)
+    tokenizer = load_tokenizer(p)
+    model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=getattr(torch, dtype))
+    model.to(device).eval()
+    check_agreement(model, layout, tokenizer, p)
+    return LoadedModel(model=model, layout=layout, tokenizer=tokenizer, path=p)
+
+
+def check_agreement(model: Any, layout: DuplexLayout, tokenizer: Any, where: Any = "") -> None:
+    """The model must cover every layout id, and the tokenizer must match the text range."""
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < layout.vocab_size:
+        raise ValueError(f"Model in {where} has {rows} embedding rows but its layout needs {layout.vocab_size} "
+                         f"ids; the layout and the weights do not belong together.")
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.shape[0] < layout.vocab_size:
+        raise ValueError(f"Model in {where} has an output head of {head.weight.shape[0]} ids but its layout needs "
+                         f"{layout.vocab_size}.")
+    if tokenizer.get_vocab_size() > layout.text_vocab_size:
+        raise ValueError(f"Tokenizer in {where} has {tokenizer.get_vocab_size()} ids but the layout reserves "
+                         f"only {layout.text_vocab_size} text ids.")

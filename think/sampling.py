@@ -1,0 +1,82 @@
+"""Sampling an agent slot: per-position id masks, temperature and top-k.
+
+Every sampled position has a role (text, or agent codebook k); only that role's ids may be drawn.
+The masks are additive ``(vocab,)`` tensors built once per layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from think.layout import DuplexLayout
+
+
+@dataclass
+class SamplingConfig:
+    """How the agent's ids are drawn.
+
+    Attributes:
+        text_temperature: temperature for the text slot (0 = greedy).
+        audio_temperature: temperature for the audio codebooks (0 = greedy).
+        text_top_k: keep only the k most likely text ids (0 = all).
+        audio_top_k: keep only the k most likely ids per codebook (0 = all).
+        seed: per-session random seed (None = nondeterministic).
+    """
+
+    text_temperature: float = 0.7
+    audio_temperature: float = 0.8
+    text_top_k: int = 25
+    audio_top_k: int = 100
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        for name in ("text_temperature", "audio_temperature"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 10.0) or value != value:
+                raise ValueError(f"{name} must be between 0 and 10, got {value}.")
+        for name in ("text_top_k", "audio_top_k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0.")
+
+
+class SlotMasks:
+    """Row windows and additive masks for the 1 + Q_out sampled positions of a slot.
+
+    Position ``j`` (0 = text, 1.. = agent codebook j-1) may only draw ids inside ``rows[j] = (lo, hi)``;
+    ``masks[j]`` is ``(hi - lo,)`` with 0 where allowed and -inf elsewhere inside the window. Backends
+    compute logits for that window only, which is also the main CPU saving of the lean decoder.
+    """
+
+    def __init__(self, layout: DuplexLayout, vocab_rows: int, device: str | torch.device = "cpu") -> None:
+        self.layout = layout
+        self.rows: list[tuple[int, int]] = []
+        self.masks: list[torch.Tensor] = []
+        for j in range(1 + layout.q_out):
+            ranges = layout.allowed_range(layout.q_in + j)
+            lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+            if hi > vocab_rows:
+                raise ValueError(f"The model has {vocab_rows} output rows but the layout needs {hi}.")
+            mask = torch.full((hi - lo,), float("-inf"))
+            for a, b in ranges:
+                mask[a - lo:b - lo] = 0.0
+            self.rows.append((lo, hi))
+            self.masks.append(mask.to(device))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def sample(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int,
+           generator: torch.Generator | None) -> int:
+    """Draw one index into ``logits`` ``(n,)`` (a row window) restricted by ``mask`` ``(n,)``."""
+    scores = logits.float() + mask
+    if temperature <= 0.0:
+        return int(torch.argmax(scores))
+    scores = scores / temperature
+    if top_k > 0:
+        k = min(top_k, scores.shape[-1])
+        kth = torch.topk(scores, k).values[-1]
+        scores = torch.where(scores < kth, torch.full_like(scores, float("-inf")), scores)
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

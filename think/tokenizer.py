@@ -1,0 +1,88 @@
+"""The text side of the layout: a word-piece tokenizer and an incremental detokenizer.
+
+The agent writes at most one text id per frame (12.5 per second at 80 ms), so text ids must be word
+pieces, not characters. Small models use the shipped byte-level BPE (``assets/text_tokenizer.json``,
+2048 ids, lower-cased, trained on the MIT-licensed ``chitchat-dataset`` chats; rebuild it with
+``python -m think.tokenizer``). Models made from a base LLM keep that LLM's tokenizer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_TOKENIZER = ASSETS / "text_tokenizer.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:
+    """Train a lower-cased byte-level BPE; any string stays encodable (falls back to bytes)."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def default_tokenizer() -> Tokenizer:
+    """The shipped small tokenizer (no download)."""
+    return Tokenizer.from_file(str(DEFAULT_TOKENIZER))
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load ``tokenizer.json`` from a checkpoint directory."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No {TOKENIZER_FILE} in {directory}; a duplex checkpoint keeps its text "
+                                f"tokenizer there (rebuild the checkpoint with `duplex model init`).")
+    return Tokenizer.from_file(str(path))
+
+
+class TextStream:
+    """Turns a stream of text ids into text deltas without splitting multi-byte characters.
+
+    Feed ids one at a time (``push``); each call returns the new printable text since the last call.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return ""
+        delta = text[len(self._emitted):] if text.startswith(self._emitted) else text
+        self._emitted = text
+        return delta
+
+    @property
+    def text(self) -> str:
+        return self._emitted
+
+    def reset(self) -> None:
+        self.ids.clear()
+        self._emitted = ""
+
+
+def _chitchat_texts() -> Iterable[str]:
+    import chitchat_dataset  # optional; only needed to rebuild the shipped tokenizer
+
+    for convo in chitchat_dataset.Dataset().values():
+        for turn in convo["messages"]:
+            for msg in turn:
+                yield msg["text"]
+
+
+if __name__ == "__main__":
+    ASSETS.mkdir(exist_ok=True)
+    tokenizer = train_tokenizer(_chitchat_texts(), vocab_size=2048)
+    tokenizer.save(str(DEFAULT_TOKENIZER))
+    print(f"wrote {DEFAULT_TOKENIZER} ({tokenizer.get_vocab_size()} ids)")

@@ -1,0 +1,217 @@
+"""The reference backend: a transformers causal LM with one KV cache per session, on CPU or GPU.
+
+Per frame (``Q_in`` user ids in, ``1 + Q_out`` agent ids out) it runs ``1 + Q_out`` forward passes:
+one that feeds the ids not yet seen (the previous frame's last agent id, then this frame's user ids)
+and yields the text logits, then one per agent id but the last. The last agent id is fed at the start
+of the next frame, so no forward is wasted.
+
+Two engines run the same weights: ``lean`` (:mod:`think.lean_llama`, the default for Llama-family
+models: preallocated KV cache, output head computed only over the allowed rows) and ``hf`` (the plain
+transformers forward with a ``DynamicCache``, for any architecture). Tests check they agree.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from think.backend import Backend, BackendSession, StepResult
+from think.checkpoint import LoadedModel, load_checkpoint
+from think.context import ContextConfig, ContextWindow
+from think.layout import DuplexLayout
+from think.lean_llama import LeanLlama
+from think.sampling import SamplingConfig, SlotMasks, sample
+
+
+class TransformersBackend(Backend):
+    """Hosts sessions on one in-process transformers model."""
+
+    name = "transformers"
+
+    def __init__(self, loaded: LoadedModel, context: ContextConfig | None = None, threads: int | None = None,
+                 engine: str = "auto") -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.loaded = loaded
+        self.model = loaded.model
+        self.layout: DuplexLayout = loaded.layout
+        self.tokenizer = loaded.tokenizer
+        self.context = context or ContextConfig()
+        self.device = next(self.model.parameters()).device
+        rows = self.model.get_output_embeddings().weight.shape[0]
+        self.masks = SlotMasks(self.layout, rows, self.device)
+        params = inspect.signature(self.model.forward).parameters
+        # transformers 5.x renamed past_key_values to cache; accept either.
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        # One model, many sessions: forward passes are serialised (torch itself is not re-entrant per model
+        # under inference mode with shared buffers on every build we use).
+        self.lock = threading.Lock()
+        if engine not in ("auto", "lean", "hf"):
+            raise ValueError(f"engine must be auto, lean or hf, got {engine!r}.")
+        reason = LeanLlama.unsupported_reason(self.model)
+        if engine == "lean" and reason:
+            raise ValueError(f"The lean engine cannot run this model: {reason}; use engine='hf'.")
+        self.lean = LeanLlama(self.model) if engine != "hf" and not reason else None
+        self.engine = "lean" if self.lean else "hf"
+
+    @classmethod
+    def from_dir(cls, path: str | Path, device: str = "cpu", context: ContextConfig | None = None,
+                 threads: int | None = None, engine: str = "auto") -> "TransformersBackend":
+        return cls(load_checkpoint(path, device=device), context=context, threads=threads, engine=engine)
+
+    def open_session(self, sampling: SamplingConfig | None = None, system_prompt: str = "",
+                     adapter: str | None = None) -> "TransformersSession":
+        if adapter:
+            raise ValueError("The transformers backend serves the base model only in this build; LoRA adapters "
+                             "need a model loaded with --adapter.")
+        return TransformersSession(self, sampling or SamplingConfig(), system_prompt)
+
+    def new_stream(self, capacity: int) -> "_KVStream":
+        return _LeanStream(self, capacity) if self.lean else _HFStream(self)
+
+
+class _KVStream:
+    """One sequence's KV cache behind ``feed(ids, rows) -> logits over rows`` (the last position)."""
+
+    length: int = 0
+
+    def feed(self, ids: list[int], rows: tuple[int, int] | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _LeanStream(_KVStream):
+    def __init__(self, backend: TransformersBackend, capacity: int) -> None:
+        self.backend = backend
+        self.state = backend.lean.new_state(capacity)
+
+    @property
+    def length(self) -> int:
+        return self.state.length
+
+    def feed(self, ids: list[int], rows: tuple[int, int] | None) -> torch.Tensor:
+        with self.backend.lock:
+            return self.backend.lean.forward(ids, self.state, rows)
+
+
+class _HFStream(_KVStream):
+    def __init__(self, backend: TransformersBackend) -> None:
+        from transformers import DynamicCache
+
+        self.backend = backend
+        self.cache = DynamicCache(config=backend.model.config)
+        self.length = 0
+
+    def feed(self, ids: list[int], rows: tuple[int, int] | None) -> torch.Tensor:
+        b = self.backend
+        x = torch.tensor([ids], dtype=torch.long, device=b.device)
+        with b.lock, torch.inference_mode():
+            out = b.model(input_ids=x, use_cache=True, logits_to_keep=1, **{b._cache_kw: self.cache})
+        self.length += len(ids)
+        logits = out.logits[0, -1]
+        return logits if rows is None else logits[rows[0]:rows[1]]
+
+
+class TransformersSession(BackendSession):
+    """One conversation: its KV cache, the ids not yet fed, and its rolling window."""
+
+    def __init__(self, backend: TransformersBackend, sampling: SamplingConfig, system_prompt: str) -> None:
+        self.backend = backend
+        self.layout = backend.layout
+        self.sampling = sampling
+        self.generator = torch.Generator(device="cpu")
+        if sampling.seed is not None:
+            self.generator.manual_seed(sampling.seed)
+        lay = self.layout
+        prompt_ids = backend.tokenizer.encode(system_prompt).ids if system_prompt else []
+        prefix = [lay.special("session_start")]
+        if prompt_ids:
+            prefix += [lay.special("system_start"), *prompt_ids, lay.special("system_end")]
+        self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context)
+        self.capacity = len(prefix) + (self.window.hard_limit + 2) * lay.slot_size
+        self.stream = backend.new_stream(self.capacity)
+        self.pending: list[int] = list(prefix)  # ids appended to the sequence but not yet fed
+        self.fed = 0
+        self.frame = 0
+        self.closed = False
+        self._silence_ids = [lay.pad_id, *lay.agent_audio_ids(lay.agent_silence_codes()).tolist()]
+
+    @property
+    def context_tokens(self) -> int:
+        return self.fed
+
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False) -> StepResult:
+        return await asyncio.to_thread(self.step_sync, user_codes, force_silence)
+
+    def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False) -> StepResult:
+        """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
+        if self.closed:
+            raise RuntimeError("This session is closed.")
+        t0 = time.perf_counter()
+        lay = self.layout
+        user_ids = lay.user_ids(np.asarray(user_codes)[: lay.q_in]).tolist()
+        rebased = False
+        if self.window.should_rebase(quiet or force_silence):
+            self._rebase()
+            rebased = True
+        if force_silence:
+            agent = list(self._silence_ids)
+            self.pending += user_ids + agent
+            # Fed with the next frame's ids: one forward per forced frame instead of 1 + Q_out.
+        else:
+            agent = self._sample_slot(user_ids)
+        self.window.append(user_ids + agent)
+        text_id = agent[0]
+        codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
+        result = StepResult(frame=self.frame, text_id=text_id, agent_codes=codes, forced=force_silence,
+                            compute_ms=(time.perf_counter() - t0) * 1000.0, rebased=rebased)
+        self.frame += 1
+        return result
+
+    def _feed(self, ids: list[int], j: int | None) -> torch.Tensor:
+        """Feed ids; return logits over the row window of sampled position ``j`` (None: no logits needed)."""
+        rows = self.backend.masks.rows[j] if j is not None else (0, 1)
+        logits = self.stream.feed(ids, rows)
+        self.fed += len(ids)
+        return logits
+
+    def _sample_slot(self, user_ids: list[int]) -> list[int]:
+        s = self.sampling
+        masks = self.backend.masks
+        logits = self._feed(self.pending + user_ids, 0)
+        self.pending = []
+        out: list[int] = []
+        for j in range(1 + self.layout.q_out):
+            temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
+            token = masks.rows[j][0] + sample(logits, masks.masks[j], temp, top_k, self.generator)
+            out.append(token)
+            if j < self.layout.q_out:
+                logits = self._feed([token], j + 1)
+        self.pending = [out[-1]]
+        return out
+
+    def _rebase(self) -> None:
+        ids = self.window.rebased_ids()
+        self.stream = self.backend.new_stream(self.capacity)
+        self.fed = 0
+        # Everything in the window, including this session's not-yet-fed ids, is re-prefilled.
+        self._feed(ids, None)
+        self.pending = []
+
+    def teacher_forced_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """Log-probabilities ``(n-1, vocab)`` of a whole id sequence from a fresh cache (for checks)."""
+        x = torch.tensor([ids], dtype=torch.long, device=self.backend.device)
+        with self.backend.lock, torch.inference_mode():
+            logits = self.backend.model(input_ids=x).logits[0, :-1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    async def close(self) -> None:
+        self.closed = True
+        self.stream = None
+        self.pending = []
