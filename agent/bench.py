@@ -39,6 +39,8 @@ def synthetic_speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.nda
 async def _run(backend: TransformersBackend, frames: int, warmup: int) -> dict:
     codec = codec_for_layout(backend.layout)
     config = SessionConfig()
+    # Every frame must run the model: a barge-in would force silent slots, which cost no forward pass.
+    config.policy.barge_in = False
     session = Session(backend.open_session(config.sampling), codec, backend.tokenizer, config, input_rate=16000)
     seconds = (frames + warmup + 2) * codec.spec.frame_ms / 1000.0
     audio = synthetic_speech(seconds)
@@ -51,7 +53,9 @@ async def _run(backend: TransformersBackend, frames: int, warmup: int) -> dict:
     feeder = asyncio.create_task(feed())
     clock = FrameClock(codec.spec.frame_ms / 1000.0, realtime=False)
     totals, thinks, speaks, listens = [], [], [], []
+    forced = 0
     async for out in session.run(clock, max_frames=frames + warmup):
+        forced += int(out.forced)
         if out.index >= warmup:
             totals.append(out.mark.total_ms)
             thinks.append(out.mark.think_ms)
@@ -69,7 +73,7 @@ async def _run(backend: TransformersBackend, frames: int, warmup: int) -> dict:
     total = pct(totals)
     return {
         "frame_ms": frame_ms, "frames": len(totals), "slot_ids": backend.layout.slot_size,
-        "forwards_per_frame": 1 + backend.layout.q_out,
+        "forwards_per_frame": 1 + backend.layout.q_out, "forced_frames": forced,
         "step_ms": total, "think_ms": pct(thinks), "speak_ms": pct(speaks), "listen_ms": pct(listens),
         "real_time_factor_p95": round(total["p95"] / frame_ms, 4),
         "real_time_factor_mean": round(total["mean"] / frame_ms, 4),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,28 @@ class ChatConfig:
     out_rate: int | None = None
     engine: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tail_seconds) and self.tail_seconds >= 0):
+            raise ValueError(f"--tail must be a number of seconds >= 0, got {self.tail_seconds}.")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"--max-seconds must be a number of seconds > 0, got {self.max_seconds}.")
+        if self.out_rate is not None and not (isinstance(self.out_rate, int) and self.out_rate > 0):
+            raise ValueError(f"--out-rate must be a positive number of Hz, got {self.out_rate}.")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"--threads must be >= 1, got {self.threads}.")
+
+    def check_output(self) -> None:
+        """Refuse an output path that cannot be written as a stereo PCM16 file, or that is the input."""
+        out = Path(self.output)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a directory; pass a file name such as {out / 'dialogue.wav'}.")
+        fmt = out.suffix[1:].upper()
+        if fmt not in sf.available_formats() or not sf.check_format(fmt, "PCM_16"):
+            raise ValueError(f"--out {out} must name a .wav (or .flac) file.")
+        if out.exists() and Path(self.input).exists() and os.path.samefile(out, self.input):
+            raise ValueError(f"--out {out} is the input file; writing it would destroy the input. "
+                             f"Pass another name.")
 
 
 def _side_path(output: Path, suffix: str) -> Path:
@@ -121,6 +145,7 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
     """Run the conversation; returns a summary dict (also written in the latency report)."""
     session_config = session_config or SessionConfig()
     info = wav_info(cfg.input)  # clear error for a missing/corrupt file before any model is loaded
+    cfg.check_output()
     model_dir = resolve_model(cfg.model, announce=announce)
     backend = TransformersBackend.from_dir(model_dir, context=session_config.context, threads=cfg.threads,
                                            engine=cfg.engine)
@@ -139,6 +164,13 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
     t_start = time.perf_counter()
     frames = 0
     try:
+        if cfg.realtime:
+            # Like a live microphone, the session clock starts with the first frame of audio, plus one
+            # frame of jitter margin (the resampler releases audio unevenly); started earlier, its first
+            # ticks would find nothing yet (underruns padded with silence, lengthening the output).
+            while session.user_frames.empty() and not session.input_ended and not feeder.done():
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(spec.frame_ms / 1000.0)
         async for out in session.run(clock, tail_frames=int(round(cfg.tail_seconds * 1000.0 / spec.frame_ms))):
             writer.write(out.user.audio.samples, out.agent_audio, out.cut)
             if out.text_delta or out.end_of_turn:
@@ -148,6 +180,8 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
             if progress:
                 progress(frames, expected_frames)
         await feeder  # surfaces input errors
+        if frames == 0 and announce:
+            announce(f"{cfg.input} holds no audio (0 frames); wrote an empty conversation.")
     finally:
         if not feeder.done():
             feeder.cancel()

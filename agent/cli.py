@@ -39,7 +39,57 @@ def _session_config(args: argparse.Namespace):
         overrides.append("policy.echo_guard=true")
     if args.no_barge_in:
         overrides.append("policy.barge_in=false")
-    return resolve_session_config(args.config, overrides)
+    overrides = [_typed_override(item) for item in overrides]
+    try:
+        return resolve_session_config(args.config, overrides)
+    except TypeError as e:  # a --config file value of the wrong type reached a component's checks
+        raise ValueError(f"A setting in {args.config or 'the configuration'} has the wrong type ({e}).") from e
+
+
+def _typed_override(item: str) -> str:
+    """Check a ``key.sub=value`` override's value against the setting's type; returns the override
+    (a text setting gets its value quoted, so ``--set system_prompt=42`` means the text "42").
+
+    Unknown keys pass through: ``resolve_session_config`` names them with the known ones."""
+    import dataclasses
+    import typing
+
+    import yaml
+
+    from agent.config import SessionConfig
+
+    if "=" not in item:
+        return item
+    key, raw = item.split("=", 1)
+    cls: typing.Any = SessionConfig
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        if not (dataclasses.is_dataclass(cls) and part in {f.name for f in dataclasses.fields(cls)}):
+            return item
+        hint = typing.get_type_hints(cls)[part]
+        if dataclasses.is_dataclass(hint) and i == len(parts) - 1:
+            raise ValueError(f"--set {item}: {key} is a section; set one of its keys, e.g. "
+                             f"{key}.{dataclasses.fields(hint)[0].name}=VALUE.")
+        cls = hint
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    allowed = typing.get_args(cls) or (cls,)
+    if value is None and type(None) in allowed:
+        return item
+    if str in allowed:
+        return item if isinstance(value, str) else f"{key}={json.dumps(raw)}"
+    ok = (
+        (bool in allowed and isinstance(value, bool))
+        or (int in allowed and isinstance(value, int) and not isinstance(value, bool))
+        or (float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
+    )
+    if not ok:
+        kinds = " or ".join({bool: "true/false", int: "an integer", float: "a number"}.get(t, "null" if t is type(None)
+                            else getattr(t, "__name__", str(t))) for t in allowed)
+        raise ValueError(f"--set {item}: {key} must be {kinds}, got {raw!r}.")
+    return item
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -51,8 +101,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
                      codec_weights=Path(args.codec_weights) if args.codec_weights else None, realtime=args.realtime,
                      tail_seconds=args.tail, max_seconds=args.max_seconds, out_rate=args.out_rate,
                      engine=args.engine, threads=args.threads)
-    if cfg.tail_seconds < 0 or (cfg.max_seconds is not None and cfg.max_seconds <= 0):
-        raise ValueError("--tail must be >= 0 and --max-seconds > 0.")
     session_config = _session_config(args)
     bar = tqdm(total=0, unit="frame", disable=args.quiet, desc="chat", dynamic_ncols=True)
 

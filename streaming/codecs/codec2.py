@@ -14,7 +14,7 @@ mode    c2 frame    fields -> tokens                              widths        
 3200    20 ms, 64b  v,v,Wo7 | E5 | 10 LSP deltas x5b in pairs     9 5 10 10 10 10 10        28
 2400    20 ms, 48b  v,v,WoE8 | 10 LSPs (4444444332) in pairs |    10 8 8 8 7 7              24
                     last pair + 2 spare bits
-1600    40 ms, 64b  v,v,Wo7 | E5 | v,v,Wo7 | E5 | LSP pairs       9 5 9 5 8 8 8 7 5         36
+1600    40 ms, 64b  v,v,Wo7 | E5 | v,v,Wo7 | E5 | LSP pairs       9 5 9 5 8 8 8 7 5         18
 1400    40 ms, 56b  v,v,WoE8 | v,v,WoE8 | LSP pairs               10 10 8 8 8 7 5           14
 1300    40 ms, 52b  v,v,v,v,Wo7 | E5 | LSP pairs                  11 5 8 8 8 7 5            14
 1200    40 ms, 48b  v,v,WoE8 | v,v,WoE8 | VQ9 | VQ9 | VQ9+spare   10 10 9 9 10              10
@@ -29,7 +29,12 @@ Measured here (2-core CPU, Whisper tiny.en WER on espeak-ng/flite sentences, DES
 clean 9 %; 3200 bit/s 11-20 %; 1300 bit/s 30-41 %; 700C ~60 %. Only 3200 is intelligible; 700C is
 the default because it needs the fewest ids per frame (Q=6 at 80 ms).
 
-Real-time factor (encode + decode, one stream, this 2-core CPU, 700C and 3200): ~0.01.
+Real-time factor (encode + decode, one stream, 80 ms chunks, this shared 2-core CPU): 0.003-0.004
+(700C and 3200).
+
+Decoder determinism: codec2 draws random phases from one process-global RNG; each of our decoders
+carries its own seed and swaps it in around its decode calls (see ``_Codec2Rand``), so a stream's
+audio depends only on its codes: streamed decode is bit-exact with one-shot decode.
 """
 from __future__ import annotations
 

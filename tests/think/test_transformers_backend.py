@@ -1,0 +1,142 @@
+"""The transformers reference backend: engines agree, masks hold, forced silence is visible, memory is flat."""
+from __future__ import annotations
+
+import resource
+
+import numpy as np
+import pytest
+import torch
+
+from think.checkpoint import MODEL_PRESETS, ModelConfig, init_from_config, load_checkpoint
+from think.context import ContextConfig
+from think.layout import DuplexLayout
+from think.lean_llama import LeanLlama
+from think.sampling import SamplingConfig
+from think.tokenizer import default_tokenizer
+from think.transformers_backend import TransformersBackend
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory, small_spec):
+    layout = DuplexLayout(small_spec, default_tokenizer().get_vocab_size(), q_in=2, q_out=2)
+    return init_from_config(tmp_path_factory.mktemp("small") / "m", layout, MODEL_PRESETS["nano"], seed=3)
+
+
+@pytest.fixture(scope="module")
+def gqa_model_dir(tmp_path_factory, small_spec):
+    layout = DuplexLayout(small_spec, default_tokenizer().get_vocab_size(), q_in=2, q_out=2)
+    cfg = ModelConfig(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=96, max_positions=1024,
+                      tie_embeddings=False)
+    return init_from_config(tmp_path_factory.mktemp("gqa") / "m", layout, cfg, seed=4)
+
+
+def _user_codes(rng, layout, n):
+    sizes = np.asarray(layout.codec.codebook_sizes[: layout.q_in])
+    return [rng.integers(0, sizes) for _ in range(n)]
+
+
+@pytest.mark.parametrize("which", ["small_model_dir", "gqa_model_dir"])
+def test_lean_engine_logits_match_transformers(which, request, rng):
+    loaded = load_checkpoint(request.getfixturevalue(which))
+    lean = LeanLlama(loaded.model)
+    ids = rng.integers(0, loaded.layout.vocab_size, 40).tolist()
+    with torch.inference_mode():
+        ref = loaded.model(input_ids=torch.tensor([ids])).logits[0]
+    state = lean.new_state(64)
+    lean.forward(ids[:25], state)  # a block prefill, then single steps
+    for i in range(25, 40):
+        out = lean.forward([ids[i]], state)
+        assert torch.allclose(out, ref[i], atol=1e-4), f"position {i}: max diff {(out - ref[i]).abs().max()}"
+    lo, hi = 100, 300
+    state2 = lean.new_state(64)
+    sliced = lean.forward(ids, state2, rows=(lo, hi))
+    assert torch.allclose(sliced, ref[-1, lo:hi], atol=1e-4)
+
+
+def test_lean_and_hf_engines_sample_identical_greedy_slots(nano_model_dir, rng):
+    greedy = SamplingConfig(text_temperature=0, audio_temperature=0)
+    sessions = [TransformersBackend.from_dir(nano_model_dir, engine=e).open_session(greedy) for e in ("lean", "hf")]
+    for codes in _user_codes(rng, sessions[0].layout, 30):
+        a, b = (s.step_sync(codes) for s in sessions)
+        assert a.text_id == b.text_id and np.array_equal(a.agent_codes, b.agent_codes)
+
+
+def test_sampled_ids_always_lie_in_their_slot_ranges(nano_model_dir, rng):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    hot = SamplingConfig(text_temperature=3.0, audio_temperature=3.0, text_top_k=0, audio_top_k=0, seed=1)
+    session = backend.open_session(hot)
+    layout = backend.layout
+    for codes in _user_codes(rng, layout, 60):
+        r = session.step_sync(codes)
+        assert layout.is_text_slot_id(r.text_id)
+        sizes = np.asarray(layout.codec.codebook_sizes[: layout.q_out])
+        assert r.agent_codes.shape == (layout.q_out,)
+        assert np.all(r.agent_codes >= 0) and np.all(r.agent_codes < sizes)
+        slot = session.window.slots[-1]
+        layout.validate(np.asarray(slot), start_position=0)
+
+
+def test_forced_silence_is_what_the_model_sees(nano_model_dir, rng):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    session = backend.open_session()
+    layout = backend.layout
+    codes = _user_codes(rng, layout, 3)
+    session.step_sync(codes[0])
+    r = session.step_sync(codes[1], force_silence=True)
+    assert r.forced and r.text_id == layout.pad_id
+    assert np.array_equal(r.agent_codes, layout.agent_silence_codes())
+    expected = layout.slot(codes[1], layout.pad_id, layout.agent_silence_codes()).tolist()
+    assert session.window.slots[-1] == expected
+    before = session.context_tokens
+    session.step_sync(codes[2])
+    # Fed with the next frame: frame 0's last agent id, the forced slot (user + PAD + silence), then
+    # this frame's user ids and its text + first Q_out - 1 agent ids.
+    assert session.context_tokens == before + 1 + layout.slot_size + layout.q_in + layout.q_out
+
+
+def test_sessions_on_one_backend_do_not_share_state(nano_model_dir, rng):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    greedy = SamplingConfig(text_temperature=0, audio_temperature=0)
+    frames = _user_codes(rng, backend.layout, 15)
+    alone = backend.open_session(greedy)
+    ref = [alone.step_sync(c) for c in frames]
+    a, b = backend.open_session(greedy), backend.open_session(greedy, system_prompt="you are a pirate")
+    for i, c in enumerate(frames):
+        b.step_sync(frames[-1 - i])  # another conversation interleaved
+        out = a.step_sync(c)
+        assert out.text_id == ref[i].text_id and np.array_equal(out.agent_codes, ref[i].agent_codes)
+
+
+def test_rolling_context_keeps_memory_flat_over_a_ten_minute_session(small_model_dir, rng):
+    """7500 frames of 80 ms = 10 minutes; the window rebases many times and memory stays put."""
+    loaded = load_checkpoint(small_model_dir)
+    backend = TransformersBackend(loaded, context=ContextConfig(max_frames=120))
+    session = backend.open_session(SamplingConfig(seed=2))
+    layout = backend.layout
+    codes = _user_codes(rng, layout, 50)
+    peak_after_warmup = None
+    max_context = 0
+    for i in range(7500):
+        session.step_sync(codes[i % 50], force_silence=(i % 7 == 3), quiet=(i % 40 == 0))
+        max_context = max(max_context, session.context_tokens)
+        if i == 1000:
+            peak_after_warmup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_end = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert session.window.rebases >= 50
+    assert len(session.window.slots) <= session.window.hard_limit
+    assert max_context <= session.capacity
+    assert (peak_end - peak_after_warmup) < 20 * 1024, f"peak RSS grew by {(peak_end - peak_after_warmup) / 1024:.1f} MB"
+
+
+def test_model_smaller_than_its_layout_is_rejected(small_model_dir, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(small_model_dir, bad)
+    data = json.loads((bad / "duplex_layout.json").read_text())
+    data["text_vocab_size"] += 5000
+    data.pop("vocab_size")
+    (bad / "duplex_layout.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="do not belong together|layout needs"):
+        load_checkpoint(bad)
