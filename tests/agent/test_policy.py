@@ -1,0 +1,69 @@
+"""The turn policy on its own: barge-in timing, release, echo guard."""
+from __future__ import annotations
+
+import math
+
+from agent.policy import PolicyConfig, TurnPolicy
+
+
+def run(policy: TurnPolicy, user_speech: list[bool], agent_rms: float = 0.2):
+    decisions = []
+    for speech in user_speech:
+        d = policy.before_step(speech)
+        decisions.append(d)
+        policy.after_step(0.0 if d.force_silence else agent_rms)
+    return decisions
+
+
+def test_barge_in_cuts_after_the_configured_sustained_speech():
+    cfg = PolicyConfig(barge_in_min_speech_ms=240)
+    policy = TurnPolicy(cfg, frame_ms=80)
+    policy.after_step(0.2)  # the agent is talking
+    decisions = run(policy, [False, True, True, True, True])
+    cut_at = [i for i, d in enumerate(decisions) if d.cut]
+    assert cut_at == [1 + math.ceil(240 / 80) - 1]  # third speech frame
+    assert all(d.force_silence for d in decisions[cut_at[0]:])
+
+
+def test_short_user_blip_does_not_cut_the_agent():
+    policy = TurnPolicy(PolicyConfig(barge_in_min_speech_ms=240), frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True, True, False, True, False, False])
+    assert not any(d.cut or d.force_silence for d in decisions)
+
+
+def test_user_speech_while_agent_is_silent_is_not_a_barge_in():
+    policy = TurnPolicy(PolicyConfig(), frame_ms=80)
+    decisions = run(policy, [True] * 10, agent_rms=0.0)
+    assert not any(d.cut for d in decisions)
+
+
+def test_cut_agent_is_released_after_user_goes_quiet():
+    cfg = PolicyConfig(barge_in_min_speech_ms=160, release_after_ms=320)
+    policy = TurnPolicy(cfg, frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True, True, True, False, False, False, False, False])
+    forced = [d.force_silence for d in decisions]
+    assert forced[1] and forced[2]  # cut at the 2nd speech frame, held while the user talks
+    assert forced[3:6] == [True, True, True]  # and through 3 quiet frames (< 320 ms)
+    assert forced[6] is False  # 4 quiet frames = 320 ms: the model may answer
+
+
+def test_barge_in_can_be_disabled():
+    policy = TurnPolicy(PolicyConfig(barge_in=False), frame_ms=80)
+    policy.after_step(0.2)
+    assert not any(d.cut for d in run(policy, [True] * 10))
+
+
+def test_echo_guard_mutes_user_while_agent_talks_and_for_the_tail():
+    cfg = PolicyConfig(echo_guard=True, echo_tail_ms=160)
+    policy = TurnPolicy(cfg, frame_ms=80)
+    policy.after_step(0.2)
+    d = policy.before_step(True)
+    assert d.mute_user and not d.cut
+    policy.after_step(0.0)  # agent stops
+    assert policy.before_step(True).mute_user  # tail frame 1
+    policy.after_step(0.0)
+    assert policy.before_step(True).mute_user  # tail frame 2 (160 ms)
+    policy.after_step(0.0)
+    assert not policy.before_step(True).mute_user

@@ -1,0 +1,136 @@
+"""The session loop with a scripted model: one output per tick, barge-in within a frame, echo guard."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from agent.config import SessionConfig
+from agent.policy import PolicyConfig
+from agent.session import Session
+from listen.wavio import read_wav
+from streaming.clock import FrameClock, VirtualClock
+from streaming.codecs import load_codec
+from tests.agent.fakes import TalkingModel
+from tests.conftest import espeak
+from think.layout import DuplexLayout
+from think.tokenizer import default_tokenizer
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_codec("codec2")
+
+
+@pytest.fixture(scope="module")
+def layout(codec):
+    return DuplexLayout.for_codec(codec, default_tokenizer().get_vocab_size())
+
+
+@pytest.fixture(scope="module")
+def loud_codes(codec):
+    t = np.arange(codec.spec.frame_samples * 6) / codec.spec.sample_rate
+    buzz = 0.5 * np.sign(np.sin(2 * np.pi * 140 * t)).astype(np.float32)
+    return codec.encode_all(buzz)[-1]
+
+
+@pytest.fixture(scope="module")
+def speech_after_silence(tmp_path_factory):
+    """1.0 s of silence, then ~2 s of espeak speech, then 2 s of silence, at 22.05 kHz."""
+    path = espeak("Wait, stop, I have a different question for you.", tmp_path_factory.mktemp("a") / "s.wav")
+    speech, rate = read_wav(path)
+    speech = speech[:, 0]
+    pad = np.zeros(rate, np.float32)
+    return np.concatenate([pad, speech, pad, pad]), rate
+
+
+async def run_offline(session: Session, audio: np.ndarray, max_frames=None):
+    async def feed():
+        for i in range(0, len(audio), 2205):
+            await session.push_audio(audio[i:i + 2205])
+        await session.end_input()
+
+    import asyncio
+
+    task = asyncio.create_task(feed())
+    clock = FrameClock(session.frame_ms / 1000, realtime=False)
+    outs = [o async for o in session.run(clock, max_frames=max_frames)]
+    await task
+    return outs
+
+
+async def test_barge_in_stops_agent_within_a_frame(codec, layout, loud_codes, speech_after_silence):
+    audio, rate = speech_after_silence
+    policy = PolicyConfig(barge_in_min_speech_ms=240, release_after_ms=400)
+    model = TalkingModel(layout, loud_codes)
+    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=policy), input_rate=rate)
+    outs = await run_offline(session, audio)
+
+    speech = [o.user.speech for o in outs]
+    onset = speech.index(True)
+    need = math.ceil(240 / session.frame_ms)
+    assert all(speech[onset:onset + need]), "fixture speech should be sustained at its onset"
+    cut = next(i for i, o in enumerate(outs) if o.cut)
+    # The agent was audible right up to the cut, and is silent in the cut frame itself.
+    assert np.sqrt(np.mean(outs[cut - 1].agent_audio ** 2)) > 0.01
+    assert cut == onset + need - 1
+    assert np.all(outs[cut].agent_audio == 0.0)
+    # The model saw the cut: its slot was forced in that same frame and while the user kept talking.
+    assert model.calls[cut]["forced"] is True
+    assert (cut - onset + 1) * session.frame_ms <= policy.barge_in_min_speech_ms + session.frame_ms
+    # Once the user has been quiet for release_after_ms, the agent may speak again.
+    last_speech = max(i for i, s in enumerate(speech) if s)
+    release = last_speech + math.ceil(400 / session.frame_ms) + 1
+    assert not outs[release].forced and np.sqrt(np.mean(outs[release].agent_audio ** 2)) > 0.01
+    assert session.latency.summary()["barge_ins"] >= 1
+
+
+async def test_echo_guard_feeds_the_model_silence_while_the_agent_talks(codec, layout, loud_codes,
+                                                                         speech_after_silence):
+    audio, rate = speech_after_silence
+    cfg = SessionConfig(policy=PolicyConfig(echo_guard=True, barge_in=True))
+    model = TalkingModel(layout, loud_codes)
+    session = Session(model, codec, default_tokenizer(), cfg, input_rate=rate)
+    outs = await run_offline(session, audio)
+    silence = layout.user_silence_codes()
+    speech_frames = [i for i, o in enumerate(outs) if o.user.speech and i > 0]
+    assert speech_frames, "fixture must contain speech"
+    for i in speech_frames:
+        assert np.array_equal(model.calls[i]["user"][: layout.q_in], silence)
+    assert not any(o.cut for o in outs)
+
+
+async def test_offline_session_yields_one_output_per_input_frame(codec, layout, loud_codes, speech_after_silence):
+    audio, rate = speech_after_silence
+    session = Session(TalkingModel(layout, loud_codes), codec, default_tokenizer(), input_rate=rate)
+    outs = await run_offline(session, audio)
+    expected = math.ceil(len(audio) / rate * 1000 / session.frame_ms)
+    assert abs(len(outs) - expected) <= 1
+    assert [o.index for o in outs] == list(range(len(outs)))
+    assert all(len(o.agent_audio) == codec.spec.frame_samples for o in outs)
+    assert len(session.latency.frames) == len(outs) and all(m.total_ms > 0 for m in session.latency.frames)
+
+
+async def test_realtime_session_uses_silence_when_the_microphone_is_late(codec, layout, loud_codes):
+    vc = VirtualClock()
+    model = TalkingModel(layout, loud_codes, talk_from=100)
+    session = Session(model, codec, default_tokenizer(), input_rate=16000, realtime=True)
+    clock = FrameClock(0.08, realtime=True, time_fn=vc.time, sleep_fn=vc.sleep)
+    outs = [o async for o in session.run(clock, max_frames=5)]
+    assert len(outs) == 5 and all(o.user_underrun for o in outs)
+    assert session.user_underruns == 5
+    full_silence = codec.silence_codes()
+    assert all(np.array_equal(c["user"], full_silence) for c in model.calls)
+
+
+async def test_realtime_session_takes_queued_frames_in_order_on_a_virtual_clock(codec, layout, loud_codes):
+    vc = VirtualClock()
+    session = Session(TalkingModel(layout, loud_codes), codec, default_tokenizer(), input_rate=8000, realtime=True)
+    tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(8000) / 8000)).astype(np.float32)
+    await session.push_audio(tone)  # 1 s = 12 whole frames queued ahead of the clock
+    clock = FrameClock(0.08, realtime=True, time_fn=vc.time, sleep_fn=vc.sleep)
+    outs = [o async for o in session.run(clock, max_frames=12)]
+    assert [o.user.index for o in outs] == list(range(12))
+    assert not any(o.user_underrun for o in outs)
+    assert clock.frames_late == 0
