@@ -27,6 +27,8 @@ class SessionConfig:
     Attributes:
         system_prompt: text placed before the conversation (persona, instructions).
         vad_aggressiveness: webrtcvad mode 0 (lenient) .. 3 (strict).
+        resample_quality: soxr quality of the microphone resampler ("QQ", "LQ", "MQ", "HQ", "VHQ"); higher
+            qualities hold back more audio (HQ: up to ~115 ms for 16 -> 8 kHz), so live sessions use LQ.
         max_queued_frames: user frames waiting for the model before the oldest are dropped (real time
             only; offline runs never drop).
         sampling: how the agent's ids are drawn.
@@ -36,6 +38,7 @@ class SessionConfig:
 
     system_prompt: str = ""
     vad_aggressiveness: int = 2
+    resample_quality: str = "LQ"
     max_queued_frames: int = 25
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -44,6 +47,8 @@ class SessionConfig:
     def __post_init__(self) -> None:
         if self.vad_aggressiveness not in (0, 1, 2, 3):
             raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3.")
+        if self.resample_quality not in ("QQ", "LQ", "MQ", "HQ", "VHQ"):
+            raise ValueError("resample_quality must be one of QQ, LQ, MQ, HQ, VHQ.")
         if self.max_queued_frames < 1:
             raise ValueError("max_queued_frames must be >= 1.")
 

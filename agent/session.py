@@ -65,7 +65,8 @@ class Session:
         self.codec = codec
         self.layout = model.layout
         self.realtime = realtime
-        self.listener = Listener(codec, input_rate, vad_aggressiveness=self.config.vad_aggressiveness)
+        self.listener = Listener(codec, input_rate, vad_aggressiveness=self.config.vad_aggressiveness,
+                                 resample_quality=self.config.resample_quality)
         self.vocoder = Vocoder(codec)
         self.frame_ms = codec.spec.frame_ms
         self.policy = TurnPolicy(self.config.policy, self.frame_ms)
