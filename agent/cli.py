@@ -133,7 +133,10 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} is not empty; pass --force to overwrite it.")
-    overrides = json.loads(args.model_json) if args.model_json else None
+    try:
+        overrides = json.loads(args.model_json) if args.model_json else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-json is not valid JSON ({e}); e.g. --model-json '{{\"layers\": 6}}'.") from e
     path = init_model(out, preset=args.preset, codec=args.codec, base=args.base, q_in=args.q_in, q_out=args.q_out,
                       text_lead=args.text_lead, seed=args.seed, codec_weights=args.codec_weights,
                       model_overrides=overrides)

@@ -67,15 +67,41 @@ def init_model(out_dir: str | Path, preset: str = "tiny", codec: str = "codec2",
                codec_config: dict | None = None) -> Path:
     """``duplex model init``: a checkpoint directory from a shape preset or a local base LLM."""
     codec_obj, pq_in, pq_out = codec_from_preset(codec, codec_weights, codec_config)
-    q_in, q_out = q_in or pq_in, q_out or pq_out
+    # None means "the preset's default"; 0 is a bad value for the layout to refuse, not "all".
+    q_in = pq_in if q_in is None else q_in
+    q_out = pq_out if q_out is None else q_out
     if base:
         return init_from_base(out_dir, lambda v: build_layout(codec_obj, v, q_in, q_out, text_lead), base)
     if preset not in MODEL_PRESETS:
         raise ValueError(f"Unknown model preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}.")
-    cfg = ModelConfig(**{**MODEL_PRESETS[preset].__dict__, **(model_overrides or {})})
+    cfg = _model_config(preset, model_overrides)
     tok = default_tokenizer()
     layout = build_layout(codec_obj, tok.get_vocab_size(), q_in, q_out, text_lead)
     return init_from_config(out_dir, layout, cfg, seed=seed, tokenizer=tok)
+
+
+def _model_config(preset: str, overrides: dict | None) -> ModelConfig:
+    """The preset's shape with ``overrides`` (``--model-json``) applied, each key and value checked."""
+    base = dict(MODEL_PRESETS[preset].__dict__)
+    if overrides is None:
+        return ModelConfig(**base)
+    if not isinstance(overrides, dict):
+        raise ValueError(f'Model shape overrides must be a JSON object such as {{"layers": 6}}, got {overrides!r}.')
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise ValueError(f"Unknown model shape key(s) {', '.join(unknown)}; known: {', '.join(base)}.")
+    for key, value in overrides.items():
+        kind = type(base[key])
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        if not ok:
+            want = {bool: "true or false", int: "a positive integer"}.get(kind, "a positive number")
+            raise ValueError(f"Model shape {key} must be {want}, got {value!r}.")
+    return ModelConfig(**{**base, **overrides})
 
 
 def resolve_model(model: str | Path | None, announce: Any = None) -> Path:

@@ -93,6 +93,23 @@ class LeanLlama:
         return LeanState(torch.zeros(shape, dtype=self.embed.dtype, device=self.embed.device),
                          torch.zeros(shape, dtype=self.embed.dtype, device=self.embed.device))
 
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """Grouped attention without expanding K/V: ``q`` ``(heads, n, d)``, ``keys``/``values``
+        ``(kv_heads, L, d)`` (strided views of the cache, read in place) -> ``(heads, n, d)``.
+
+        At batch 1 on a CPU the KV cache is read from memory for every forward; not copying or repeating
+        it per query head is what keeps long contexts cheap.
+        """
+        heads, n, d = q.shape
+        group = heads // self.kv_heads
+        qg = q.reshape(self.kv_heads, group * n, d)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)) * (d ** -0.5)  # (kv, group*n, L)
+        if mask is not None:
+            scores = (scores.view(self.kv_heads, group, n, -1) + mask).view(self.kv_heads, group * n, -1)
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)  # (kv, group*n, d)
+        return out.view(heads, n, d)
+
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
@@ -109,7 +126,7 @@ class LeanLlama:
         half = self.head_dim // 2
         mask = None
         if n > 1:  # causal within the new block, everything before it visible
-            mask = torch.ones(n, p0 + n, dtype=torch.bool, device=x.device).tril(p0)
+            mask = torch.full((n, p0 + n), float("-inf"), dtype=x.dtype, device=x.device).triu(p0 + 1)
         q_dim, kv_dim = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for i, L in enumerate(self.layers):
             h = self._norm(x, L["in_norm"])
@@ -121,10 +138,8 @@ class LeanLlama:
             k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
             state.keys[i, :, p0:p0 + n] = k
             state.values[i, :, p0:p0 + n] = v
-            keys, values = state.keys[i, :, : p0 + n], state.values[i, :, : p0 + n]
-            a = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask,
-                                               enable_gqa=self.kv_heads != self.heads)
-            x = x + F.linear(a[0].transpose(0, 1).reshape(1, n, q_dim), L["o_w"], L["o_b"])
+            a = self._attend(q, state.keys[i, :, : p0 + n], state.values[i, :, : p0 + n], mask)
+            x = x + F.linear(a.transpose(0, 1).reshape(1, n, q_dim), L["o_w"], L["o_b"])
             h = self._norm(x, L["post_norm"])
             gate, up = F.linear(h, L["gu_w"]).chunk(2, -1)
             x = x + F.linear(F.silu(gate) * up, L["down_w"])

@@ -1,0 +1,101 @@
+"""The ``duplex`` CLI's other subcommands (model init, doctor, bench step) and its error contract:
+a user-fixable problem is one ``duplex: error:`` line on stderr and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from think.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_cli_model_init_writes_loadable_checkpoint(run_cli, tmp_path):
+    out = tmp_path / "model"
+    res = run_cli("model", "init", out, "--preset", "nano")
+    assert res.rc == 0, res.err
+    assert f"wrote {out}" in res.out and "M parameters" in res.out
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "duplex_layout.json", "duplex_init.json"):
+        assert (out / name).is_file(), name
+
+    loaded = load_checkpoint(out)  # checks model, layout and tokenizer agree
+    layout = json.loads((out / "duplex_layout.json").read_text())
+    assert loaded.layout.vocab_size == layout["vocab_size"]
+    assert loaded.model.get_input_embeddings().num_embeddings >= layout["vocab_size"]
+    assert json.loads((out / "duplex_init.json").read_text())["model"]["layers"] == 2  # the nano shape
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+
+    again = run_cli("model", "init", out, "--preset", "nano")
+    assert again.rc == 2 and "Traceback" not in again.err
+    assert again.error_lines == [f"duplex: error: {out} is not empty; pass --force to overwrite it."]
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime  # untouched
+
+    forced = run_cli("model", "init", out, "--preset", "nano", "--force", "--seed", "1")
+    assert forced.rc == 0, forced.err
+    load_checkpoint(out)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "huge"], ["unknown model preset", "huge", "nano"]),
+    (["--preset", "nano", "--codec", "mp3"], ["unknown codec preset", "mp3", "codec2"]),
+    (["--preset", "nano", "--model-json", "{layers: 2"], []),
+    (["--base", "/nonexistent-base"], ["/nonexistent-base", "no config.json"]),
+], ids=["preset", "codec", "model-json", "base"])
+def test_cli_model_init_bad_arguments_are_clear_errors(run_cli, tmp_path, argv, words):
+    res = run_cli("model", "init", tmp_path / "m", *argv)
+    assert res.rc == 2 and "Traceback" not in res.err
+    assert len(res.error_lines) == 1, res.err
+    for w in words:
+        assert w.lower() in res.error_lines[0].lower()
+
+
+def test_doctor_lists_core_components(run_cli):
+    res = run_cli("doctor")
+    assert res.rc == 0, res.out
+    lines = res.out.splitlines()
+    for name in ("python", "torch", "transformers", "soxr", "soundfile", "pycodec2", "webrtcvad-wheels"):
+        line = next((ln for ln in lines if ln.split()[1:2] == [name]), None)
+        assert line is not None, f"no line for {name}"
+        assert line.startswith("ok"), line
+    assert "core complete" in lines[-1]
+    assert any("espeak-ng" in ln for ln in lines)
+
+
+def test_bench_step_prints_json_with_rtf(run_cli):
+    res = run_cli("bench", "step", "--frames", "30", "--warmup", "5", "--preset", "nano")
+    assert res.rc == 0, res.err
+    result = json.loads(res.out)
+    assert result["benchmark"] == "step" and result["model"] == "random:nano"
+    assert result["frames"] == 30 and isinstance(result["frame_ms"], float)
+    for key in ("step_ms", "think_ms", "speak_ms", "listen_ms"):
+        assert set(result[key]) >= {"p50", "p95", "p99", "mean"}
+        assert all(isinstance(v, float) for v in result[key].values())
+    for key in ("real_time_factor_p95", "real_time_factor_mean", "parameters_m", "load_seconds"):
+        assert isinstance(result[key], float) and result[key] >= 0, key
+    assert isinstance(result["meets_rtf_0_3"], bool)
+    assert isinstance(result["slot_ids"], int) and result["forwards_per_frame"] >= 2
+    assert result["codec"] == "codec2" and result["engine"] in ("lean", "hf")
+
+
+def test_missing_subcommand_and_flags_are_usage_errors(run_cli):
+    with pytest.raises(SystemExit) as e:
+        run_cli("chat", "--out", "x.wav")  # no --in
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        run_cli()
+    assert e.value.code == 2
+
+
+def test_installed_entry_point_prints_one_line_error_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "chat", "--in", str(tmp_path / "nowhere.wav"), "--out",
+         str(tmp_path / "o.wav"), "--model", "/nonexistent", "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"duplex: error: Audio file not found: {tmp_path / 'nowhere.wav'}."]
+    assert proc.stdout == ""
