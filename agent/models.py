@@ -70,6 +70,9 @@ def init_model(out_dir: str | Path, preset: str = "tiny", codec: str = "codec2",
     # None means "the preset's default"; 0 is a bad value for the layout to refuse, not "all".
     q_in = pq_in if q_in is None else q_in
     q_out = pq_out if q_out is None else q_out
+    for name, q in (("--q-in", q_in), ("--q-out", q_out)):
+        if q is not None and q < 1:
+            raise ValueError(f"{name} must be >= 1 (leave it out to use all of the codec's codebooks), got {q}.")
     if base:
         return init_from_base(out_dir, lambda v: build_layout(codec_obj, v, q_in, q_out, text_lead), base)
     if preset not in MODEL_PRESETS:

@@ -41,15 +41,23 @@ def test_cli_model_init_writes_loadable_checkpoint(run_cli, tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["--preset", "huge"], ["unknown model preset", "huge", "nano"]),
     (["--preset", "nano", "--codec", "mp3"], ["unknown codec preset", "mp3", "codec2"]),
-    (["--preset", "nano", "--model-json", "{layers: 2"], []),
+    (["--preset", "nano", "--model-json", "{layers: 2"], ["--model-json is not valid json"]),
+    (["--preset", "nano", "--model-json", '{"bogus": 1}'], ["unknown model shape key", "bogus", "layers"]),
+    (["--preset", "nano", "--model-json", '{"layers": "x"}'], ["layers must be a positive integer"]),
+    (["--preset", "nano", "--model-json", "[1]"], ["json object"]),
+    (["--preset", "nano", "--model-json", '{"hidden": 65}'], ["multiple of heads"]),
+    (["--preset", "nano", "--q-in", "0"], ["--q-in must be >= 1"]),
+    (["--preset", "nano", "--q-out", "99"], ["q_out", "1..6"]),
     (["--base", "/nonexistent-base"], ["/nonexistent-base", "no config.json"]),
-], ids=["preset", "codec", "model-json", "base"])
+], ids=["preset", "codec", "json-syntax", "json-key", "json-type", "json-list", "json-shape", "q-in-0", "q-out-99",
+        "base"])
 def test_cli_model_init_bad_arguments_are_clear_errors(run_cli, tmp_path, argv, words):
     res = run_cli("model", "init", tmp_path / "m", *argv)
     assert res.rc == 2 and "Traceback" not in res.err
     assert len(res.error_lines) == 1, res.err
     for w in words:
-        assert w.lower() in res.error_lines[0].lower()
+        assert w.lower() in res.error_lines[0].lower(), res.error_lines[0]
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
 
 def test_doctor_lists_core_components(run_cli):
