@@ -25,6 +25,7 @@ import soundfile as sf
 from agent.config import SessionConfig, save_resolved
 from agent.models import codec_for_layout, resolve_model
 from agent.session import Session
+from listen.pcm import MAX_CHANNELS, AudioInputError
 from listen.resample import StreamingResampler
 from listen.wavio import iter_wav_blocks, wav_info
 from streaming.clock import FrameClock
@@ -145,6 +146,9 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
     """Run the conversation; returns a summary dict (also written in the latency report)."""
     session_config = session_config or SessionConfig()
     info = wav_info(cfg.input)  # clear error for a missing/corrupt file before any model is loaded
+    if info.channels > MAX_CHANNELS:
+        raise AudioInputError(f"{cfg.input} has {info.channels} channels; at most {MAX_CHANNELS} are supported "
+                              f"(downmix it first, e.g. sox IN -c 1 OUT).")
     cfg.check_output()
     model_dir = resolve_model(cfg.model, announce=announce)
     backend = TransformersBackend.from_dir(model_dir, context=session_config.context, threads=cfg.threads,

@@ -55,10 +55,11 @@ class LeanLlama:
         self.layers = []
         for layer in model.model.layers:
             att, mlp = layer.self_attn, layer.mlp
-            qkv_w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight], 0)
+            # The attention scale is folded into the query rows (rotation is linear, so it commutes).
+            qkv_w = torch.cat([att.q_proj.weight * self._scale(cfg), att.k_proj.weight, att.v_proj.weight], 0)
             qkv_b = None
             if att.q_proj.bias is not None:
-                qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias], 0)
+                qkv_b = torch.cat([att.q_proj.bias * self._scale(cfg), att.k_proj.bias, att.v_proj.bias], 0)
             self.layers.append(dict(
                 in_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
                 qkv_w=qkv_w, qkv_b=qkv_b, o_w=att.o_proj.weight, o_b=att.o_proj.bias,
@@ -70,8 +71,14 @@ class LeanLlama:
         freqs = torch.outer(pos, inv)
         emb = torch.cat([freqs, freqs], -1)
         dev, dt = self.embed.device, self.embed.dtype
-        self.cos, self.sin = emb.cos().to(dev, dt), emb.sin().to(dev, dt)
+        # (positions, 1, head_dim): broadcast over the query and key heads rotated together.
+        self.cos, self.sin = emb.cos()[:, None].to(dev, dt), emb.sin()[:, None].to(dev, dt)
         self.max_positions = cfg.max_position_embeddings
+
+    @staticmethod
+    def _scale(cfg: Any) -> float:
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return head_dim ** -0.5
 
     @staticmethod
     def unsupported_reason(model: Any) -> str | None:
@@ -104,14 +111,14 @@ class LeanLlama:
         heads, n, d = q.shape
         group = heads // self.kv_heads
         qg = q.reshape(self.kv_heads, group * n, d)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)) * (d ** -0.5)  # (kv, group*n, L)
+        scores = torch.matmul(qg, keys.transpose(-1, -2))  # (kv, group*n, L); q is pre-scaled
         if mask is not None:
             scores = (scores.view(self.kv_heads, group, n, -1) + mask).view(self.kv_heads, group * n, -1)
         out = torch.matmul(torch.softmax(scores, dim=-1), values)  # (kv, group*n, d)
         return out.view(heads, n, d)
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
     @torch.inference_mode()
     def forward(self, ids: list[int], state: LeanState, rows: tuple[int, int] | None = None) -> torch.Tensor:
@@ -131,11 +138,11 @@ class LeanLlama:
         for i, L in enumerate(self.layers):
             h = self._norm(x, L["in_norm"])
             qkv = F.linear(h, L["qkv_w"], L["qkv_b"])[0]  # (n, q_dim + 2 kv_dim)
-            q = qkv[:, :q_dim].view(n, self.heads, self.head_dim).transpose(0, 1)
-            k = qkv[:, q_dim:q_dim + kv_dim].view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            qk = qkv[:, : q_dim + kv_dim].view(n, self.heads + self.kv_heads, self.head_dim)
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], -1) * sin  # rotary, q and k at once
+            q = qk[:, : self.heads].transpose(0, 1)
+            k = qk[:, self.heads:].transpose(0, 1)
             v = qkv[:, q_dim + kv_dim:].view(n, self.kv_heads, self.head_dim).transpose(0, 1)
-            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
-            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
             state.keys[i, :, p0:p0 + n] = k
             state.values[i, :, p0:p0 + n] = v
             a = self._attend(q, state.keys[i, :, : p0 + n], state.values[i, :, : p0 + n], mask)

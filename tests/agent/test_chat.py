@@ -435,3 +435,41 @@ def test_output_onto_the_input_is_refused_and_input_kept(run_cli, nano_model, qu
 def test_unwritable_output_name_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, name, words):
     (tmp_path / "adir").mkdir()
     _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / name), *words)
+
+
+@pytest.mark.parametrize("name, subtype", [("u8.wav", "PCM_U8"), ("f64.wav", "DOUBLE"), ("in.flac", None),
+                                           ("in.ogg", None)])
+def test_other_sample_types_and_containers_work(run_cli, nano_model, tmp_path, name, subtype):
+    rate = 16000
+    t = np.arange(rate) / rate
+    x = 0.4 * np.sin(2 * np.pi * 220 * t)
+    if subtype == "DOUBLE":
+        x = x * 4  # beyond full scale: clipped, not wrapped
+    inp = tmp_path / name
+    sf.write(str(inp), x, rate, **({"subtype": subtype} if subtype else {}))
+    out = tmp_path / "out.wav"
+    res = _chat(run_cli, nano_model, inp, out)
+    assert res.rc == 0, res.err
+    assert abs(sf.info(str(out)).duration - 1.0) <= FRAME_S
+    y, _ = read_stereo(out)
+    corr, _ = best_correlation(y[:, 0], soxr.resample(np.clip(x, -1, 1).astype(np.float32), rate, CODEC_RATE))
+    assert corr > 0.9
+
+
+def test_more_channels_than_supported_is_a_clear_error(run_cli, nano_model, tmp_path):
+    inp = tmp_path / "array.wav"
+    sf.write(str(inp), np.zeros((800, 65), np.int16), 8000, subtype="PCM_16")
+    _assert_clean_error(_chat(run_cli, nano_model, inp, tmp_path / "o.wav"), "65 channels", "at most 64")
+
+
+@pytest.mark.timeout(60)
+def test_file_corrupt_in_the_middle_is_a_clear_error_not_a_hang(run_cli, nano_model, tmp_path):
+    rate = 16000
+    good = tmp_path / "good.flac"
+    sf.write(str(good), 0.3 * np.sin(np.arange(5 * rate) * 0.05), rate)
+    data = bytearray(good.read_bytes())
+    third = len(data) // 3
+    data[third:third + 4000] = np.random.default_rng(0).bytes(4000)
+    inp = tmp_path / "bad.flac"
+    inp.write_bytes(bytes(data))
+    _assert_clean_error(_chat(run_cli, nano_model, inp, tmp_path / "o.wav"), "bad.flac", "corrupt")
