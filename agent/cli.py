@@ -4,6 +4,8 @@
     duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
     duplex doctor
     duplex bench step [--model DIR] [--frames 300]
+    duplex data tokenize --data DIALOGUES --out SHARDS [--model DIR]
+    duplex train --preset tiny|lora|smoke --shards SHARDS --out DIR [--init DIR] [--resume]
 
 Errors a user can fix (missing file, bad audio, bad setting) print one sentence and exit with 2.
 """
@@ -41,9 +43,18 @@ def _session_config(args: argparse.Namespace):
         overrides.append("policy.barge_in=false")
     overrides = [_typed_override(item) for item in overrides]
     try:
-        return resolve_session_config(args.config, overrides)
+        config = resolve_session_config(args.config, overrides)
     except TypeError as e:  # a --config file value of the wrong type reached a component's checks
         raise ValueError(f"A setting in {args.config or 'the configuration'} has the wrong type ({e}).") from e
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):  # a section given a plain value in a --config file
+        if dataclasses.is_dataclass(hints[f.name]) and not isinstance(getattr(config, f.name), hints[f.name]):
+            raise ValueError(f"{f.name} in {args.config} must be a section of settings (a mapping), "
+                             f"got {getattr(config, f.name)!r}.")
+    return config
 
 
 def _typed_override(item: str) -> str:
@@ -210,7 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_bench_step)
+    from agent.training.cli import add_commands as add_training_commands
+
+    data_group = _group(sub, "data", "dialogue data: synthesize and tokenize")
+    add_training_commands(sub, data_group)
     return parser
+
+
+def _group(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    """The subcommand group ``name`` (created once, shared by the modules that add commands to it)."""
+    if name in sub.choices:
+        return sub.choices[name]._subparsers._group_actions[0]
+    return sub.add_parser(name, help=help_text).add_subparsers(dest=f"{name}_cmd", required=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -473,3 +473,20 @@ def test_file_corrupt_in_the_middle_is_a_clear_error_not_a_hang(run_cli, nano_mo
     inp = tmp_path / "bad.flac"
     inp.write_bytes(bytes(data))
     _assert_clean_error(_chat(run_cli, nano_model, inp, tmp_path / "o.wav"), "bad.flac", "corrupt")
+
+
+@pytest.mark.parametrize("yaml_text, words", [
+    ("sampling: 3\n", ["sampling", "must be a section"]),
+    ("sampling:\n  text_temperature: abc\n", ["wrong type"]),
+    ("nosuch: 1\n", ["unknown setting", "nosuch"]),
+    ("- a list\n", ["must hold a mapping"]),
+], ids=["scalar-section", "wrong-type", "unknown-key", "not-a-mapping"])
+def test_bad_config_file_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, yaml_text, words):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / "o.wav", "--config", config), *words)
+
+
+def test_unknown_config_preset_lists_the_presets(run_cli, nano_model, question_wav, tmp_path):
+    _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / "o.wav", "--config", "nosuch"),
+                        "nosuch", "default")

@@ -1,0 +1,1 @@
+"""Training: dialogues -> token shards (``tokenize``), the trainer (``train``), adapters (LoRA)."""

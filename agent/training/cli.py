@@ -1,0 +1,71 @@
+"""CLI for the training pipeline: ``duplex data tokenize`` and ``duplex train``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from agent.models import codec_for_layout, codec_from_preset, build_layout
+    from agent.training.tokenize import write_shards
+    from think.layout import DuplexLayout
+    from think.tokenizer import default_tokenizer, load_tokenizer
+
+    if args.model:
+        layout = DuplexLayout.load(args.model)
+        tokenizer = load_tokenizer(args.model)
+        codec = codec_for_layout(layout, args.codec_weights)
+    else:
+        codec, q_in, q_out = codec_from_preset(args.codec, args.codec_weights)
+        tokenizer = default_tokenizer()
+        layout = build_layout(codec, tokenizer.get_vocab_size(), q_in, q_out, args.text_lead)
+    index = write_shards(args.data, args.out, layout, codec, tokenizer, shard_size=args.shard_size,
+                         progress=not args.quiet)
+    print(f"wrote {len(index['shards'])} shards to {args.out}: " + ", ".join(
+        f"{split} {t['dialogues']} dialogues / {t['frames']} frames" for split, t in sorted(index["totals"].items())))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agent.config import apply_overrides, from_dict, load_yaml
+    from agent.training.train import TrainConfig, train
+
+    data = load_yaml(args.preset if args.preset.endswith(".yaml") else f"train-{args.preset}")
+    for key in ("shards", "out", "init", "steps", "threads"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = str(value) if key in ("shards", "out", "init") else value
+    cfg = from_dict(TrainConfig, apply_overrides(data, args.overrides))
+    if not cfg.shards or not cfg.out:
+        raise ValueError("--shards and --out are required.")
+    final = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(final, indent=2))
+    print(f"wrote {Path(cfg.out)} ({'adapter/' if cfg.mode == 'lora' else 'checkpoint'}, metrics.jsonl, loss.png)")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParsersAction | None = None) -> None:
+    """Register ``data tokenize`` (in the ``data`` group) and ``train``."""
+    p = data_group.add_parser("tokenize", help="dialogues -> the layout's token shards")
+    p.add_argument("--data", required=True, help="directory made by `duplex data synth`")
+    p.add_argument("--out", required=True, help="shard directory to write")
+    p.add_argument("--model", help="take layout and tokenizer from this checkpoint directory")
+    p.add_argument("--codec", default="codec2", help="codec preset when no --model is given")
+    p.add_argument("--codec-weights", help="local weights for neural codecs")
+    p.add_argument("--text-lead", type=int, default=1, help="δ: frames the text leads the audio")
+    p.add_argument("--shard-size", type=int, default=256, help="dialogues per shard")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("train", help="train a model (from scratch) or a LoRA adapter on token shards")
+    p.add_argument("--preset", default="tiny", help="train preset: smoke, tiny, lora (agent/presets/train-*.yaml) or a YAML file")
+    p.add_argument("--shards", help="directory made by `duplex data tokenize`")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--init", help="checkpoint to start from (required for lora)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,181 @@
+"""``duplex data tokenize``: synthetic dialogues -> the layout's token sequences, in shards.
+
+For every dialogue (a 2-channel WAV: user = channel 0 as the model hears it, agent = channel 1, plus its
+JSON with the agent's word timings) and every 80 ms frame ``t``, the slot is::
+
+    [ user codes(t)[:Q_in] ] [ text(t) ] [ agent codes(t)[:Q_out] ]
+
+The agent's text is written ``δ = layout.text_lead`` frames *before* the audio that speaks it: a word
+starting at audio frame ``f`` puts its word pieces at slots ``f - δ, f - δ + 1, ...`` (never before
+the previous word's pieces), and an agent turn ends with one end-of-turn id. Every other text slot is
+PAD. A sequence is ``[session start] + slots``; a loss mask marks the ids the model must learn to
+produce (the agent's text and audio), with PAD text down-weighted at training time.
+
+Shards are ``.npz`` files of concatenated sequences with offsets, written next to ``shards.json``
+(the layout, the source, counts) so that training can refuse a layout mismatch. Resumable: shards
+already written are kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from listen.resample import StreamingResampler
+from listen.wavio import read_wav
+from streaming.codecs.base import Codec
+from think.layout import DuplexLayout
+
+SHARD_INDEX = "shards.json"
+
+
+@dataclass
+class TokenizedDialogue:
+    """One dialogue in the layout.
+
+    Attributes:
+        ids: ``(1 + frames * slot_size,)`` int32, the session start then every slot.
+        frames: number of frames.
+        split: train / val / test.
+    """
+
+    id: str
+    ids: np.ndarray
+    frames: int
+    split: str
+
+
+def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int) -> np.ndarray:
+    """Resample once to the codec rate and encode exactly ``frames`` frames -> ``(frames, Q)``."""
+    rs = StreamingResampler(rate, codec.spec.sample_rate, quality="HQ")
+    x = np.concatenate([rs.process(pcm.astype(np.float32)), rs.flush()])
+    need = frames * codec.spec.frame_samples
+    x = np.pad(x[:need], (0, max(0, need - len(x))))
+    return codec.encode_all(x)[:frames]
+
+
+def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np.ndarray:
+    """The text slot for every frame ``(frames,)``: word pieces δ frames ahead of their audio, EOT after
+    each agent turn, PAD elsewhere."""
+    frame_s = layout.frame_ms / 1000.0
+    text = np.full(frames, layout.pad_id, dtype=np.int64)
+    next_free = 0
+    for turn in sorted((t for t in record["turns"] if t["speaker"] == "agent"), key=lambda t: t["start"]):
+        words = turn.get("words") or []
+        placed = False
+        for w in words:
+            word = str(w["word"]).strip()
+            if not word:
+                continue
+            pieces = tokenizer.encode(" " + word).ids
+            slot = max(next_free, int(math.floor(w["start"] / frame_s)) - layout.text_lead, 0)
+            for piece in pieces:
+                if slot >= frames:
+                    break
+                text[slot] = piece
+                slot += 1
+                placed = True
+            next_free = slot
+        if placed and next_free < frames:
+            text[next_free] = layout.eot_id
+            next_free += 1
+    return text
+
+
+def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer) -> TokenizedDialogue:
+    audio, rate = read_wav(wav_path)
+    if audio.shape[1] != 2:
+        raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
+    frames = int(math.ceil(len(audio) / rate * 1000.0 / layout.frame_ms))
+    user = _encode_channel(codec, audio[:, 0], rate, frames)
+    agent = _encode_channel(codec, audio[:, 1], rate, frames)
+    text = text_track(record, layout, tokenizer, frames)
+    user_ids = layout.user_ids(user)  # (frames, Q_in)
+    agent_ids = layout.agent_audio_ids(agent)  # (frames, Q_out)
+    slots = np.concatenate([user_ids, text[:, None], agent_ids], axis=1)
+    ids = np.concatenate([[layout.special("session_start")], slots.reshape(-1)]).astype(np.int32)
+    return TokenizedDialogue(id=record["id"], ids=ids, frames=frames, split=record.get("split", "train"))
+
+
+def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
+    records = sorted(p for p in data_dir.glob("*.json") if p.name not in ("manifest.json", SHARD_INDEX))
+    if not records:
+        raise FileNotFoundError(f"No dialogues (*.json + *.wav) in {data_dir}; make them with `duplex data synth`.")
+    for path in records:
+        record = json.loads(path.read_text())
+        wav = path.with_suffix(".wav")
+        if not wav.is_file():
+            raise FileNotFoundError(f"{path} has no audio file {wav.name}.")
+        yield wav, record
+
+
+def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
+                 shard_size: int = 256, progress: bool = True) -> dict:
+    """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards."""
+    from tqdm import tqdm
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path = out_dir / SHARD_INDEX
+    if index_path.is_file():
+        old = json.loads(index_path.read_text())
+        if DuplexLayout.from_dict(old["layout"]) != layout:
+            raise ValueError(f"{out_dir} holds shards of another layout; use a new --out directory.")
+    by_split: dict[str, list[tuple[Path, dict]]] = {}
+    for wav, record in iter_dialogues(data_dir):
+        by_split.setdefault(record.get("split", "train"), []).append((wav, record))
+    chunks = [(split, n, items[i:i + shard_size]) for split, items in sorted(by_split.items())
+              for n, i in enumerate(range(0, len(items), shard_size))]
+    shards: list[dict] = []
+    totals: dict[str, dict] = {}
+    bar = tqdm(total=sum(len(c) for _, _, c in chunks), desc="tokenize", unit="dialogue", disable=not progress)
+    for split, n, chunk in chunks:
+        path = out_dir / f"{split}-{n:04d}.npz"
+        names = [record["id"] for _, record in chunk]
+        if path.is_file() and list(np.load(path)["names"]) == names:
+            z = np.load(path)  # resumable: this shard was already written from the same dialogues
+            offsets, frames = z["offsets"], z["frames"]
+        else:
+            done = [tokenize_dialogue(wav, record, layout, codec, tokenizer) for wav, record in chunk]
+            offsets = np.cumsum([0] + [len(d.ids) for d in done]).astype(np.int64)
+            frames = np.asarray([d.frames for d in done], dtype=np.int32)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, ids=np.concatenate([d.ids for d in done]), offsets=offsets, frames=frames,
+                     names=np.asarray(names))
+            tmp.replace(path)
+        bar.update(len(chunk))
+        shards.append({"file": path.name, "split": split, "dialogues": len(chunk), "ids": int(offsets[-1]),
+                       "frames": int(frames.sum())})
+        t = totals.setdefault(split, {"dialogues": 0, "frames": 0, "ids": 0})
+        t["dialogues"] += len(chunk)
+        t["frames"] += int(frames.sum())
+        t["ids"] += int(offsets[-1])
+    bar.close()
+    index = {"layout": layout.to_dict(), "source": str(data_dir), "shards": shards, "totals": totals}
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return index
+
+
+def load_split(shard_dir: str | Path, split: str) -> list[np.ndarray]:
+    """All sequences of one split, each ``(1 + frames * slot_size,)`` int32."""
+    shard_dir = Path(shard_dir)
+    index = json.loads((shard_dir / SHARD_INDEX).read_text())
+    out = []
+    for s in index["shards"]:
+        if s["split"] != split:
+            continue
+        z = np.load(shard_dir / s["file"])
+        ids, offsets = z["ids"], z["offsets"]
+        out.extend(ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))
+    return out
+
+
+def shard_layout(shard_dir: str | Path) -> DuplexLayout:
+    path = Path(shard_dir) / SHARD_INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"No {SHARD_INDEX} in {shard_dir}; make shards with `duplex data tokenize`.")
+    return DuplexLayout.from_dict(json.loads(path.read_text())["layout"])
