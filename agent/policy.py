@@ -36,6 +36,14 @@ class PolicyConfig:
     echo_guard: bool = False
     echo_tail_ms: float = 240.0
 
+    def __post_init__(self) -> None:
+        for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms"):
+            value = getattr(self, name)
+            if not (0 <= value <= 60_000):
+                raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
+        if not (0 <= self.agent_talking_rms <= 1):
+            raise ValueError(f"policy.agent_talking_rms must be between 0 and 1, got {self.agent_talking_rms}.")
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -129,13 +129,25 @@ class Session:
             return None, False
 
     # ---- the loop ------------------------------------------------------------------------------
-    async def run(self, clock: FrameClock, max_frames: int | None = None,
-                  tail_frames: int = 0) -> AsyncIterator[FrameOutput]:
+    async def run(self, clock: FrameClock, max_frames: int | None = None, tail_frames: int = 0,
+                  wait_for_audio: bool = False) -> AsyncIterator[FrameOutput]:
         """Yield one :class:`FrameOutput` per tick until the input ends (plus ``tail_frames`` of
-        silence so the agent can finish) or ``max_frames`` ticks."""
+        silence so the agent can finish) or ``max_frames`` ticks. In real time with ``wait_for_audio``
+        the clock starts when the first user frame arrives."""
         tail_left = tail_frames
+        first: UserFrame | None = None
+        if self.realtime and wait_for_audio:
+            # A live source starts a little after the session: start the clock on its first frame
+            # (and keep one frame of margin) instead of filling the gap with underrun silence.
+            try:
+                first = await self.user_frames.get()
+            except QueueClosed:
+                return
         async for tick in clock.ticks(max_frames=max_frames):
-            user, underrun = await self._next_user_frame(tick.index)
+            if first is not None:
+                user, underrun, first = first, False, None
+            else:
+                user, underrun = await self._next_user_frame(tick.index)
             if user is None:
                 if tail_left <= 0:
                     break

@@ -151,9 +151,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "float32
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     p = check_model_dir(path)
     layout = DuplexLayout.load(p)
     tokenizer = load_tokenizer(p)
+    hf_logging.disable_progress_bar()  # a loading bar per session is noise on a CLI and in server logs
     try:
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=getattr(torch, dtype))
     except (OSError, ValueError):
@@ -172,6 +175,11 @@ def check_agreement(model: Any, layout: DuplexLayout, tokenizer: Any, where: Any
     if rows < layout.vocab_size:
         raise ValueError(f"Model in {where} has {rows} embedding rows but its layout needs {layout.vocab_size} "
                          f"ids; the layout and the weights do not belong together.")
+    if rows != padded_vocab(layout):
+        # Checkpoints pad the layout's ids to a multiple of 64; any other size means a layout that
+        # shifted under the weights (every audio id would be off), even if it still "fits".
+        raise ValueError(f"Model in {where} has {rows} embedding rows but its layout pads to {padded_vocab(layout)}; "
+                         f"the layout and the weights do not belong together.")
     head = model.get_output_embeddings()
     if head is not None and head.weight.shape[0] < layout.vocab_size:
         raise ValueError(f"Model in {where} has an output head of {head.weight.shape[0]} ids but its layout needs "

@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        last = {"step": step, "loss": round(float(loss), 4), "lr": round(opt.param_groups[0]["lr"], 6), **parts}
+        last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6), **parts}
         if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             last.update(evaluate(model, val_s, cfg))
         with metrics_path.open("a") as f:
