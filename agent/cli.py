@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_group = _group(sub, "data", "dialogue data: synthesize and tokenize")
     add_training_commands(sub, data_group)
+    from agent.codec_train import add_codec_commands
+
+    add_codec_commands(sub)
     return parser
 
 

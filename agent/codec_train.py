@@ -382,14 +382,14 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
                 g_adv = g_adv + torch.relu(1 - fake).mean()
                 fm = fm + sum((a - b).abs().mean() for a, b in zip(ff, rf)) / len(ff)
             loss = loss + cfg.adv_weight * g_adv + cfg.fm_weight * fm
-            acc["adv"] += float(g_adv)
+            acc["adv"] += g_adv.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        acc["mel"] += float(l_mel)
-        acc["stft"] += float(l_stft)
+        acc["mel"] += l_mel.item()
+        acc["stft"] += l_stft.item()
         acc["n"] += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -45,6 +45,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agent.config import resolve_session_config
+    from agent.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit)
+    result = run_eval(cfg, args.model, args.out, resolve_session_config(args.config, args.overrides),
+                      progress=not args.quiet)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"wrote {Path(args.out) / 'eval.json'} and eval.png")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParsersAction | None = None) -> None:
     """Register ``data tokenize`` (in the ``data`` group) and ``train``."""
     p = data_group.add_parser("tokenize", help="dialogues -> the layout's token shards")
@@ -69,3 +81,14 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score held-out dialogues through the streaming loop (duplex behaviour, answers)")
+    p.add_argument("--data", required=True, help="directory made by `duplex data synth`")
+    p.add_argument("--out", required=True, help="directory for eval.json and eval.png")
+    p.add_argument("--model", help="checkpoint directory (default: the embedded default)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=0, help="at most this many dialogues")
+    p.add_argument("--config", help="session config file or preset (default: greedy decoding is NOT implied)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)

@@ -206,4 +206,4 @@ def load_codec(name: str, **options: Any) -> Codec:
 
 def _import_builtin_codecs() -> None:
     # Importing the modules registers them; heavy backends are imported lazily inside each codec.
-    from streaming.codecs import codec2, mimi, snac  # noqa: F401
+    from streaming.codecs import codec2, fsq, mimi, snac  # noqa: F401

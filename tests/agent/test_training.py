@@ -131,3 +131,31 @@ def test_lora_preset_refuses_targets_vllm_cannot_serve(dialogues, nano_model_dir
                  "--init", str(nano_model_dir), "--set", "lora_targets=[embed_tokens]", "-q"])
     assert code == 2
     assert "vLLM cannot serve" in capsys.readouterr().err
+
+
+def test_eval_scores_held_out_dialogues_through_the_loop(dialogues, nano_model_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("d0", "d2"):
+        record = json.loads((dialogues / f"{name}.json").read_text())
+        record["split"] = "test"
+        agent = record["turns"][1]
+        record["events"] = [{"type": "turn_end", "time": record["turns"][0]["end"]},
+                            {"type": "interruption", "time": agent["start"] + 0.3}]
+        (data / f"{name}.json").write_text(json.dumps(record))
+        (data / f"{name}.wav").write_bytes((dialogues / f"{name}.wav").read_bytes())
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "-q"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    s = result["summary"]
+    assert s["dialogues"] == 2 and s["questions"] == 2 and s["interruptions"] == 2
+    assert 0.0 <= s["turn_take_over_rate"] <= 1.0 and 0.0 <= s["answer_accuracy"] <= 1.0
+    assert all(len(d["answers"]) == 1 for d in result["dialogues"])
+
+
+def test_answer_score_rewards_the_expected_words():
+    from agent.evaluate import answer_score
+
+    assert answer_score("well, the capital of France is Paris!", "the capital of france is paris")["contains"]
+    assert not answer_score("the capital is rome", "the capital of france is paris")["contains"]
+    assert answer_score("", "paris")["f1"] == 0.0

@@ -1,0 +1,243 @@
+"""``duplex eval``: held-out dialogues through the real streaming loop, scored Full-Duplex-Bench style.
+
+Each test dialogue's user channel (channel 0 of its WAV: what the model would hear) is streamed through
+a :class:`Session` frame by frame; the agent's output is then scored against the dialogue's labelled
+events (the ``duplex data synth`` contract, see ``agent/dialogue``):
+
+- **turn take-over** at real turn ends (``turn_end``): did the agent start within ``take_over_window_s``,
+  and how long after the user stopped (latency);
+- **pauses** (``pause``): did the agent wrongly take the turn during a mid-utterance pause (rate, lower is better);
+- **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop (rate, lower is better);
+- **interruptions** (``interruption``): time from the user's onset until the agent's audio stops, the share
+  stopping within 400 ms, and whether the agent then answers;
+- **answers**: for each question (``qa``), the agent's text after the question vs the expected answer
+  (normalised containment and word F1);
+
+Not yet scored here: intelligibility of the agent's speech through an offline recogniser (planned with
+faster-whisper tiny.en, as ``duplex codec eval`` does for the codec).
+
+"The agent is active" in a frame means its decoded audio is above ``active_rms`` or its text slot holds a
+word piece. Results: JSON (summary + per-dialogue) and, with matplotlib, a latency histogram.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.config import SessionConfig
+from agent.models import codec_for_layout, resolve_model
+from agent.session import Session
+from listen.wavio import read_wav
+from streaming.clock import FrameClock
+from think.transformers_backend import TransformersBackend
+
+
+@dataclass
+class EvalConfig:
+    """Scoring settings.
+
+    Attributes:
+        data: directory of dialogues (``duplex data synth`` output).
+        split: which split to score.
+        limit: at most this many dialogues (0 = all).
+        take_over_window_s: an answer must start within this long after a turn end.
+        active_rms: agent audio level above which the agent counts as speaking.
+        stop_quiet_frames: consecutive quiet frames that count as "the agent stopped".
+    """
+
+    data: str = ""
+    split: str = "test"
+    limit: int = 0
+    take_over_window_s: float = 2.0
+    active_rms: float = 0.02
+    stop_quiet_frames: int = 2
+
+
+@dataclass
+class DialogueScore:
+    id: str
+    turn_ends: list[dict] = field(default_factory=list)
+    pauses: list[dict] = field(default_factory=list)
+    backchannels: list[dict] = field(default_factory=list)
+    interruptions: list[dict] = field(default_factory=list)
+    answers: list[dict] = field(default_factory=list)
+
+
+def _norm_words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def answer_score(said: str, expected: str) -> dict:
+    """Containment (every expected word said, in order-insensitive bag terms) and word F1."""
+    s, e = _norm_words(said), _norm_words(expected)
+    if not e:
+        return {"contains": False, "f1": 0.0}
+    common = sum(min(s.count(w), e.count(w)) for w in set(e))
+    precision = common / len(s) if s else 0.0
+    recall = common / len(e)
+    f1 = 2 * precision * recall / (precision + recall) if common else 0.0
+    return {"contains": recall == 1.0, "f1": round(f1, 4)}
+
+
+async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig, wav: Path) -> tuple[list, float]:
+    audio, rate = read_wav(wav)
+    session = Session(backend.open_session(cfg.sampling, cfg.system_prompt), codec, backend.tokenizer, cfg,
+                      input_rate=rate)
+    user = audio[:, 0]
+
+    async def feed() -> None:
+        for i in range(0, len(user), rate):
+            await session.push_audio(user[i:i + rate])
+        await session.end_input()
+
+    task = asyncio.create_task(feed())
+    outs = [o async for o in session.run(FrameClock(codec.spec.frame_ms / 1000.0, realtime=False))]
+    await task
+    await session.close()
+    return outs, codec.spec.frame_ms / 1000.0
+
+
+def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pad_id: int, text_vocab: int) -> DialogueScore:
+    rms = np.asarray([o.mark.agent_rms for o in outs])
+    has_text = np.asarray([o.text_id < text_vocab for o in outs])
+    active = (rms > cfg.active_rms) | has_text
+    n = len(outs)
+
+    def frame(t: float) -> int:
+        return min(n, max(0, int(t / frame_s)))
+
+    def first_active(a: int, b: int) -> int | None:
+        idx = np.nonzero(active[a:b])[0]
+        return int(a + idx[0]) if len(idx) else None
+
+    def stop_frame(a: int, b: int) -> int | None:
+        quiet = 0
+        for i in range(a, b):
+            quiet = quiet + 1 if rms[i] <= cfg.active_rms else 0
+            if quiet >= cfg.stop_quiet_frames:
+                return i - cfg.stop_quiet_frames + 1
+        return None
+
+    score = DialogueScore(id=record["id"])
+    window = int(cfg.take_over_window_s / frame_s)
+    for ev in record.get("events", []):
+        t = float(ev["time"])
+        f = frame(t)
+        kind = ev["type"]
+        if kind == "turn_end":
+            start = first_active(f, min(n, f + window))
+            score.turn_ends.append({"time": t, "took_over": start is not None,
+                                    "latency_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
+        elif kind == "pause":
+            end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
+            score.pauses.append({"time": t, "took_over": first_active(f + 1, end) is not None})
+        elif kind == "user_backchannel":
+            agent_was_active = bool(active[max(0, f - 2):f].any())
+            stop = stop_frame(f, min(n, f + window))
+            score.backchannels.append({"time": t, "agent_active": agent_was_active,
+                                       "agent_stopped": agent_was_active and stop is not None})
+        elif kind == "interruption":
+            stop = stop_frame(f, min(n, f + window))
+            resumed = first_active(stop + cfg.stop_quiet_frames, n) if stop is not None else None
+            score.interruptions.append({"time": t, "stop_ms": None if stop is None else round(max(0.0, stop * frame_s - t) * 1000, 1),
+                                        "answered_after": resumed is not None})
+    turns = record.get("turns", [])
+    for qa in record.get("qa", []):
+        q_turn = turns[qa["turn_index"]] if qa.get("turn_index") is not None and qa["turn_index"] < len(turns) else None
+        if q_turn is None:
+            continue
+        a = frame(float(q_turn["end"]))
+        nxt = [tt["start"] for tt in turns if tt["speaker"] == "user" and tt["start"] > q_turn["end"] + 0.3]
+        b = frame(min(nxt)) if nxt else n
+        said = "".join(o.text_delta for o in outs[a:b])
+        score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
+                              **answer_score(said, qa["answer"])})
+    return score
+
+
+def summarize(scores: list[DialogueScore]) -> dict:
+    def rate(items: list[dict], key: str) -> float | None:
+        return round(float(np.mean([bool(i[key]) for i in items])), 4) if items else None
+
+    turn_ends = [x for s in scores for x in s.turn_ends]
+    lat = [x["latency_ms"] for x in turn_ends if x["latency_ms"] is not None]
+    inter = [x for s in scores for x in s.interruptions]
+    stops = [x["stop_ms"] for x in inter if x["stop_ms"] is not None]
+    backs = [x for s in scores for x in s.backchannels if x["agent_active"]]
+    answers = [x for s in scores for x in s.answers]
+    return {
+        "dialogues": len(scores),
+        "turn_take_over_rate": rate(turn_ends, "took_over"),
+        "turn_latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
+        "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
+        "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),
+        "backchannel_take_over_rate": rate(backs, "agent_stopped"),
+        "interruptions": len(inter),
+        "interruption_stop_within_400ms": round(float(np.mean([s is not None and s <= 400 for s in
+                                                              [x["stop_ms"] for x in inter]])), 4) if inter else None,
+        "interruption_stop_ms_median": round(float(np.median(stops)), 1) if stops else None,
+        "interruption_answered_rate": rate(inter, "answered_after"),
+        "answer_accuracy": rate(answers, "contains"),
+        "answer_f1_mean": round(float(np.mean([a["f1"] for a in answers])), 4) if answers else None,
+        "questions": len(answers),
+    }
+
+
+def _plot(scores: list[DialogueScore], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    lat = [x["latency_ms"] for s in scores for x in s.turn_ends if x["latency_ms"] is not None]
+    stops = [x["stop_ms"] for s in scores for x in s.interruptions if x["stop_ms"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].hist(lat or [0], bins=20)
+    axes[0].set_title("turn-end -> agent start (ms)")
+    axes[1].hist(stops or [0], bins=20, color="tab:red")
+    axes[1].set_title("interruption -> agent stops (ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: SessionConfig | None = None,
+             progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    data = Path(cfg.data)
+    records = []
+    for p in sorted(data.glob("*.json")):
+        if p.name in ("manifest.json", "shards.json"):
+            continue
+        r = json.loads(p.read_text())
+        if r.get("split") == cfg.split:
+            records.append((p.with_suffix(".wav"), r))
+    if not records:
+        raise FileNotFoundError(f"No {cfg.split!r} dialogues in {data}; make them with `duplex data synth`.")
+    if cfg.limit:
+        records = records[: cfg.limit]
+    session_cfg = session_cfg or SessionConfig()
+    backend = TransformersBackend.from_dir(resolve_model(model))
+    codec = codec_for_layout(backend.layout)
+    lay = backend.layout
+    scores: list[DialogueScore] = []
+    for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
+        outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav))
+        scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
+    summary = summarize(scores)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"summary": summary, "config": asdict(cfg), "model": str(backend.loaded.path),
+              "dialogues": [asdict(s) for s in scores]}
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(scores, out / "eval.png")
+    return result

@@ -1,0 +1,577 @@
+"""One Realtime WebSocket connection = one full-duplex conversation.
+
+The session clock runs the model every frame; this module maps what each frame produced
+(:class:`agent.session.FrameOutput`) to Realtime events, and client events to the session:
+
+- the agent becomes audible (or writes text) after silence -> ``response.created``; every frame of
+  the response -> ``response.output_audio.delta`` (resampled once per connection from the codec rate
+  to the client's rate) and ``response.output_audio_transcript.delta``; ``response_quiet_ms`` of agent
+  silence or an end-of-turn id -> ``response.done`` (completed);
+- a barge-in cut -> ``x_duplex.barge_in`` and ``response.done`` (cancelled, ``turn_detected``): the
+  client flushes its playback buffer at once;
+- the user's VAD flags (with a hangover) -> ``input_audio_buffer.speech_started`` / ``speech_stopped``;
+- every frame -> ``x_duplex.frame`` and ``x_duplex.latency`` (step times), unless turned off.
+
+The clock starts with the first input audio (like a live microphone, with one frame of jitter margin)
+or with ``response.create``. See ``docs/realtime-events.md`` for the full matrix.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.session import FrameOutput, Session
+from listen.pcm import float32_to_pcm16_bytes
+from listen.resample import StreamingResampler
+from streaming import events as ev
+from streaming.clock import FrameClock
+from streaming.events import EventError, error_event, server_event
+from think.sampling import SamplingConfig
+
+log = logging.getLogger(__name__)
+_CLOSE = object()
+X_FIELDS = ("model", "adapter", "sampling", "events")
+
+
+class TokenBucket:
+    """``rate`` units per second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.t = rate, burst, burst, time.monotonic()
+
+    def take(self, n: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+@dataclass
+class _Response:
+    id: str
+    item_id: str
+    samples: int = 0
+    frames: int = 0
+    quiet: int = 0
+    transcript: list[str] = field(default_factory=list)
+
+
+class RealtimeConnection:
+    """Protocol state of one connection; ``run()`` serves it until it closes."""
+
+    def __init__(self, ws, server, requested_model: str | None = None) -> None:
+        self.ws, self.server, self.cfg, self.registry = ws, server, server.config, server.registry
+        self.id = ev.new_id("sess")
+        self.conversation_id = ev.new_id("conv")
+        base = self.registry.session_config
+        self.model_name = self.registry.default
+        self._model_warning = None
+        if requested_model and requested_model in self.registry.entries:
+            self.model_name = requested_model
+        elif requested_model and requested_model != self.model_name:
+            self._model_warning = requested_model
+        self.adapter: str | None = None
+        self.instructions = base.system_prompt
+        self.sampling = dataclasses.replace(base.sampling)
+        self.input_rate, self.output_rate = self.cfg.default_input_rate, self.cfg.default_output_rate
+        self.silence_ms = self.cfg.silence_duration_ms
+        self.turn_type = "server_vad"
+        self.events_on = {"frame": self.cfg.frame_events, "latency": self.cfg.frame_events}
+        # runtime
+        self.entry = None
+        self.model_session = None  # opened ahead of the clock; owned by `session` once it starts
+        self.session: Session | None = None
+        self.clock: FrameClock | None = None
+        self.frame_task: asyncio.Task | None = None
+        self.out_resampler: StreamingResampler | None = None
+        self.closing = False
+        self._stop = asyncio.Event()
+        self.close_code, self.close_reason = 1000, ""
+        self._out: deque = deque()
+        self._out_ready = asyncio.Event()
+        self.event_bucket = TokenBucket(self.cfg.max_events_per_second, 2 * self.cfg.max_events_per_second)
+        self.audio_bucket = TokenBucket(1.05, self.cfg.max_audio_ahead_seconds)
+        self._last_warned: dict[str, float] = {}
+        self.stats = {"events_in": 0, "events_dropped": 0, "audio_dropped_ms": 0.0, "errors_sent": 0}
+        self.last_message = time.monotonic()
+        # event state
+        self.response: _Response | None = None
+        self.items: OrderedDict[str, int] = OrderedDict()  # agent item -> ms of audio sent
+        self.truncated: dict[str, int] = {}
+        self.muted = False  # after response.cancel, until the agent falls quiet or the user speaks
+        self.mute_quiet = 0
+        self.user_speaking = False
+        self.user_item: str | None = None
+        self.prev_user_item: str | None = None
+        self.user_quiet = 0
+        self.last_speech_frame = 0
+        self._turns_seen = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        tasks = [sender]
+        try:
+            try:
+                await self._open_model()
+            except Exception as e:
+                log.exception("cannot open a session on %s", self.model_name)
+                self._emit(error_event("server_error", f"Cannot start a conversation on model {self.model_name}: {e}",
+                                       error_type="server_error"))
+                self.request_close(1011, "model failed")
+                return
+            self._emit(server_event(ev.SESSION_CREATED, session=self.session_view()))
+            if self._model_warning:
+                self._emit(error_event("model_not_found", f"No model named {self._model_warning!r} here; using "
+                                       f"{self.model_name!r} (models: {', '.join(self.registry.names)}).",
+                                       param="model"))
+            tasks += [asyncio.create_task(self._read_loop()), asyncio.create_task(self._watchdog())]
+            await self._stop.wait()
+        finally:
+            await self._shutdown(tasks, sender)
+
+    def request_close(self, code: int = 1000, reason: str = "") -> None:
+        if not self._stop.is_set():
+            self.close_code, self.close_reason = code, reason
+            self._stop.set()
+
+    async def _shutdown(self, tasks: list[asyncio.Task], sender: asyncio.Task) -> None:
+        self.closing = True
+        if self.clock is not None:
+            self.clock.stop()
+        if self.frame_task is not None:
+            try:  # let the frame in flight finish (its model step runs in a thread)
+                await asyncio.wait_for(asyncio.shield(self.frame_task), 3.0)
+            except BaseException:
+                self.frame_task.cancel()
+        for t in tasks:
+            if t is not sender:
+                t.cancel()
+        try:
+            if self.session is not None:
+                await self.session.close()
+            elif self.model_session is not None:
+                await self.model_session.close()
+        except Exception:
+            log.exception("closing session %s", self.id)
+        self._out.append(_CLOSE)
+        self._out_ready.set()
+        try:
+            await asyncio.wait_for(sender, 3.0)
+        except BaseException:
+            sender.cancel()
+
+    # ---- outbound ----------------------------------------------------------------------------
+    def _emit(self, event: dict) -> None:
+        if self.closing and self._out and self._out[-1] is _CLOSE:
+            return
+        if event.get("type") == ev.ERROR:
+            self.stats["errors_sent"] += 1
+        if len(self._out) >= self.cfg.outbound_queue:
+            # The client is not reading: drop what it has not taken and hang up.
+            self._out.clear()
+            self._out.append(json.dumps(error_event("slow_client", "The client is not reading events fast enough; "
+                                                    "closing the connection.", error_type="server_error")))
+            self.request_close(1008, "client too slow")
+        else:
+            self._out.append(json.dumps(event))
+        self._out_ready.set()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                while not self._out:
+                    self._out_ready.clear()
+                    await self._out_ready.wait()
+                item = self._out.popleft()
+                if item is _CLOSE:
+                    await self.ws.close(code=self.close_code, reason=self.close_reason[:120])
+                    return
+                await self.ws.send_text(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the client is gone
+            self._out.clear()
+            self.request_close(1006, "send failed")
+
+    def _warn_once_per_second(self, kind: str, code: str, message: str, param: str | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_warned.get(kind, -1e9) >= 1.0:
+            self._last_warned[kind] = now
+            self._emit(error_event(code, message, param=param, error_type="rate_limit_error"))
+
+    # ---- inbound -----------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        try:
+            while not self.closing:
+                msg = await self.ws.receive()
+                if msg.get("type") == "websocket.disconnect":
+                    self.request_close(msg.get("code") or 1000, "client closed")
+                    return
+                self.last_message = time.monotonic()
+                raw = msg.get("text") if msg.get("text") is not None else msg.get("bytes")
+                if raw is None:
+                    continue
+                if not self.event_bucket.take():
+                    self.stats["events_dropped"] += 1
+                    self._warn_once_per_second(
+                        "events", "rate_limited", f"More than {self.cfg.max_events_per_second:.0f} events per second; "
+                        f"{self.stats['events_dropped']} events dropped so far.")
+                    continue
+                self.stats["events_in"] += 1
+                try:
+                    event = ev.parse_client_event(raw, self.cfg.max_message_bytes)
+                    await self._dispatch(event)
+                except EventError as e:
+                    self._emit(e.to_event())
+                except Exception as e:  # a bug handling one event must not end the conversation
+                    log.exception("handling an event on %s", self.id)
+                    self._emit(error_event("server_error", f"The server failed on this event: {type(e).__name__}.",
+                                           error_type="server_error"))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.request_close(1006, "receive failed")
+
+    async def _watchdog(self) -> None:
+        idle = self.cfg.idle_timeout_seconds
+        while idle > 0:
+            await asyncio.sleep(min(1.0, idle))
+            if time.monotonic() - self.last_message > idle:
+                self._emit(error_event("idle_timeout", f"No client event for {idle:.0f} s; closing."))
+                self.request_close(1000, "idle timeout")
+                return
+
+    async def _dispatch(self, event: dict) -> None:
+        handler = {
+            ev.SESSION_UPDATE: self._on_session_update, ev.INPUT_AUDIO_BUFFER_APPEND: self._on_append,
+            ev.INPUT_AUDIO_BUFFER_COMMIT: self._on_commit, ev.INPUT_AUDIO_BUFFER_CLEAR: self._on_clear,
+            ev.CONVERSATION_ITEM_TRUNCATE: self._on_truncate, ev.RESPONSE_CREATE: self._on_response_create,
+            ev.RESPONSE_CANCEL: self._on_response_cancel,
+        }[event["type"]]
+        await handler(event)
+
+    async def _on_append(self, event: dict) -> None:
+        data = ev.decode_audio_b64(event["audio"], self.cfg.max_audio_bytes)
+        if not data:
+            return
+        seconds = len(data) / 2 / self.input_rate
+        if not self.audio_bucket.take(seconds):
+            self.stats["audio_dropped_ms"] += seconds * 1000.0
+            self._warn_once_per_second(
+                "audio", "rate_limited", f"Audio is arriving faster than real time (more than "
+                f"{self.cfg.max_audio_ahead_seconds:.1f} s ahead); {self.stats['audio_dropped_ms']:.0f} ms dropped so far.",
+                param="audio")
+            return
+        if self.session is None:
+            self._start(delay=True)
+        await self.session.push_audio(np.frombuffer(data, dtype="<i2"))
+
+    async def _on_commit(self, event: dict) -> None:
+        item = self.user_item or ev.new_id("item")
+        self._emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=item, previous_item_id=self.prev_user_item))
+
+    async def _on_clear(self, event: dict) -> None:
+        if self.session is not None:
+            self.session.user_frames.clear()
+        self._emit(server_event(ev.INPUT_AUDIO_BUFFER_CLEARED))
+
+    async def _on_truncate(self, event: dict) -> None:
+        item = event["item_id"]
+        r = self.response
+        sent = r.samples * 1000 // self.output_rate if r is not None and r.item_id == item else self.items.get(item)
+        if sent is None:
+            raise EventError("item_not_found", f"No agent audio item {item!r} in this conversation.", param="item_id")
+        if event["content_index"] != 0:
+            raise EventError("invalid_field", "Agent items have one content part: content_index must be 0.",
+                             param="content_index")
+        if event["audio_end_ms"] > sent + 1:
+            raise EventError("invalid_field", f"audio_end_ms {event['audio_end_ms']} is beyond the {sent} ms of audio "
+                             f"sent for {item}.", param="audio_end_ms")
+        self.truncated[item] = event["audio_end_ms"]
+        self._emit(server_event(ev.CONVERSATION_ITEM_TRUNCATED, item_id=item, content_index=0,
+                                audio_end_ms=event["audio_end_ms"]))
+
+    async def _on_response_create(self, event: dict) -> None:
+        if self.response is not None:
+            raise EventError("conversation_already_has_active_response",
+                             f"Response {self.response.id} is still in progress.")
+        self.muted = False
+        if self.session is None:
+            self._start(delay=False)
+
+    async def _on_response_cancel(self, event: dict) -> None:
+        r, rid = self.response, event.get("response_id")
+        if r is None or (rid and rid != r.id):
+            raise EventError("response_cancel_not_active", "There is no active response to cancel.",
+                             param="response_id")
+        self._finish_response("cancelled", "client_cancelled")
+        self.muted, self.mute_quiet = True, 0
+
+    # ---- session.update ----------------------------------------------------------------------
+    async def _on_session_update(self, event: dict) -> None:
+        s = event["session"]
+        audio = ev.parse_session_audio(s)
+        x = s.get("x_duplex") or {}
+        if not isinstance(x, dict):
+            raise EventError("invalid_field", "session.x_duplex must be an object.", param="session.x_duplex")
+        unknown = sorted(set(x) - set(X_FIELDS))
+        if unknown:
+            raise EventError("invalid_field", f"Unknown session.x_duplex field(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(X_FIELDS)}.", param=f"session.x_duplex.{unknown[0]}")
+        model = x.get("model", self.model_name)
+        if not isinstance(model, str) or model not in self.registry.entries:
+            raise EventError("model_not_found", f"No model named {model!r}; models: {', '.join(self.registry.names)}.",
+                             param="session.x_duplex.model")
+        adapter = x.get("adapter", self.adapter)
+        if adapter is not None and not isinstance(adapter, str):
+            raise EventError("invalid_field", "session.x_duplex.adapter must be a string or null.",
+                             param="session.x_duplex.adapter")
+        adapter = adapter or None
+        instructions = s.get("instructions", self.instructions)
+        sampling = self.sampling
+        if "sampling" in x:
+            if not isinstance(x["sampling"], dict):
+                raise EventError("invalid_field", "session.x_duplex.sampling must be an object.",
+                                 param="session.x_duplex.sampling")
+            try:
+                sampling = SamplingConfig(**{**dataclasses.asdict(self.sampling), **x["sampling"]})
+                _check_sampling_types(sampling)
+            except (TypeError, ValueError) as e:
+                raise EventError("invalid_field", f"session.x_duplex.sampling: {e}",
+                                 param="session.x_duplex.sampling") from None
+        events_on = dict(self.events_on)
+        if "events" in x:
+            if not isinstance(x["events"], dict) or not all(k in events_on and isinstance(v, bool)
+                                                            for k, v in x["events"].items()):
+                raise EventError("invalid_field", 'session.x_duplex.events must look like {"frame": true, '
+                                 '"latency": true}.', param="session.x_duplex.events")
+            events_on.update(x["events"])
+        silence_ms, turn_type = self.silence_ms, self.turn_type
+        td = ((s.get("audio") or {}).get("input") or {}).get("turn_detection", "absent")
+        if td is None:
+            turn_type = None
+        elif td != "absent":
+            if not isinstance(td, dict):
+                raise EventError("invalid_field", "turn_detection must be an object or null.",
+                                 param="session.audio.input.turn_detection")
+            turn_type = td.get("type", turn_type)
+            if "silence_duration_ms" in td:
+                v = td["silence_duration_ms"]
+                if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10000):
+                    raise EventError("invalid_field", "silence_duration_ms must be an integer from 0 to 10000.",
+                                     param="session.audio.input.turn_detection.silence_duration_ms")
+                silence_ms = float(v)
+        identity = (model, adapter, instructions)
+        if identity != (self.model_name, self.adapter, self.instructions):
+            if self.session is not None:
+                which = [n for n, a, b in zip(("x_duplex.model", "x_duplex.adapter", "instructions"), identity,
+                                              (self.model_name, self.adapter, self.instructions)) if a != b]
+                raise EventError("session_already_started", f"{', '.join(which)} can only change before the first "
+                                 f"audio; reconnect to change it.", param=f"session.{which[0]}")
+            old = (self.model_name, self.adapter, self.instructions, self.sampling)
+            self.model_name, self.adapter, self.instructions, self.sampling = model, adapter, instructions, sampling
+            try:
+                await self._open_model()
+            except (KeyError, ValueError, FileNotFoundError) as e:
+                self.model_name, self.adapter, self.instructions, self.sampling = old
+                raise EventError("invalid_session", f"Cannot use that model/adapter: {e}",
+                                 param="session.x_duplex") from None
+        # Everything is valid: apply.
+        self.sampling = sampling
+        live = self.session.model if self.session is not None else self.model_session
+        if live is not None and hasattr(live, "sampling"):
+            live.sampling = sampling
+        self.events_on, self.silence_ms, self.turn_type = events_on, silence_ms, turn_type
+        if audio.input_rate is not None and audio.input_rate != self.input_rate:
+            self.input_rate = audio.input_rate
+            if self.session is not None:
+                self.session.listener.set_input_rate(audio.input_rate)
+        if audio.output_rate is not None and audio.output_rate != self.output_rate:
+            self.output_rate = audio.output_rate
+            if self.session is not None:
+                self.out_resampler = StreamingResampler(self.entry.codec.spec.sample_rate, self.output_rate, "LQ")
+        self._emit(server_event(ev.SESSION_UPDATED, session=self.session_view()))
+
+    async def _open_model(self) -> None:
+        """Load the chosen model (first use only) and open a backend session for this conversation."""
+        entry = await asyncio.to_thread(self.registry.get, self.model_name)
+        adapter = None
+        if self.adapter is not None:
+            if self.adapter not in entry.adapters:
+                raise ValueError(f"no adapter {self.adapter!r} for model {entry.name} "
+                                 f"(adapters: {', '.join(sorted(entry.adapters)) or 'none'})")
+            adapter = str(entry.adapters[self.adapter])
+        new = entry.backend.open_session(self.sampling, self.instructions, adapter=adapter)
+        if self.model_session is not None:
+            await self.model_session.close()
+        self.entry, self.model_session = entry, new
+
+    def session_view(self) -> dict:
+        spec = self.entry.codec.spec if self.entry is not None else None
+        turn = None if self.turn_type is None else {
+            "type": self.turn_type, "silence_duration_ms": int(self.silence_ms), "create_response": True,
+            "interrupt_response": bool(self.registry.session_config.policy.barge_in)}
+        return {
+            "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model_name,
+            "instructions": self.instructions, "output_modalities": ["audio"],
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.input_rate}, "turn_detection": turn},
+                      "output": {"format": {"type": "audio/pcm", "rate": self.output_rate}}},
+            "x_duplex": {
+                "model": self.model_name, "models": self.registry.names, "adapter": self.adapter,
+                "adapters": sorted(self.entry.adapters) if self.entry is not None else [],
+                "sampling": dataclasses.asdict(self.sampling), "events": dict(self.events_on),
+                "frame_ms": spec.frame_ms if spec else None, "codec": spec.name if spec else None,
+                "codec_rate": spec.sample_rate if spec else None, "started": self.session is not None,
+            },
+        }
+
+    # ---- the frame loop ----------------------------------------------------------------------
+    def _start(self, delay: bool) -> None:
+        entry = self.entry
+        config = dataclasses.replace(self.registry.session_config, system_prompt=self.instructions,
+                                     sampling=self.sampling)
+        self.session = Session(self.model_session, entry.codec, entry.backend.tokenizer, config,
+                               input_rate=self.input_rate, realtime=True, keep_frame_marks=64)
+        self.model_session = None
+        spec = entry.codec.spec
+        self.frame_ms = spec.frame_ms
+        self.quiet_frames = max(1, int(round(self.cfg.response_quiet_ms / spec.frame_ms)))
+        self.talk_rms = config.policy.agent_talking_rms
+        self.out_resampler = StreamingResampler(spec.sample_rate, self.output_rate, "LQ")
+        self.frame_task = asyncio.create_task(self._frame_loop(spec.frame_ms / 1000.0 if delay else 0.0))
+
+    async def _frame_loop(self, delay: float) -> None:
+        try:
+            if delay:  # a frame of jitter margin, as a live microphone would have
+                await asyncio.sleep(delay)
+            self.clock = FrameClock(self.frame_ms / 1000.0, realtime=True)
+            if self.closing:
+                return
+            async for out in self.session.run(self.clock):
+                self._on_frame(out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("frame loop of %s failed", self.id)
+            self._emit(error_event("server_error", f"The model failed: {type(e).__name__}: {e}",
+                                   error_type="server_error"))
+            self.request_close(1011, "model failed")
+
+    def _on_frame(self, out: FrameOutput) -> None:
+        if out.cut:
+            self._barge_in(out)
+        self._track_user(out)
+        pcm = self.out_resampler.process(out.agent_audio)
+        audible = not out.forced and out.mark.agent_rms >= self.talk_rms
+        active = audible or bool(out.text_delta)
+        if self.muted:
+            self.mute_quiet = self.mute_quiet + 1 if not active else 0
+            if self.mute_quiet >= self.quiet_frames:
+                self.muted = False
+        else:
+            if self.response is None and active and not out.end_of_turn:
+                self._open_response()
+            r = self.response
+            if r is not None:
+                if len(pcm):
+                    self._emit(ev.output_audio_delta(r.id, r.item_id, float32_to_pcm16_bytes(pcm)))
+                    r.samples += len(pcm)
+                if out.text_delta:
+                    self._emit(ev.output_audio_transcript_delta(r.id, r.item_id, out.text_delta))
+                    r.transcript.append(out.text_delta)
+                r.frames += 1
+                r.quiet = 0 if active else r.quiet + 1
+                if out.end_of_turn or r.quiet >= self.quiet_frames:
+                    self._finish_response("completed")
+        if self.events_on["frame"]:
+            e = ev.frame_event(out.index, out.text_id, out.text_delta, audible)
+            e.update(user_speech=bool(out.user.speech), agent_rms=out.mark.agent_rms, forced=out.forced, cut=out.cut,
+                     end_of_turn=out.end_of_turn, underrun=out.user_underrun, muted=self.muted,
+                     response_id=self.response.id if self.response else None)
+            self._emit(e)
+        if self.events_on["latency"]:
+            m = out.mark
+            marks = {"listen_ms": m.listen_ms, "think_ms": m.think_ms, "speak_ms": m.speak_ms,
+                     "late_by_ms": m.late_by_ms, "queued_frames": float(self.session.user_frames.qsize()),
+                     "user_underruns": float(self.session.user_underruns),
+                     "dropped_frames": float(self.session.user_frames.dropped)}
+            turns = self.session.latency.turn_latencies_ms
+            if len(turns) > self._turns_seen:
+                marks["turn_latency_ms"] = turns[-1]
+                self._turns_seen = len(turns)
+            self._emit(ev.latency_event(out.index, m.total_ms, marks))
+
+    def _track_user(self, out: FrameOutput) -> None:
+        if out.user.speech:
+            if not self.user_speaking:
+                self.user_speaking, self.user_item = True, ev.new_id("item")
+                self.muted = False  # a new user turn lifts a client's response.cancel
+                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STARTED,
+                                        audio_start_ms=int(out.index * self.frame_ms), item_id=self.user_item))
+            self.user_quiet, self.last_speech_frame = 0, out.index
+        elif self.user_speaking:
+            self.user_quiet += 1
+            if self.user_quiet * self.frame_ms >= self.silence_ms:
+                self.user_speaking = False
+                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STOPPED,
+                                        audio_end_ms=int((self.last_speech_frame + 1) * self.frame_ms),
+                                        item_id=self.user_item))
+                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
+                                        previous_item_id=self.prev_user_item))
+                self.prev_user_item = self.user_item
+
+    def _barge_in(self, out: FrameOutput) -> None:
+        r = self.response
+        audio_end_ms = r.samples * 1000 // self.output_rate if r is not None else None
+        self._emit(ev.barge_in_event(out.index, "turn_detected", r.id if r else None, audio_end_ms))
+        if r is not None:
+            self._finish_response("cancelled", "turn_detected")
+        self.out_resampler.reset()  # drop the cut speech the resampler still holds
+
+    def _open_response(self) -> None:
+        self.response = r = _Response(ev.new_id("resp"), ev.new_id("item"))
+        self._emit(server_event(ev.RESPONSE_CREATED, response={
+            "object": "realtime.response", "id": r.id, "status": "in_progress", "status_details": None,
+            "output": [], "output_modalities": ["audio"], "conversation_id": self.conversation_id}))
+
+    def _finish_response(self, status: str, reason: str | None = None) -> None:
+        r, self.response = self.response, None
+        if r is None:
+            return
+        text = "".join(r.transcript)
+        ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_DONE, **ids))
+        self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE, **ids, transcript=text))
+        audio_ms = r.samples * 1000 // self.output_rate
+        item = {"id": r.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "completed" if status == "completed" else "incomplete",
+                "content": [{"type": "output_audio", "transcript": text}]}
+        self._emit(ev.response_done(r.id, status, reason, output=[item], conversation_id=self.conversation_id,
+                                    output_modalities=["audio"], x_duplex={"audio_ms": audio_ms, "frames": r.frames}))
+        self.items[r.item_id] = audio_ms
+        while len(self.items) > 256:
+            self.items.popitem(last=False)
+
+
+def _check_sampling_types(s: SamplingConfig) -> None:
+    for name in ("text_temperature", "audio_temperature"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{name} must be a number.")
+    for name in ("text_top_k", "audio_top_k"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer.")
+    if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)):
+        raise ValueError("seed must be an integer or null.")
