@@ -61,12 +61,12 @@ def _torch() -> Check:
 
 
 def _default_model() -> Check:
-    from agent.models import EMBEDDED_DEFAULT, cache_dir
+    from agent.models import EMBEDDED_DEFAULT, random_tiny_dir
     from think.layout import LAYOUT_FILE
 
     if (EMBEDDED_DEFAULT / LAYOUT_FILE).is_file():
         return Check("default model", True, str(EMBEDDED_DEFAULT), "chat, demo")
-    cached = cache_dir() / "random-tiny"
+    cached = random_tiny_dir()
     detail = "random tiny cached" if (cached / LAYOUT_FILE).is_file() else "built on first use"
     return Check("default model", False, detail, "chat, demo", "no trained default shipped yet; pass --model DIR")
 

@@ -149,6 +149,8 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
                                         "answered_after": resumed is not None})
     turns = record.get("turns", [])
     for qa in record.get("qa", []):
+        if qa.get("completed") is False:  # an interrupted answer is not expected to be complete
+            continue
         q_turn = turns[qa["turn_index"]] if qa.get("turn_index") is not None and qa["turn_index"] < len(turns) else None
         if q_turn is None:
             continue

@@ -6,6 +6,8 @@ Nothing is downloaded: a model is a local directory. Without ``--model`` the emb
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -107,13 +109,19 @@ def _model_config(preset: str, overrides: dict | None) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})
 
 
+def random_tiny_dir() -> Path:
+    """Where the untrained stand-in for the default model is cached (named by its shape and codec)."""
+    shape = json.dumps([MODEL_PRESETS["tiny"].__dict__, CODEC_PRESETS["codec2"]], sort_keys=True, default=str)
+    return cache_dir() / f"random-tiny-{hashlib.sha1(shape.encode()).hexdigest()[:8]}"
+
+
 def resolve_model(model: str | Path | None, announce: Any = None) -> Path:
     """The model directory to load: ``--model``, else the embedded default, else a cached random tiny."""
     if model:
         return check_model_dir(model)
     if (EMBEDDED_DEFAULT / LAYOUT_FILE).is_file():
         return EMBEDDED_DEFAULT
-    path = cache_dir() / "random-tiny"
+    path = random_tiny_dir()  # named by shape and codec: a changed preset never reuses a stale model
     if not (path / LAYOUT_FILE).is_file():
         if announce:
             announce(f"No trained default model is shipped yet; building an untrained random 'tiny' model in {path}.")

@@ -561,7 +561,7 @@ class VllmSession(BackendSession):
         self.pending = []
 
     async def close(self) -> None:
-        if self.backend._thread.is_alive():
+        if self.backend.state != "stopped" and self.backend._thread.is_alive():
             await self.backend._submit(self._aclose())
         else:
             self.closed = True

@@ -259,6 +259,7 @@ class DuplexPage {
       }
       case "response.created":
         this.counts.responses++;
+        this.root.dataset.responses = this.counts.responses;
         this.current = { id: e.response.id, item: null, pushed: 0, bubble: this.bubble("agent", "") };
         if (this.node) this.node.port.postMessage({ type: "expect", on: true });
         break;
@@ -281,6 +282,7 @@ class DuplexPage {
         break;
       case "x_duplex.barge_in":
         this.counts.bargeIns++;
+        this.root.dataset.bargeIns = this.counts.bargeIns;
         this.flush();
         break;
       case "response.done": {
