@@ -89,7 +89,7 @@ def page_config(server: RealtimeServer) -> dict:
     s = server.registry.session_config.sampling
     return {
         "wsPath": REALTIME_PATH, "model": server.registry.default, "rate": 24000, "batchMs": 32,
-        "prebufferMs": 60, "maxBufferMs": 2000, "maxRecordSeconds": 900,
+        "prebufferMs": 0, "maxBufferMs": 2000, "maxRecordSeconds": 900,
         "sampling": {"text_temperature": s.text_temperature, "audio_temperature": s.audio_temperature},
     }
 
@@ -129,8 +129,8 @@ def build_blocks(server: RealtimeServer):
                                    label="Text temperature", info="0 = greedy; applies at once")
                 audio_t = gr.Slider(0.0, 2.0, value=config["sampling"]["audio_temperature"], step=0.05,
                                     label="Audio temperature", info="0 = greedy; applies at once")
-                prebuffer = gr.Slider(0, 300, value=config["prebufferMs"], step=10, label="Playback cushion (ms)",
-                                      info="jitter buffer before agent audio starts playing")
+                prebuffer = gr.Slider(0, 120, value=config["prebufferMs"], step=5, label="Minimum playback cushion (ms)",
+                                      info="delay before agent audio plays; grows by itself on jitter")
         call = "(v) => { if (window.duplexPage) window.duplexPage.set(%s); return []; }"
         model.change(None, [model], None, js=call % "{model: v}")
         adapter.change(None, [adapter], None, js=call % "{adapter: v === 'none' ? null : v}")

@@ -89,29 +89,22 @@ def init_from_config(out_dir: str | Path, layout: DuplexLayout, config: ModelCon
     return _write(out_dir, model, layout, tokenizer, {"init": "config", "model": asdict(config), "seed": seed})
 
 
-def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base_dir: str | Path) -> Path:
-    """Extend a local base LLM (Llama/Qwen2 family) with the layout's ids and write a checkpoint.
+def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base: str | Path) -> Path:
+    """Extend a local base LLM (Llama/Qwen2 family; see :mod:`think.base_llm` for what ``base`` may be)
+    with the layout's ids and write a checkpoint.
 
     ``layout_for_vocab(text_vocab_size) -> DuplexLayout`` builds the layout once the base's text
     vocabulary size is known. New rows are drawn from the distribution of the existing embeddings
     (transformers' mean resizing), so the new ids start near the text ids rather than at random.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from think.base_llm import load_base_llm
 
-    base_dir = Path(base_dir)
-    if not (base_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{base_dir} is not a model directory (no config.json); pass --base with a "
-                                f"local Hugging Face model directory (nothing is downloaded).")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, torch_dtype="float32")
+    model, tokenizer, source = load_base_llm(base)
     text_vocab = model.get_input_embeddings().num_embeddings
     layout: DuplexLayout = layout_for_vocab(text_vocab)
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=True)
     model.config.pad_token_id = layout.pad_id
-    hf_tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-    backend_tok = getattr(hf_tok, "backend_tokenizer", None)
-    if backend_tok is None:
-        raise ValueError(f"The tokenizer in {base_dir} has no fast (tokenizer.json) form; it cannot be used.")
-    return _write(out_dir, model, layout, backend_tok, {"init": "base", "base": str(base_dir)})
+    return _write(out_dir, model, layout, tokenizer, {"init": "base", "base": source})
 
 
 def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:

@@ -184,6 +184,8 @@ class DuplexPage {
       this.wstats = m.stats;
       this.outPeak = Math.max(this.outPeak, m.outPeak);
       this.root.dataset.agentSamplesPlayed = m.stats.played;
+      this.root.dataset.starves = m.stats.starves;
+      this.root.dataset.cushionMs = m.stats.cushionMs;
     } else if (m.type === "turn") {
       if (m.latencyMs != null) {
         this.turns.push(m.latencyMs);
@@ -376,7 +378,7 @@ class DuplexPage {
     const budget = this.frameMs || 80;
     set(".dx-step", s.length ? `${fmt(s[s.length - 1], 1)} ms · p50 ${fmt(percentile(s, 0.5), 1)} · p95 ${fmt(percentile(s, 0.95), 1)} of ${budget} ms` : "–");
     const w = this.wstats;
-    set(".dx-buffer", w ? `${fmt((this.buffered * 1000) / this.rate)} ms queued · ${w.starves} starves · ${fmt((w.overflow * 1000) / this.rate)} ms overflow` : "–");
+    set(".dx-buffer", w ? `${fmt((this.buffered * 1000) / this.rate)} ms queued · cushion ${fmt(w.cushionMs)} ms · ${w.starves} starves` : "–");
     set(".dx-input", this.underruns != null ? `${this.underruns} late mic frames · ${this.dropped} dropped · clock late ${fmt(this.late, 1)} ms` : "–");
     this.$(".dx-download").disabled = !this.rec.samples;
     this.plot(budget);

@@ -3,8 +3,11 @@
 //
 // - input 0: the microphone (echo-cancelled by the browser). Blocks of 128 samples are batched into
 //   `batchMs` and posted to the page, which sends them as input_audio_buffer.append events.
-// - output 0: the agent. A bounded ring buffer (drop-oldest beyond `maxBufferMs`) that starts playing
-//   once `prebufferMs` is queued (the jitter cushion) and is emptied at once on {type: "flush"}.
+// - output 0: the agent. A bounded ring buffer (drop-oldest beyond `maxBufferMs`), emptied at once on
+//   {type: "flush"}. Adaptive jitter cushion: playback starts `cushion` ms after audio arrives in an
+//   empty buffer; the cushion starts at `prebufferMs`, grows by 10 ms each time the buffer runs dry
+//   mid-response (up to 120 ms) and shrinks back by 5 ms per second without one, so it costs latency
+//   only when the server or network is jittery.
 // - page-side turn timing on the audio clock: the end of the user's speech (mic level, with a
 //   hangover) -> the first played block of agent audio after it.
 class DuplexIO extends AudioWorkletProcessor {
@@ -12,7 +15,12 @@ class DuplexIO extends AudioWorkletProcessor {
     super();
     const o = options.processorOptions || {};
     this.cap = Math.max(128, Math.round(((o.maxBufferMs || 2000) * sampleRate) / 1000));
-    this.prebuffer = Math.round(((o.prebufferMs ?? 60) * sampleRate) / 1000);
+    this.minCushion = Math.round(((o.prebufferMs ?? 0) * sampleRate) / 1000);
+    this.cushion = this.minCushion;
+    this.maxCushion = Math.round((120 * sampleRate) / 1000);
+    this.armTime = null;
+    this.lastStarve = -1e9;
+    this.lastDecay = 0;
     this.batch = Math.max(1, Math.round(((o.batchMs || 32) * sampleRate) / 1000 / 128)) * 128;
     this.micThr = o.micThreshold || 0.02;
     this.outThr = o.outThreshold || 0.005;
@@ -47,11 +55,15 @@ class DuplexIO extends AudioWorkletProcessor {
       this.size = 0;
       this.r = 0;
       this.playing = false;
+      this.armTime = null;
       this.stats.flushed += dropped;
       this.port.postMessage({ type: "flushed", dropped, id: m.id });
     } else if (m.type === "expect") this.expect = !!m.on;
     else if (m.type === "config") {
-      if (m.prebufferMs != null) this.prebuffer = Math.round((m.prebufferMs * sampleRate) / 1000);
+      if (m.prebufferMs != null) {
+        this.minCushion = Math.round((m.prebufferMs * sampleRate) / 1000);
+        this.cushion = Math.max(this.cushion, this.minCushion);
+      }
     }
   }
 
@@ -75,7 +87,7 @@ class DuplexIO extends AudioWorkletProcessor {
     this.ring.set(x.subarray(0, first), w);
     if (n > first) this.ring.set(x.subarray(first), 0);
     this.size += n;
-    if (!this.playing && this.size >= this.prebuffer) this.playing = true;
+    if (!this.playing && this.armTime === null) this.armTime = currentTime;
   }
 
   process(inputs, outputs) {
@@ -83,6 +95,11 @@ class DuplexIO extends AudioWorkletProcessor {
     const N = out.length;
     const t = currentTime;
     let take = 0;
+    if (!this.playing && this.size > 0 &&
+        (t - this.armTime >= this.cushion / sampleRate || this.size >= this.cap / 2)) {
+      this.playing = true;
+      this.armTime = null;
+    }
     if (this.playing) {
       take = Math.min(N, this.size);
       const first = Math.min(take, this.cap - this.r);
@@ -92,9 +109,18 @@ class DuplexIO extends AudioWorkletProcessor {
       this.size -= take;
       if (this.size === 0) {
         this.playing = false; // build the cushion again before playing more
-        if (this.expect) this.stats.starves++;
+        if (this.expect) {
+          this.stats.starves++;
+          this.cushion = Math.min(this.maxCushion, this.cushion + Math.round(0.01 * sampleRate));
+          this.lastStarve = t;
+        }
       }
     }
+    if (t - this.lastStarve > 3 && t - this.lastDecay > 1 && this.cushion > this.minCushion) {
+      this.cushion = Math.max(this.minCushion, this.cushion - Math.round(0.005 * sampleRate));
+      this.lastDecay = t;
+    }
+    this.stats.cushionMs = (this.cushion * 1000) / sampleRate;
     out.fill(0, take);
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     this.stats.played += take;

