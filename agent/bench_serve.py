@@ -99,6 +99,8 @@ def _make_backend(kind: str, path: Path, sessions: int, adapters_dir: str | None
         # vLLM logs to stdout by default; leave stdout to the JSON (its records then go to stderr).
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         try:
+            import vllm  # noqa: F401
+
             from think.vllm_backend import VllmBackend, VllmConfig
         except ImportError as e:
             raise ValueError(f"--backend vllm needs vLLM installed (pip install -e '.[vllm]'): {e}") from e
@@ -124,6 +126,8 @@ def bench_serve(backend: str = "transformers", sessions: int = 1, model: str | N
         t0 = time.perf_counter()
         b = _make_backend(backend, path, sessions, adapters_dir, threads, engine_args)
         start_s = time.perf_counter() - t0
+        detail = {k: v for k, v in getattr(b, "health", lambda: {})().items()
+                  if k in ("engine_start_seconds", "warmup_seconds")}
         try:
             counts = list(range(1, sessions + 1)) if sweep else [sessions]
             runs = [asyncio.run(_run_sessions(b, n, frames, sampling, adapter)) for n in counts]
@@ -137,7 +141,7 @@ def bench_serve(backend: str = "transformers", sessions: int = 1, model: str | N
     return {
         "benchmark": "serve", "backend": backend, "model": model or f"random:{preset}", "codec": b.layout.codec.name,
         "frame_ms": frame_ms, "ids_per_frame": 1 + b.layout.q_out, "what": "think step only, real-time paced",
-        "sampling": "greedy" if greedy else "default", "adapter": adapter, "backend_start_s": round(start_s, 2),
+        "sampling": "greedy" if greedy else "default", "adapter": adapter, "backend_start_s": round(start_s, 2), **detail,
         "runs": runs, "largest_realtime_sessions": realtime, "realtime_rule": f"late <= {max_late:.0%} and p95 <= frame",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

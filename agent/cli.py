@@ -208,8 +208,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     server, announce = _server_setup(args)
     app = create_demo_app(server)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    announce(f"open http://{host}:{args.port}/ in a browser (Chrome/Firefox), press Start and talk")
-    serve(server, app=app, announce=announce)
+
+    def banner(msg: str) -> None:
+        announce(msg)
+        announce(f"open http://{host}:{args.port}/ in a browser (Chrome/Firefox), press Start and talk")
+
+    serve(server, app=app, announce=banner)
     return 0
 
 
@@ -347,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.codec_train import add_codec_commands
 
     add_codec_commands(sub)
+    from agent.daemon.cli import add_daemon_command  # duplex daemon (docs/daemon.md)
+
+    add_daemon_command(sub)
     return parser
 
 

@@ -13,7 +13,8 @@ The session clock runs the model every frame; this module maps what each frame p
 - every frame -> ``x_duplex.frame`` and ``x_duplex.latency`` (step times), unless turned off.
 
 The clock starts with the first input audio (like a live microphone, with one frame of jitter margin)
-or with ``response.create``. See ``docs/realtime-events.md`` for the full matrix.
+or with ``response.create``, and follows the client's audio (:class:`agent.realtime_audio.FollowingClock`)
+so a late frame never costs a permanent frame of latency. See ``docs/realtime-events.md``.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.realtime_audio import FollowingClock, InputDecimator, OutputResampler
 from agent.session import FrameOutput, Session
 from listen.pcm import float32_to_pcm16_bytes
-from agent.realtime_audio import FollowingClock, InputDecimator, OutputResampler
 from streaming import events as ev
 from streaming.events import EventError, error_event, server_event
 from think.sampling import SamplingConfig
@@ -465,9 +466,7 @@ class RealtimeConnection:
     def _plumb_input(self) -> None:
         """Client rate -> codec rate: an exact decimator for integer ratios, else the listener's soxr."""
         codec_rate = self.entry.codec.spec.sample_rate
-        if self.decimator is not None:
-            # Whatever the old decimator still holds is < 2 ms; dropping it keeps the timeline simple.
-            self.decimator = None
+        # A replaced decimator held < 2 ms of audio; dropping it keeps the timeline simple.
         self.decimator = InputDecimator.for_rates(self.input_rate, codec_rate)
         self.session.listener.set_input_rate(codec_rate if self.decimator is not None else self.input_rate)
 

@@ -89,7 +89,7 @@ def page_config(server: RealtimeServer) -> dict:
     s = server.registry.session_config.sampling
     return {
         "wsPath": REALTIME_PATH, "model": server.registry.default, "rate": 24000, "batchMs": 32,
-        "prebufferMs": 0, "maxBufferMs": 2000, "maxRecordSeconds": 900,
+        "prebufferMs": 0, "maxBufferMs": 2000, "maxRecordSeconds": 600,
         "sampling": {"text_temperature": s.text_temperature, "audio_temperature": s.audio_temperature},
     }
 

@@ -133,13 +133,16 @@ class VllmBackend(Backend):
         self.engine: Any = None
         self.state = "starting"
         self.start_seconds = 0.0
+        self.warmup_seconds = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
         try:
             self._run(self._start_engine())
             if self.config.warmup:
+                t0 = time.perf_counter()
                 self._run(self._warmup())
+                self.warmup_seconds = round(time.perf_counter() - t0, 2)
         except BaseException:
             self.shutdown()
             raise
@@ -276,7 +279,7 @@ class VllmBackend(Backend):
         errored = bool(engine is None or getattr(engine, "errored", False))
         return {"state": self.state, "alive": self.state == "ready" and not errored, "sessions": len(self.sessions),
                 "max_sessions": self.config.max_sessions, "restarts": self.restarts,
-                "engine_start_seconds": self.start_seconds}
+                "engine_start_seconds": self.start_seconds, "warmup_seconds": self.warmup_seconds}
 
     def kill_engine_for_test(self) -> int:
         """Kill the engine core process (SIGKILL) to exercise crash handling; returns its pid."""

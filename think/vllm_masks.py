@@ -102,24 +102,38 @@ class DuplexSlotProcessor(LogitsProcessor):
         process_dict_updates(self.requests, batch_update, new_state)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Batched over the duplex rows (no per-row device sync): mask, then temperature, then top-k."""
         if not self.requests:
             return logits
+        rows, masks, temps, ks = [], [], [], []
         for row, (c, out) in self.requests.items():
             j = len(out)
             if j >= c.n or row >= logits.shape[0]:
                 continue
-            x = logits[row] + c.masks[j]
-            t, k = c.temperature[j], c.top_k[j]
-            if t <= 0.0:
-                best = int(torch.argmax(x))
-                x = torch.full_like(x, float("-inf"))
-                x[best] = 0.0
-            else:
-                x = x / t
-                if 0 < k < x.shape[-1]:
-                    kth = torch.topk(x, k).values[-1]
-                    x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
-            logits[row] = x
+            rows.append(row)
+            masks.append(c.masks[j])
+            temps.append(c.temperature[j])
+            ks.append(c.top_k[j])
+        if not rows:
+            return logits
+        dev, vocab = logits.device, logits.shape[1]
+        idx = torch.tensor(rows, device=dev)
+        x = logits.index_select(0, idx).float() + torch.stack(masks)
+        t = torch.tensor(temps, device=dev, dtype=x.dtype).unsqueeze(1)
+        greedy = t <= 0
+        if any(tt <= 0 for tt in temps):  # greedy positions keep only their (masked) argmax
+            onehot = torch.full_like(x, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)
+            x = torch.where(greedy, onehot, x / torch.where(greedy, torch.ones_like(t), t))
+        else:
+            x = x / t
+        kmax = max(ks)
+        if kmax > 0:
+            k = torch.tensor(ks, device=dev).unsqueeze(1)
+            top = torch.topk(x, min(kmax, vocab), dim=-1).values
+            kth = top.gather(1, (k.clamp(1, min(kmax, vocab)) - 1))
+            cut = (k > 0) & (k < vocab) & ~greedy
+            x = torch.where(cut & (x < kth), torch.full_like(x, float("-inf")), x)
+        logits[idx] = x.to(logits.dtype)
         return logits
 
 

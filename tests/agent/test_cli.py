@@ -48,7 +48,7 @@ def test_cli_model_init_writes_loadable_checkpoint(run_cli, tmp_path):
     (["--preset", "nano", "--model-json", '{"hidden": 65}'], ["multiple of heads"]),
     (["--preset", "nano", "--q-in", "0"], ["--q-in must be >= 1"]),
     (["--preset", "nano", "--q-out", "99"], ["q_out", "1..6"]),
-    (["--base", "/nonexistent-base"], ["/nonexistent-base", "no config.json"]),
+    (["--base", "/nonexistent-base"], ["/nonexistent-base", "is not a model", "--base"]),
 ], ids=["preset", "codec", "json-syntax", "json-key", "json-type", "json-list", "json-shape", "q-in-0", "q-out-99",
         "base"])
 def test_cli_model_init_bad_arguments_are_clear_errors(run_cli, tmp_path, argv, words):

@@ -61,11 +61,13 @@ def test_codec_train_three_steps_then_resume(speech_set, tmp_path, capsys):
         assert (out / f).is_file(), f
     pytest.importorskip("matplotlib")
     assert (out / "losses.png").is_file()
-    # resume: 2 more steps continue from step 3
-    assert main(args[:-9] + ["--steps", "5", "--set", "eval_every=5", "--set", "save_every=5", "--set", "log_every=1", "-q"]) == 0
+    # resume: 2 more steps continue from step 3, with the adversarial stage switched on at step 4
+    assert main(args[:-9] + ["--steps", "5", "--set", "eval_every=5", "--set", "save_every=5", "--set", "log_every=1",
+                             "--set", "adversarial=true", "--set", "adv_start=4", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 5
     hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist if h["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert "adv" in hist[-2] or "adv" in hist[-1]
     from streaming.codecs import load_codec
 
     codec = load_codec("fsq", weights_dir=str(out / "best"))

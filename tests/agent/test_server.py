@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-websockets = pytest.importorskip("websockets")
+import websockets
 
-from agent.server import (BackgroundServer, ModelRegistry, RealtimeServer, ServerConfig,  # noqa: E402
-                          check_bind, create_app)
-from listen.wavio import read_wav  # noqa: E402
-from think.layout import DuplexLayout  # noqa: E402
-from think.tokenizer import default_tokenizer  # noqa: E402
+from agent.server import BackgroundServer, ModelRegistry, RealtimeServer, ServerConfig, check_bind, create_app
+from listen.wavio import read_wav
+from think.layout import DuplexLayout
+from think.tokenizer import default_tokenizer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -78,8 +75,7 @@ def speech_clip(tmp_path: Path, text: str, rate: int = 24000, lead_s: float = 0.
 
     import soxr
 
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+    assert shutil.which("espeak-ng"), "espeak-ng is required for the speech fixtures (apt-get install espeak-ng)"
     path = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True, timeout=60)
     x, sr = read_wav(path)
@@ -448,7 +444,7 @@ async def test_connection_limit_refuses_cleanly_and_frees_up(registry):
 # ---- the official OpenAI SDK as the client ------------------------------------------------------------------
 
 async def test_official_openai_sdk_realtime_client(server, speech):
-    openai = pytest.importorskip("openai")
+    import openai
     from openai.types.realtime import RealtimeServerEvent
     from pydantic import TypeAdapter
 
@@ -488,3 +484,77 @@ async def test_official_openai_sdk_realtime_client(server, speech):
               "response.output_audio_transcript.delta", "input_audio_buffer.speech_started", "x_duplex.latency"):
         assert seen.get(t), (t, seen)
     assert len(audio) > 24000  # > 0.5 s of agent audio parsed through the SDK's typed events
+
+
+# ---- edge audio: exact integer-ratio resamplers and the clock that follows the client ---------------------
+
+def test_output_resampler_gives_steady_frames_and_clean_audio():
+    from agent.realtime_audio import OutputResampler
+
+    r = OutputResampler(8000, 24000)
+    t = np.arange(8000 * 2) / 8000
+    x = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    parts = [r.process(x[i:i + 640]) for i in range(0, len(x), 640)]
+    assert {len(p) for p in parts} == {1920}  # every 80 ms frame -> exactly 80 ms at 24 kHz
+    y = np.concatenate(parts)
+    spec = np.abs(np.fft.rfft(y[6000:30000] * np.hanning(24000)))
+    f = np.fft.rfftfreq(24000, 1 / 24000)
+    main, image = spec[np.argmin(abs(f - 3000))], spec[np.argmin(abs(f - 5000))]
+    assert 20 * np.log10(image / main) < -70
+    impulse = np.zeros(640, np.float32)
+    impulse[100] = 1
+    r.reset()
+    assert abs(int(np.argmax(r.process(impulse))) - 300) <= 40  # ~1.5 ms of delay
+    assert OutputResampler(8000, 44100).process(np.zeros(640, np.float32)).dtype == np.float32  # soxr fallback
+
+
+def test_input_decimator_is_chunk_invariant_and_rejects_aliases():
+    from agent.realtime_audio import InputDecimator
+
+    assert InputDecimator.for_rates(24000, 8000).factor == 3
+    assert InputDecimator.for_rates(22050, 8000) is None and InputDecimator.for_rates(8000, 8000) is None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(7001).astype(np.float32) * 0.1
+    d = InputDecimator(3)
+    whole = d.process(x)
+    d.reset()
+    pieces, i = [], 0
+    while i < len(x):
+        n = int(rng.integers(1, 900))
+        pieces.append(d.process(x[i:i + n]))
+        i += n
+    assert np.allclose(np.concatenate(pieces), whole, atol=1e-6) and len(whole) == -(-len(x) // 3)
+    t = np.arange(24000) / 24000
+    d.reset()
+    alias = d.process((0.5 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32))  # would fold to 1 kHz
+    assert np.sqrt(np.mean(alias[200:] ** 2)) < 1e-3
+
+
+async def test_following_clock_waits_for_late_audio_instead_of_underrunning():
+    from agent.realtime_audio import FollowingClock
+
+    queue: list[int] = []
+    state = {"last": 0.0}
+    arrived = asyncio.Event()
+
+    async def client():  # each 80 ms frame arrives 30 ms after the plain grid would tick
+        await asyncio.sleep(0.03)
+        start = time.monotonic()
+        for k in range(12):
+            await asyncio.sleep(max(0.0, start + k * 0.08 - time.monotonic()))
+            queue.append(k)
+            state["last"] = time.monotonic()
+            arrived.set()
+
+    feeder = asyncio.create_task(client())
+    await asyncio.sleep(0.001)
+    state["last"] = time.monotonic()  # streaming has begun
+    clock = FollowingClock(0.08, queued=lambda: len(queue), last_arrival=lambda: state["last"], arrived=arrived)
+    underruns = 0
+    async for tick in clock.ticks(max_frames=10):
+        if queue:
+            queue.pop(0)
+        else:
+            underruns += 1
+    await feeder
+    assert underruns == 0 and clock.waits >= 1 and clock.shift > 0.02

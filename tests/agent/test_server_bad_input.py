@@ -10,17 +10,14 @@ import base64
 import json
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-websockets = pytest.importorskip("websockets")
+import websockets
 
-from agent.server import BackgroundServer, RealtimeServer, ServerConfig, create_app  # noqa: E402
-from tests.agent.test_server import Client, make_registry, pcm16_b64, wait_for  # noqa: E402
+from agent.server import BackgroundServer, RealtimeServer, ServerConfig, create_app
+from tests.agent.test_server import Client, make_registry, pcm16_b64, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 KIB = 1024

@@ -33,13 +33,14 @@ CHROMIUM_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-
 
 
 def _need(ok: bool, what: str) -> None:
-    if not ok:  # in CI a missing piece is a failure, on a laptop a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(what)
+    if not ok:  # core tests never skip: a missing piece is a failure that says what to install
+        pytest.fail(what)
 
 
 def _chromium() -> str:
     path = os.environ.get("DUPLEX_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    _need(Path(path).is_file(), "Chromium is not installed (apt-get install -y chromium)")
+    _need(Path(path).is_file(), "Chromium is not installed: apt-get install -y chromium (Playwright drives Debian's "
+          "browser; no browser download)")
     return path
 
 
@@ -64,7 +65,6 @@ def mic_wav(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
     """``duplex demo`` with no flags (the embedded default model), on a free loopback port."""
-    pytest.importorskip("gradio")
     from agent.server import BackgroundServer, ServerConfig, build_server
     from demo.app import create_demo_app
 
@@ -84,10 +84,11 @@ def page_server(tmp_path_factory):
 
 
 def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
     chromium = _chromium()
     data: dict = {}
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=CHROMIUM_ARGS + [f"--use-file-for-fake-audio-capture={mic_wav}"])
         try:
@@ -134,6 +135,7 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             cut_bubbles = page.locator(".dx-cut").count()
             panel = page.inner_text(".dx-latency")
             server_summary = conn.session.latency.summary()
+            truncated = dict(conn.truncated)
             clock = {"waits": conn.clock.waits, "advances": conn.clock.advances, "shift_ms": round(conn.clock.shift * 1e3, 1)}
             with page.expect_download(timeout=20000) as dl:
                 page.click(".dx-download")
@@ -152,8 +154,11 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
     assert int(data["latencyEvents"]) > 50 and int(data["frames"]) > 50, data
     assert "ms" in panel and "p95" in panel, panel
     assert int(data.get("speechEvents", 0)) >= 2, data
-    # The user talked over the babbling agent: barge-in cut it and the page flushed its buffer.
-    assert int(data.get("bargeIns", 0)) >= 1 and cut_bubbles >= 1, data
+    # When the user talked over the agent, barge-in cut it and the page marked (and flushed) that response.
+    # (The untrained default babbles, so this happens every turn; a trained one may simply wait.)
+    assert cut_bubbles >= min(1, int(data.get("bargeIns", 0))), data
+    # ...and told the server how much of it was heard (conversation.item.truncate after the flush).
+    assert len(truncated) >= min(1, int(data.get("bargeIns", 0))), (truncated, data)
     # Page-side turn marks arrived.
     turns = json.loads(data["turnLatencies"])
     assert len(turns) >= 2 and all(0 < t < 5000 for t in turns), data

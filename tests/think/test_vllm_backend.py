@@ -189,6 +189,16 @@ def test_sampled_ids_stay_in_their_ranges_and_seeds_reproduce(engine):
     assert a == b  # per-session seed: same seed, same draws
     assert len({t for t, _ in a}) > 5  # and they are draws, not a greedy path
 
+    # top-k = 1 at a high temperature is greedy: checks the per-position temperature / top-k path.
+    hot_top1 = SamplingConfig(text_temperature=5.0, audio_temperature=5.0, text_top_k=1, audio_top_k=1, seed=3)
+    mixed = SamplingConfig(text_temperature=0.0, audio_temperature=5.0, text_top_k=0, audio_top_k=1, seed=3)
+    runs = []
+    for cfg in (GREEDY, hot_top1, mixed):
+        session = engine.open_session(cfg)
+        runs.append([(r.text_id, r.agent_codes.tolist()) for r in (session.step_sync(c) for c in frames[:15])])
+        asyncio.run(session.close())
+    assert runs[0] == runs[1] == runs[2]
+
 
 def test_rolling_context_rebases_like_the_reference(engine, reference):
     small = ContextConfig(max_frames=12)

@@ -1,0 +1,263 @@
+"""The MQTT bridge against a real Mosquitto broker on loopback: retained state + last will, control
+commands and acks, 20 kinds of malformed payloads (each answered on the error topic, the daemon keeps
+working), a broker restart in the middle of a conversation, username/password auth, and
+``duplex daemon`` as a real process stopped by SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiomqtt")
+
+from agent.config import SessionConfig  # noqa: E402
+from agent.daemon.brain import LocalBrain  # noqa: E402
+from agent.daemon.config import AudioConfig, BrainConfig, DaemonConfig, EchoConfig, MqttConfig  # noqa: E402
+from agent.daemon.daemon import Daemon  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+RATE = 16000
+
+
+def make_config(port: int, device_id: str = "t1", **mqtt) -> DaemonConfig:
+    return DaemonConfig(device_id=device_id, audio=AudioConfig(backend="none"),
+                        echo=EchoConfig(aec=False, noise_suppression=False, high_pass_filter=False),
+                        mqtt=MqttConfig(port=port, reconnect_initial_s=0.1, reconnect_max_s=0.5,
+                                        metrics_interval_s=0.5, keepalive=5, **mqtt),
+                        session=SessionConfig())
+
+
+class Running:
+    """A Daemon (real nano model, local brain in real time) in this event loop, fed with mic audio."""
+
+    def __init__(self, cfg: DaemonConfig, model_dir) -> None:
+        brain = LocalBrain(BrainConfig(model=str(model_dir), threads=1), cfg.session, input_rate=RATE)
+        self.daemon = Daemon(cfg, brain=brain, audio=None)
+        self.signal_handlers = None
+
+    async def __aenter__(self) -> "Running":
+        self.task = asyncio.create_task(self.daemon.run())
+        self.feeder = asyncio.create_task(self._feed())
+        return self
+
+    async def _feed(self) -> None:
+        """20 ms mic blocks in real time: noise bursts (speech-ish) and pauses."""
+        rng = np.random.default_rng(0)
+        t0 = time.monotonic()
+        i = 0
+        while True:
+            i += 1
+            on = (i // 50) % 2 == 0
+            x = (rng.standard_normal(320) * (0.1 if on else 0.001)).astype(np.float32)
+            await self.daemon.mic(x)
+            await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
+
+    async def __aexit__(self, *exc) -> None:
+        self.feeder.cancel()
+        self.daemon.stop()
+        await asyncio.wait_for(self.task, 20)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+@pytest.fixture
+def base(request):
+    return "duplex/t1"
+
+
+async def test_state_controls_transcript_metrics_and_clean_offline(mosquitto, watcher_factory, nano_model):
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w:
+        async with Running(make_config(mosquitto.port), nano_model) as r:
+            await w.wait_for("state", lambda m: m.get("state") == "online", timeout=30)
+            await w.wait_for("transcript", lambda m: m.get("role") == "agent", timeout=20)
+            metrics = await w.wait_for("metrics", lambda m: m.get("frames", 0) > 0)
+            assert metrics["step_ms"]["p95"] > 0
+            cmds = [{"command": "ping", "request_id": 1}, {"command": "mute", "request_id": 2},
+                    {"command": "volume", "volume": 0.5, "request_id": 3},
+                    {"command": "sampling", "sampling": {"text_temperature": 0.3}, "request_id": 4},
+                    {"command": "stop_speaking", "request_id": 5}, {"command": "unmute", "request_id": 6},
+                    {"command": "restart", "request_id": 7}, {"command": "state", "request_id": 8}]
+            for c in cmds:
+                await w.publish("duplex/t1/control", json.dumps(c))
+            await w.publish("duplex/t1/control/volume", json.dumps({"volume": 0.8, "request_id": "topic-form"}))
+            await w.publish("duplex/t1/control/mute", b"")
+            for rid in range(1, 9):
+                ack = await w.wait_for("ack", lambda m, rid=rid: m.get("request_id") == rid)
+                assert ack["ok"] is True, ack
+            await w.wait_for("ack", lambda m: m.get("request_id") == "topic-form")
+            await w.wait_for("ack", lambda m: m.get("command") == "mute" and "request_id" not in m)
+            d = r.daemon
+            assert d.volume == 0.8 and d.muted is True
+            assert d.brain.sampling.text_temperature == 0.3
+            assert d.brain.restarts >= 1
+            st = await w.wait_for("state", lambda m: m.get("volume") == 0.8 and m.get("muted") is True)
+            assert st["brain"]["mode"] == "local"
+            # adapter: the nano model has none; the failure is reported, the daemon goes on
+            await w.publish("duplex/t1/control", json.dumps({"command": "adapter", "adapter": "nope"}))
+            await w.wait_for("error", lambda m: m.get("code") in ("command_failed", "brain_failed"), timeout=10)
+            n = len(w.on("transcript"))
+            await w.wait_for("transcript", lambda m: True, start=n, timeout=20)  # still talking
+        st = await w.wait_for("state", lambda m: m.get("state") == "offline")
+        assert st["reason"] == "shutdown"
+        retained = [p for t, p, r in w.messages if t.endswith("/state")]
+        assert json.loads(retained[-1])["state"] == "offline"
+    assert not w.on("error") or all(e["code"] in ("command_failed", "brain_failed", "brain_error") for e in w.on("error"))
+
+
+def _wav(rate=16000) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    b = io.BytesIO()
+    sf.write(b, np.zeros(160, np.float32), rate, format="WAV", subtype="PCM_16")
+    return b.getvalue()
+
+
+MALFORMED = [  # (topic suffix, payload, expected error code)
+    ("control", b"\xff\xfe\x00bad", "invalid_payload"),
+    ("control", b"", "invalid_json"),
+    ("control", b"{not json", "invalid_json"),
+    ("control", b'{"command": "volume", "volume": NaN}', "invalid_json"),
+    ("control", b"[" * 20000, "invalid_json"),
+    ("control", b'["mute"]', "invalid_control"),
+    ("control", b'"mute"', "invalid_control"),
+    ("control", b"42", "invalid_control"),
+    ("control", b"null", "invalid_control"),
+    ("control", b'{"volume": 1}', "missing_field"),
+    ("control", b'{"command": 7}', "invalid_field"),
+    ("control", b'{"command": "explode"}', "unknown_command"),
+    ("control", b'{"command": "volume"}', "missing_field"),
+    ("control", b'{"command": "volume", "volume": "loud"}', "invalid_field"),
+    ("control", b'{"command": "volume", "volume": 7}', "invalid_field"),
+    ("control", b'{"command": "volume", "volume": true}', "invalid_field"),
+    ("control", b'{"command": "volume", "volume": 1e999}', "invalid_field"),
+    ("control", b'{"command": "sampling", "sampling": "hot"}', "invalid_field"),
+    ("control", b'{"command": "sampling", "sampling": {"warmth": 1}}', "invalid_field"),
+    ("control", b'{"command": "sampling", "sampling": {"text_temperature": -1}}', "invalid_field"),
+    ("control", b'{"command": "adapter", "adapter": 123}', "invalid_field"),
+    ("control", b'{"command": "ping", "request_id": {"a": 1}}', "invalid_field"),
+    ("control", b'{"command": "mute", "extra": 1}', "invalid_field"),
+    ("control", b'{"command": "ping", "pad": "' + b"x" * 70000 + b'"}', "payload_too_large"),
+    ("control/explode", b"", "unknown_command"),
+    ("control/volume", b"[1]", "invalid_control"),
+    ("control/volume", b'{"command": "mute", "volume": 1}', "invalid_field"),
+    ("audio/in", b"\x01\x02\x03", "invalid_audio"),
+    ("audio/in", b"RIFF\x10\x00\x00\x00WAVEjunk", "invalid_audio"),
+]
+
+
+async def test_malformed_payloads_are_answered_on_the_error_topic_and_never_crash(mosquitto, watcher_factory,
+                                                                                 nano_model):
+    cfg = make_config(mosquitto.port, audio_in=True)
+    cfg.audio.backend = "mqtt"
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w:
+        async with Running(cfg, nano_model) as r:
+            await w.wait_for("state", lambda m: m.get("state") == "online", timeout=30)
+            kinds = set()
+            for i, (suffix, payload, code) in enumerate(MALFORMED):
+                n = len(w.on("error"))
+                await w.publish(f"duplex/t1/{suffix}", payload)
+                err = await w.wait_for("error", lambda m: True, start=n, timeout=10)
+                assert err["code"] == code, (i, suffix, payload[:60], err)
+                assert err["topic"] == f"duplex/t1/{suffix}" and "message" in err
+                kinds.add((suffix, code, payload[:30]))
+            assert len(kinds) >= 15
+            # A good remote-mic chunk (WAV and raw) is accepted silently; the daemon still answers.
+            n = len(w.on("error"))
+            await w.publish("duplex/t1/audio/in", _wav(), qos=0)
+            await w.publish("duplex/t1/audio/in", struct.pack("<160h", *([0] * 160)), qos=0)
+            await w.publish("duplex/t1/control", json.dumps({"command": "ping", "request_id": "alive"}))
+            await w.wait_for("ack", lambda m: m.get("request_id") == "alive")
+            assert len(w.on("error")) == n
+            assert not r.task.done()
+            st = await w.wait_for("state", lambda m: True)
+            assert st["state"] in ("online", "degraded")
+
+
+async def test_broker_restart_mid_conversation(mosquitto, watcher_factory, nano_model):
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w:
+        async with Running(make_config(mosquitto.port), nano_model) as r:
+            await w.wait_for("state", lambda m: m.get("state") == "online", timeout=30)
+            await w.wait_for("transcript", lambda m: True, timeout=20)
+            # A burst of controls, then the broker goes down right after it acknowledged them.
+            for i in range(20):
+                await w.publish("duplex/t1/control", json.dumps({"command": "volume", "volume": round(0.05 * i, 2),
+                                                                  "request_id": f"burst-{i}"}))
+            frames_before = r.daemon.frames
+            t0 = time.monotonic()
+            await asyncio.to_thread(mosquitto.restart, 1.0)
+            # Reconnected: the retained state is back on the fresh broker (it kept nothing).
+            st = await w.wait_for("state", lambda m: m.get("mqtt_connects", 0) >= 2, timeout=20)
+            reconnect_s = time.monotonic() - t0
+            assert st["state"] == "online"
+            acks = {a.get("request_id") for a in w.on("ack")}
+            for i in range(20):  # every control sent while connected was carried out and acknowledged
+                if f"burst-{i}" not in acks:
+                    await w.wait_for("ack", lambda m, i=i: m.get("request_id") == f"burst-{i}", timeout=10)
+            assert r.daemon.volume == 0.95
+            # The conversation went on through the outage and still streams.
+            n = len(w.on("transcript"))
+            await w.wait_for("transcript", lambda m: True, start=n, timeout=20)
+            await w.wait_for("metrics", lambda m: m.get("frames", 0) > 0, start=len(w.on("metrics")), timeout=10)
+            assert r.daemon.frames > frames_before
+            await w.publish("duplex/t1/control", json.dumps({"command": "ping", "request_id": "after"}))
+            await w.wait_for("ack", lambda m: m.get("request_id") == "after")
+            print(f"reconnected and state republished {reconnect_s:.2f} s after the restart began")
+
+
+async def test_username_password(tmp_path, watcher_factory, nano_model):
+    from tests.agent.daemon.conftest import Mosquitto
+
+    m = Mosquitto(tmp_path / "auth", users={"box": "s3cret"}).start()
+    try:
+        cfg = make_config(m.port, username="box", password="s3cret")
+        async with watcher_factory(m.port, "duplex/t1/#", "box", "s3cret") as w:
+            async with Running(cfg, nano_model):
+                await w.wait_for("state", lambda x: x.get("state") == "online", timeout=30)
+        bad = make_config(m.port, username="box", password="wrong")
+        async with Running(bad, nano_model) as r:
+            await asyncio.sleep(1.5)
+            assert r.daemon.mqtt.connects == 0 and not r.task.done()  # keeps retrying, does not crash
+    finally:
+        m.close()
+
+
+async def test_daemon_process_sigterm_publishes_offline_and_kill_fires_the_will(mosquitto, watcher_factory,
+                                                                               nano_model, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "agent.cli", "daemon", "--audio", "none", "--model", str(nano_model),
+            "--mqtt-port", str(mosquitto.port), "--device-id", "proc1", "--set", "brain.threads=1"]
+    async with watcher_factory(mosquitto.port, "duplex/proc1/#") as w:
+        for how in ("term", "kill"):
+            start = len(w.on("state"))
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                await w.wait_for("state", lambda m: m.get("state") in ("online", "degraded"), start=start, timeout=60)
+                if how == "term":
+                    proc.send_signal(signal.SIGTERM)
+                    rc = await asyncio.to_thread(proc.wait, 20)
+                    assert rc == 0
+                    st = await w.wait_for("state", lambda m: m.get("state") == "offline", start=start)
+                    assert st["reason"] == "shutdown"
+                    logs = proc.stderr.read().decode().splitlines()
+                    parsed = [json.loads(line) for line in logs if line.startswith("{")]
+                    assert any(p["msg"] == "stopped" for p in parsed)  # structured (JSON) logs
+                else:
+                    proc.kill()
+                    proc.wait(10)
+                    st = await w.wait_for("state", lambda m: m.get("state") == "offline", start=start, timeout=15)
+                    assert st["reason"] == "connection_lost"
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
