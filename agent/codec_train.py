@@ -67,7 +67,7 @@ class CodecTrainConfig:
     device: str = "auto"  # auto: cuda when available
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CodecTrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CodecTrainConfig:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

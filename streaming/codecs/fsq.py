@@ -32,7 +32,6 @@ on a busy 2-core box pin one torch thread (the tests do).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -91,7 +90,7 @@ class FSQConfig:
             raise ValueError(f"fsq levels must be >= 2 each and groups >= 1, got levels={self.levels} groups={self.groups}.")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FSQConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FSQConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -424,10 +423,10 @@ class FSQCodec(Codec):
         """Decoded audio is the input delayed by this many samples (ISTFT overlap; 20 ms default)."""
         return self.cfg.delay_samples
 
-    def encoder(self) -> "FSQEncoder":
+    def encoder(self) -> FSQEncoder:
         return FSQEncoder(self)
 
-    def decoder(self) -> "FSQDecoder":
+    def decoder(self) -> FSQDecoder:
         return FSQDecoder(self)
 
     def check_pcm(self, pcm: np.ndarray) -> np.ndarray:

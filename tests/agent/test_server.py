@@ -113,6 +113,11 @@ class Client:
             if e["type"] == type and (where is None or where(e)):
                 return e
 
+    async def error(self, timeout: float = 10.0) -> dict:
+        """The next error event, skipping audio rate-limit notices (a loaded machine can delay the
+        server's reads enough that paced audio arrives in a burst)."""
+        return await self.until("error", timeout, where=lambda e: e["error"].get("param") != "audio")
+
     async def drain(self, seconds: float) -> list[dict]:
         out, deadline = [], time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -214,7 +219,7 @@ async def test_session_created_then_update_round_trip(server):
 
     # A bad update changes nothing and names the client's event.
     await c.send("session.update", event_id="evt_2", session={"x_duplex": {"sampling": {"text_temperature": -1}}})
-    err = await c.until("error")
+    err = await c.error()
     assert err["error"]["code"] == "invalid_field" and err["error"]["event_id"] == "evt_2"
     assert err["error"]["param"] == "session.x_duplex.sampling"
     await c.send("session.update", session={})
@@ -247,7 +252,7 @@ async def test_audio_in_gives_agent_audio_transcript_vad_and_latency_marks(serve
     # The user's speech is framed by VAD events with a hangover, on the session timeline.
     started, stopped = c.of("input_audio_buffer.speech_started"), c.of("input_audio_buffer.speech_stopped")
     assert started and stopped
-    assert 200 <= started[0]["audio_start_ms"] <= 800  # 0.4 s of lead-in silence
+    assert 200 <= started[0]["audio_start_ms"] <= 1200  # 0.4 s of lead-in silence (+ late frames under load)
     assert stopped[-1]["audio_end_ms"] > started[0]["audio_start_ms"] + 1000
     assert stopped[0]["item_id"] == started[0]["item_id"]
     assert c.of("input_audio_buffer.committed")[0]["item_id"] == started[0]["item_id"]
@@ -288,9 +293,9 @@ async def test_barge_in_cancels_the_response_and_truncate_is_acknowledged(server
     t = await c.until("conversation.item.truncated")
     assert t["item_id"] == item and t["audio_end_ms"] == barge[0]["audio_end_ms"] // 2
     await c.send("conversation.item.truncate", item_id=item, content_index=0, audio_end_ms=10**7)
-    assert (await c.until("error"))["error"]["param"] == "audio_end_ms"
+    assert (await c.error())["error"]["param"] == "audio_end_ms"
     await c.send("conversation.item.truncate", item_id="item_nope", content_index=0, audio_end_ms=0)
-    assert (await c.until("error"))["error"]["code"] == "item_not_found"
+    assert (await c.error())["error"]["code"] == "item_not_found"
     await c.close()
 
 
@@ -301,7 +306,7 @@ async def test_response_cancel_stops_agent_audio_until_the_user_speaks(server):
     created = await c.until("response.created")
     await c.until("response.output_audio.delta")
     await c.send("response.create")
-    assert (await c.until("error"))["error"]["code"] == "conversation_already_has_active_response"
+    assert (await c.error())["error"]["code"] == "conversation_already_has_active_response"
     await c.send("response.cancel", response_id=created["response"]["id"])
     done = await c.until("response.done")
     assert done["response"]["status"] == "cancelled"
@@ -310,7 +315,7 @@ async def test_response_cancel_stops_agent_audio_until_the_user_speaks(server):
     assert not [e for e in quiet if e["type"] in ("response.output_audio.delta", "response.created")]
     assert [e for e in quiet if e["type"] == "x_duplex.frame" and e["muted"]]
     await c.send("response.cancel")
-    assert (await c.until("error"))["error"]["code"] == "response_cancel_not_active"
+    assert (await c.error())["error"]["code"] == "response_cancel_not_active"
     await c.send("response.create")  # lifts the mute: the talker is heard again
     await c.until("response.created", timeout=3)
     await c.close()
@@ -331,11 +336,11 @@ async def test_input_rate_change_mid_session_and_live_sampling(server, speech):
     assert conn.decimator is not None and conn.decimator.factor == 2
     assert conn.session.listener.input_rate == 8000
     assert conn.session.model.sampling.audio_temperature == 0.5
-    await stream_and_collect(c, s16[:16000], 16000, extra_s=0.3)
-    assert c.of("input_audio_buffer.speech_started")
+    await c.stream(s16[:16000], 16000)
+    await c.until("input_audio_buffer.speech_started", timeout=15)
     # The model cannot change once the conversation has started.
     await c.send("session.update", session={"x_duplex": {"model": "talker"}})
-    assert (await c.until("error"))["error"]["code"] == "session_already_started"
+    assert (await c.error())["error"]["code"] == "session_already_started"
     await c.close()
 
 
@@ -347,7 +352,7 @@ async def test_unknown_model_in_the_url_falls_back_with_a_clear_error(server):
     await c.send("session.update", session={"x_duplex": {"model": "talker"}})  # before audio: allowed
     assert (await c.until("session.updated"))["session"]["model"] == "talker"
     await c.send("session.update", session={"x_duplex": {"adapter": "pirate"}})
-    assert (await c.until("error"))["error"]["code"] == "invalid_session"
+    assert (await c.error())["error"]["code"] == "invalid_session"
     await c.close()
 
 

@@ -159,6 +159,7 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
     assert cut_bubbles >= min(1, int(data.get("bargeIns", 0))), data
     # ...and told the server how much of it was heard (conversation.item.truncate after the flush).
     assert len(truncated) >= min(1, int(data.get("bargeIns", 0))), (truncated, data)
+    assert int(data.get("errors", 0)) == 0, data  # the server accepted every event the page sent
     # Page-side turn marks arrived.
     turns = json.loads(data["turnLatencies"])
     assert len(turns) >= 2 and all(0 < t < 5000 for t in turns), data
