@@ -121,6 +121,7 @@ class SoundDeviceAudio:
         self.output_info: dict = {}
         self.latency_ms = 0.0
         self._streams: list = []
+        self._abandoned: list = []
         self._last_in = self._last_out = 0.0
         self._stream_error = threading.Event()
         self._queue: asyncio.Queue | None = None
@@ -227,6 +228,50 @@ class SoundDeviceAudio:
             except Exception:
                 pass
 
+    async def _blocking(self, fn: Callable[[], Any], timeout: float) -> bool:
+        """Run a PortAudio call in its own daemon thread; False if it did not return in time.
+
+        A call into a vanished sound server can block forever (ALSA's pipewire plugin does); such a
+        thread is abandoned (it must not hold up the event loop or its shutdown, as the default
+        executor would)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def target() -> None:
+            try:
+                r, e = fn(), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop
+                r, e = None, exc
+
+            def done() -> None:
+                if fut.done():
+                    return
+                if e is not None:
+                    fut.set_exception(e)
+                else:
+                    fut.set_result(r)
+
+            try:
+                loop.call_soon_threadsafe(done)
+            except RuntimeError:
+                pass
+
+        threading.Thread(target=target, name="duplex-portaudio", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _close_streams(self) -> bool:
+        streams = list(self._streams)
+        ok = await self._blocking(self._close, timeout=3.0)
+        if not ok:
+            self._abandoned.extend(streams)  # keep references: never closed from a finaliser
+            self._streams = []
+            log.warning("closing the audio streams hung; abandoned them")
+        return ok
+
     @staticmethod
     def _reinit() -> None:
         """Re-scan devices (PortAudio only sees hot-plugged devices after re-initialising)."""
@@ -247,39 +292,39 @@ class SoundDeviceAudio:
         self._queue = asyncio.Queue(maxsize=max(8, int(2000 / self.config.block_ms)))  # ~2 s
         consumer = asyncio.create_task(self._consume())
         delay = self.config.retry_initial_s
+        clean = True  # the last close returned (PortAudio may be re-initialised)
         first = True
         try:
             while not self._stop.is_set():
                 try:
-                    if not first:
-                        await asyncio.wait_for(asyncio.to_thread(self._reinit), timeout=10)
+                    if not first and clean:
+                        await self._blocking(self._reinit, timeout=5.0)
                     first = False
-                    await asyncio.wait_for(asyncio.to_thread(self._open), timeout=10)
+                    if not await self._blocking(self._open, timeout=10.0):
+                        raise AudioDeviceError("opening the audio device did not return within 10 s")
                 except Exception as e:
                     self.failures += 1
                     self._set_state("retrying", f"{type(e).__name__}: {e}")
-                    await asyncio.to_thread(self._close)
+                    clean = await self._close_streams()
                     try:
                         await asyncio.wait_for(self._stop.wait(), timeout=delay)
                     except asyncio.TimeoutError:
                         pass
                     delay = min(self.config.retry_max_s, delay * 2)
                     continue
-                if self.reopens or self.failures:
+                if self.failures:
                     self.reopens += 1
-                else:
-                    self.reopens = 0
                 self._set_state("running", None)
                 delay = self.config.retry_initial_s
                 reason = await self._watch()
-                await asyncio.wait_for(asyncio.to_thread(self._close), timeout=10)
                 if reason is None:
                     break
                 self.failures += 1
                 self._set_state("lost", reason)
+                clean = await self._close_streams()
         finally:
             consumer.cancel()
-            await asyncio.to_thread(self._close)
+            await self._close_streams()
             self._set_state("closed")
 
     async def _watch(self) -> str | None:
@@ -296,8 +341,6 @@ class SoundDeviceAudio:
             stale = now - min(self._last_in, self._last_out)
             if stale > self.config.stall_timeout_s:
                 return f"no audio callback for {stale:.1f} s (device gone?)"
-            if any(not s.active for s in self._streams):
-                return "a stream is no longer active"
         return None
 
     async def _consume(self) -> None:

@@ -562,4 +562,5 @@ async def test_following_clock_waits_for_late_audio_instead_of_underrunning():
         else:
             underruns += 1
     await feeder
-    assert underruns == 0 and clock.waits >= 1 and clock.shift > 0.02
+    # The clock moved its grid later (by about the 30 ms lag; loose bound: the machine may be busy).
+    assert underruns == 0 and clock.waits >= 1 and clock.shift > 0.01
