@@ -78,6 +78,14 @@ class TurnPolicy:
         self.since_agent_talked = 10**9
         self.holding = False
         self.barge_ins = 0
+        self.requested_hold = 0  # frames of forced silence a client asked for (response.cancel)
+        self._cut_requested = False
+
+    def request_hold(self, frames: int) -> None:
+        """Force the agent silent for at least ``frames`` frames from the next one (a client cancel):
+        the model then sees that it stopped, exactly as after a barge-in."""
+        self.requested_hold = max(self.requested_hold, int(frames))
+        self._cut_requested = True
 
     def before_step(self, user_speech: bool) -> Decision:
         """Decide for this frame from the user's VAD flag and the agent's state so far."""
@@ -98,6 +106,11 @@ class TurnPolicy:
             self.barge_ins += 1
         elif self.holding and self.user_quiet_run >= self._need_quiet:
             self.holding = False
+        if self.requested_hold > 0:
+            cut = cut or self._cut_requested
+            self._cut_requested = False
+            self.requested_hold -= 1
+            return Decision(force_silence=True, cut=cut, mute_user=echo_active)
         return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active)
 
     def after_step(self, agent_rms: float) -> None:

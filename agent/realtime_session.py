@@ -328,6 +328,8 @@ class RealtimeConnection:
                              param="response_id")
         self._finish_response("cancelled", "client_cancelled")
         self.muted, self.mute_quiet = True, 0
+        if self.session is not None:
+            self.session.hold_agent(1.0)  # the model's own slots go silent too: it knows it was stopped
 
     # ---- session.update ----------------------------------------------------------------------
     async def _on_session_update(self, event: dict) -> None:

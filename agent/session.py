@@ -189,6 +189,11 @@ class Session:
                            text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
                            user_underrun=underrun, mark=mark)
 
+    def hold_agent(self, seconds: float = 1.0) -> None:
+        """Cut the agent at the next frame and keep it silent for ``seconds`` (e.g. a client's
+        ``response.cancel``); its slots are forced to PAD + silence, so the model knows it stopped."""
+        self.policy.request_hold(max(1, round(seconds * 1000.0 / self.frame_ms)))
+
     async def close(self) -> None:
         self.user_frames.close()
         await self.model.close()

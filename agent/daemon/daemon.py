@@ -88,6 +88,7 @@ class Daemon:
         self.cuts = 0
         self.frames = 0
         self.user_speech_frames = 0  # frames in which the brain's VAD heard the user
+        self.played_samples = 0  # samples handed to the speaker
         self.transcript: list[str] = []
         self.started_at = time.time()
         self._out_resampler: StreamingResampler | None = None
@@ -119,6 +120,7 @@ class Daemon:
     def speaker_pull(self, n: int) -> np.ndarray:
         """``n`` samples for the speaker (called from the audio thread); also the echo reference."""
         x = self.playout.pull(n)
+        self.played_samples += n
         if self.volume != 1.0:
             x = np.clip(x * self.volume, -1.0, 1.0).astype(np.float32)
         self.echo.add_reference(x)

@@ -67,3 +67,12 @@ def test_echo_guard_mutes_user_while_agent_talks_and_for_the_tail():
     assert policy.before_step(True).mute_user  # tail frame 2 (160 ms)
     policy.after_step(0.0)
     assert not policy.before_step(True).mute_user
+
+
+def test_a_requested_hold_cuts_at_once_and_forces_silence_for_its_length():
+    policy = TurnPolicy(PolicyConfig(), frame_ms=80)
+    policy.after_step(0.2)
+    policy.request_hold(3)
+    decisions = run(policy, [False] * 5)
+    assert decisions[0].cut and not any(d.cut for d in decisions[1:])
+    assert [d.force_silence for d in decisions] == [True, True, True, False, False]
