@@ -159,3 +159,52 @@ def test_answer_score_rewards_the_expected_words():
     assert answer_score("well, the capital of France is Paris!", "the capital of france is paris")["contains"]
     assert not answer_score("the capital is rome", "the capital of france is paris")["contains"]
     assert answer_score("", "paris")["f1"] == 0.0
+
+
+def test_lora_adapter_trained_by_the_cli_changes_the_persona_and_serves_by_name(dialogues, nano_model_dir, tmp_path):
+    """A persona adapter (the agent answers as a pirate) trained with `duplex train --preset lora`: vLLM-servable
+    files, loads by name in the transformers backend, and makes the persona's answers more likely than the base."""
+    persona = tmp_path / "persona"
+    persona.mkdir()
+    tmp = tmp_path / "tts"
+    tmp.mkdir()
+    make_dialogue(persona, "p0", "what colour is the sky", "ahoy matey the sky be blue", "train", tmp)
+    make_dialogue(persona, "p1", "how are you today", "ahoy matey i be grand", "val", tmp)
+    # LoRA needs a trained base: a random model's tied embeddings are too small for any adapter on the
+    # attention/MLP projections to sharpen its predictions. A quick scratch run gives one.
+    base_shards, base = tmp_path / "base-shards", tmp_path / "base"
+    main(["data", "tokenize", "--data", str(dialogues), "--out", str(base_shards), "--model", str(nano_model_dir), "-q"])
+    assert main(["train", "--preset", "smoke", "--shards", str(base_shards), "--out", str(base), "--init",
+                 str(nano_model_dir), "--steps", "40", "--set", "lr=0.01", "--set", "warmup=3", "--set",
+                 "eval_every=0", "-q"]) == 0
+    shards = tmp_path / "shards"
+    assert main(["data", "tokenize", "--data", str(persona), "--out", str(shards), "--model", str(base), "-q"]) == 0
+    out = tmp_path / "lora"
+    assert main(["train", "--preset", "lora", "--shards", str(shards), "--out", str(out), "--init", str(base),
+                 "--steps", "30", "--set", "batch_size=2", "--set", "window_frames=40", "--set", "lr=0.02",
+                 "--set", "warmup=3", "--set", "eval_every=0", "--set", "lora_r=8", "-q"]) == 0
+    adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert not adapter_cfg.get("modules_to_save")
+    assert set(adapter_cfg["target_modules"]) <= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"}
+    assert not list((out / "adapter").glob("*embed*")) and not (out / "model.safetensors").exists()
+
+    import torch
+
+    from think.transformers_backend import TransformersBackend
+
+    layout = shard_layout(shards)
+    seq = load_split(shards, "train")[0].astype(int).tolist()
+    text_positions = [i for i in range(1, len(seq)) if (i - 1) % layout.slot_size == layout.q_in
+                      and seq[i] < layout.text_vocab_size]
+    backend = TransformersBackend.from_dir(base, adapters_dir=out)
+
+    def persona_logprob(session) -> float:
+        lp = session.teacher_forced_logprobs(seq)
+        return float(sum(lp[i - 1, seq[i]] for i in text_positions))
+
+    base = persona_logprob(backend.open_session())
+    tuned = persona_logprob(backend.open_session(adapter="adapter"))
+    assert tuned > base + 5.0, (base, tuned)
+    with pytest.raises(ValueError):
+        backend.open_session(adapter="../lora")
