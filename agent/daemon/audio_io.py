@@ -269,6 +269,12 @@ class SoundDeviceAudio:
         if not ok:
             self._abandoned.extend(streams)  # keep references: never closed from a finaliser
             self._streams = []
+            # sounddevice's exit handler (Pa_Terminate) would block on them forever: let the process exit.
+            import atexit
+
+            sd = _sd()
+            if hasattr(sd, "_exit_handler"):
+                atexit.unregister(sd._exit_handler)
             log.warning("closing the audio streams hung; abandoned them")
         return ok
 

@@ -14,7 +14,6 @@ import base64
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -243,9 +242,13 @@ class LocalBrain:
         self.restart()
 
     def cancel(self) -> None:
-        """Stop speaking: hold the agent silent until the user has been quiet (the policy's hold)."""
+        """Stop speaking: the session cuts the agent at the next frame and holds it silent for 1 s."""
         s = self.session
-        if s is not None:
+        if s is None:
+            return
+        if hasattr(s, "hold_agent"):
+            s.hold_agent(1.0)  # cut at the next frame, slots forced silent for 1 s
+        else:
             s.policy.holding = True
 
 

@@ -203,6 +203,9 @@ class Daemon:
             log.warning("%s: %s", code, message)
 
     def _on_audio_state(self, s: dict) -> None:
+        if s.get("state") == "running":
+            # Audio queued while the speaker was gone is stale: start from now, not seconds behind.
+            self.playout.flush()
         if s.get("state") in ("lost", "retrying") and self.mqtt is not None:
             self.mqtt.error("audio_device", f"audio {s['state']}: {s.get('last_error')}")
         self.publish_state()

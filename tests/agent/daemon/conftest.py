@@ -222,7 +222,7 @@ class PipeWire:
                 break
             except Exception:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("pipewire-pulse did not come up; see " + str(self.runtime / "pw.log"))
+                    raise RuntimeError("pipewire-pulse did not come up; see " + str(self.runtime / "pw.log")) from None
                 time.sleep(0.2)
         time.sleep(1.0)  # wireplumber settles
         for sink in ("vspk", "micfeed"):

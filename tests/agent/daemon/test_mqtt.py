@@ -22,6 +22,7 @@ from agent.config import SessionConfig  # noqa: E402
 from agent.daemon.brain import LocalBrain  # noqa: E402
 from agent.daemon.config import AudioConfig, BrainConfig, DaemonConfig, EchoConfig, MqttConfig  # noqa: E402
 from agent.daemon.daemon import Daemon  # noqa: E402
+from tests.agent.daemon.conftest import free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 RATE = 16000
@@ -189,21 +190,44 @@ async def test_broker_restart_mid_conversation(mosquitto, watcher_factory, nano_
         async with Running(make_config(mosquitto.port), nano_model) as r:
             await w.wait_for("state", lambda m: m.get("state") == "online", timeout=30)
             await w.wait_for("transcript", lambda m: True, timeout=20)
-            # A burst of controls, then the broker goes down right after it acknowledged them.
+            # A burst of controls reaches the daemon; the broker goes down before the daemon has carried
+            # them out (their handling is held back until then), so every ack waits in the outbox.
+            gate = asyncio.Event()
+            orig = r.daemon.apply
+
+            async def held_apply(cmd, orig=orig):
+                await gate.wait()
+                return await orig(cmd)
+
+            r.daemon.apply = held_apply
+            received = r.daemon.mqtt.controls_received
             for i in range(20):
                 await w.publish("duplex/t1/control", json.dumps({"command": "volume", "volume": round(0.05 * i, 2),
                                                                   "request_id": f"burst-{i}"}))
+            while r.daemon.mqtt.controls_received < received + 20:
+                await asyncio.sleep(0.01)
             frames_before = r.daemon.frames
             t0 = time.monotonic()
-            await asyncio.to_thread(mosquitto.restart, 1.0)
+            await asyncio.to_thread(mosquitto.stop)
+            while r.daemon.mqtt.connected:
+                await asyncio.sleep(0.01)
+            gate.set()  # carried out while the broker is away
+            # The acks are not retained: keep the daemon away from the new broker until this test's
+            # subscriber is back on it (else the acks would be delivered before anyone listens).
+            r.daemon.mqtt.config.port = free_port()
+            await asyncio.sleep(1.0)
+            assert len(r.daemon.mqtt._reliable) >= 20  # the acks wait in the outbox
+            watcher_connects = w.connects
+            await asyncio.to_thread(mosquitto.start)
+            while w.connects == watcher_connects:
+                await asyncio.sleep(0.02)
+            r.daemon.mqtt.config.port = mosquitto.port
             # Reconnected: the retained state is back on the fresh broker (it kept nothing).
             st = await w.wait_for("state", lambda m: m.get("mqtt_connects", 0) >= 2, timeout=20)
             reconnect_s = time.monotonic() - t0
             assert st["state"] == "online"
-            acks = {a.get("request_id") for a in w.on("ack")}
-            for i in range(20):  # every control sent while connected was carried out and acknowledged
-                if f"burst-{i}" not in acks:
-                    await w.wait_for("ack", lambda m, i=i: m.get("request_id") == f"burst-{i}", timeout=10)
+            for i in range(20):  # every control received before the outage was carried out and acknowledged
+                await w.wait_for("ack", lambda m, i=i: m.get("request_id") == f"burst-{i}", timeout=10)
             assert r.daemon.volume == 0.95
             # The conversation went on through the outage and still streams.
             n = len(w.on("transcript"))
