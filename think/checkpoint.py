@@ -42,7 +42,7 @@ class ModelConfig:
     hidden: int = 256
     heads: int = 4
     kv_heads: int = 1
-    intermediate: int = 640
+    intermediate: int = 512
     max_positions: int = 2048
     rope_theta: float = 10000.0
     tie_embeddings: bool = True

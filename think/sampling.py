@@ -73,10 +73,10 @@ def sample(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: 
     scores = logits.float() + mask
     if temperature <= 0.0:
         return int(torch.argmax(scores))
-    scores = scores / temperature
-    if top_k > 0:
-        k = min(top_k, scores.shape[-1])
-        kth = torch.topk(scores, k).values[-1]
-        scores = torch.where(scores < kth, torch.full_like(scores, float("-inf")), scores)
-    probs = torch.softmax(scores, dim=-1)
+    if 0 < top_k < scores.shape[-1]:
+        # Sample among the k best only: softmax and multinomial over k values, not the whole window.
+        values, indices = torch.topk(scores, top_k)
+        probs = torch.softmax(values / temperature, dim=-1)
+        return int(indices[torch.multinomial(probs, 1, generator=generator)])
+    probs = torch.softmax(scores / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
