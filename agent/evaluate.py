@@ -12,9 +12,9 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
   stopping within 400 ms, and whether the agent then answers;
 - **answers**: for each question (``qa``), the agent's text after the question vs the expected answer
   (normalised containment and word F1);
-
-Not yet scored here: intelligibility of the agent's speech through an offline recogniser (planned with
-faster-whisper tiny.en, as ``duplex codec eval`` does for the codec).
+- **intelligibility** (``--asr``; needs ``pip install 'duplex-agent[eval]'``): word error rate of the agent's
+  speech in each answer window through Whisper tiny.en against what its own text slot said, next to the same
+  recogniser on the dialogue's clean agent channel (the TTS voice it was trained on) against the expected answer.
 
 "The agent is active" in a frame means its decoded audio is above ``active_rms`` or its text slot holds a
 word piece. Results: JSON (summary + per-dialogue) and, with matplotlib, a latency histogram.
@@ -49,6 +49,7 @@ class EvalConfig:
         take_over_window_s: an answer must start within this long after a turn end.
         active_rms: agent audio level above which the agent counts as speaking.
         stop_quiet_frames: consecutive quiet frames that count as "the agent stopped".
+        asr: also score intelligibility through the offline recogniser.
     """
 
     data: str = ""
@@ -57,6 +58,7 @@ class EvalConfig:
     take_over_window_s: float = 2.0
     active_rms: float = 0.02
     stop_quiet_frames: int = 2
+    asr: bool = False
 
 
 @dataclass
@@ -159,8 +161,36 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
         b = frame(min(nxt)) if nxt else n
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
-                              **answer_score(said, qa["answer"])})
+                              "frames": [a, b], **answer_score(said, qa["answer"])})
     return score
+
+
+def intelligibility(recognize, scores: list[DialogueScore], runs: list[tuple[list, Path, int]]) -> dict:
+    """WER of the agent's speech vs its own text, and of the clean TTS channel vs the expected answers."""
+    import soxr
+
+    from agent.codec_eval import word_errors
+
+    agent_err = agent_words = clean_err = clean_words = 0
+    for score, (outs, wav, codec_rate) in zip(scores, runs):
+        audio, rate = read_wav(wav)
+        for ans in score.answers:
+            a, b = ans["frames"]
+            if b <= a:
+                continue
+            if ans["said"]:
+                speech = np.concatenate([o.agent_audio for o in outs[a:b]])
+                hyp = recognize(soxr.resample(speech, codec_rate, 16000).astype(np.float32))
+                e, n = word_errors(ans["said"], hyp)
+                agent_err, agent_words = agent_err + e, agent_words + n
+                ans["heard"] = hyp
+            seconds = len(outs[0].agent_audio) / codec_rate if outs else 0.08
+            clean = audio[int(a * seconds * rate): int(b * seconds * rate), 1]
+            e, n = word_errors(ans["expected"], recognize(soxr.resample(clean, rate, 16000).astype(np.float32)))
+            clean_err, clean_words = clean_err + e, clean_words + n
+    return {"agent_speech_wer": round(agent_err / agent_words, 4) if agent_words else None,
+            "agent_speech_words": agent_words,
+            "clean_tts_wer": round(clean_err / clean_words, 4) if clean_words else None}
 
 
 def summarize(scores: list[DialogueScore]) -> dict:
@@ -232,10 +262,17 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     codec = codec_for_layout(backend.layout)
     lay = backend.layout
     scores: list[DialogueScore] = []
+    runs: list[tuple[list, Path, int]] = []
     for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
         outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav))
         scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
+        if cfg.asr:
+            runs.append((outs, wav, codec.spec.sample_rate))
     summary = summarize(scores)
+    if cfg.asr:
+        from agent.codec_eval import Recognizer
+
+        summary.update(intelligibility(Recognizer(), scores, runs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"summary": summary, "config": asdict(cfg), "model": str(backend.loaded.path),
