@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from collections import deque
+
 import numpy as np
 
 
@@ -27,7 +29,7 @@ class FrameMark:
     user_speech: bool
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+def _percentiles(values) -> dict[str, float]:
     if not values:
         return {"count": 0}
     a = np.asarray(values, dtype=np.float64)
@@ -39,26 +41,29 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 class LatencyRecorder:
     """Collects frame marks and turn latencies for one session.
 
-    ``keep_frames`` bounds memory for endless sessions (0 = keep every frame, as ``duplex chat`` does
-    for its report); the summary statistics always cover every frame.
+    ``keep_frames`` bounds the kept per-frame marks for endless sessions (0 = keep every frame, as
+    ``duplex chat`` does for its report); the summary statistics cover the last ``STATS_WINDOW`` frames
+    (one hour), so a live session's memory stays bounded too.
     """
+
+    STATS_WINDOW = 45_000
 
     def __init__(self, frame_ms: float, keep_frames: int = 0) -> None:
         self.frame_ms = frame_ms
         self.keep_frames = keep_frames
-        self.frames: list[FrameMark] = []
-        self._totals: list[float] = []
-        self._thinks: list[float] = []
+        self.frames: deque[FrameMark] | list[FrameMark] = deque(maxlen=keep_frames) if keep_frames else []
+        self._totals: deque[float] = deque(maxlen=self.STATS_WINDOW)
+        self._thinks: deque[float] = deque(maxlen=self.STATS_WINDOW)
         self.frames_late = 0
+        self.frames_seen = 0
         self.turn_latencies_ms: list[float] = []
         self.barge_in_frames: list[int] = []
         self._user_was_speaking = False
         self._speech_end_frame: int | None = None
 
     def add(self, mark: FrameMark) -> None:
-        self.frames.append(mark)
-        if self.keep_frames and len(self.frames) > self.keep_frames:
-            del self.frames[: len(self.frames) - self.keep_frames]
+        self.frames.append(mark)  # a deque with maxlen keep_frames when bounded
+        self.frames_seen += 1
         self._totals.append(mark.total_ms)
         self._thinks.append(mark.think_ms)
         if mark.late_by_ms > self.frame_ms / 2:
@@ -79,7 +84,7 @@ class LatencyRecorder:
             self._speech_end_frame = None
 
     def summary(self) -> dict:
-        n = len(self._totals)
+        n = self.frames_seen
         total = _percentiles(self._totals)
         return {
             "frame_ms": self.frame_ms,

@@ -59,7 +59,7 @@ class Session:
     """One conversation. Create it, ``push_audio`` from a source, and iterate ``run(clock)``."""
 
     def __init__(self, model: BackendSession, codec: Codec, tokenizer, config: SessionConfig | None = None,
-                 input_rate: int = 16000, realtime: bool = False, keep_frame_marks: int = 0) -> None:
+                 input_rate: int = 16000, realtime: bool = False, keep_frame_marks: int | None = None) -> None:
         self.config = config or SessionConfig()
         self.model = model
         self.codec = codec
@@ -70,7 +70,10 @@ class Session:
         self.vocoder = Vocoder(codec)
         self.frame_ms = codec.spec.frame_ms
         self.policy = TurnPolicy(self.config.policy, self.frame_ms)
-        self.latency = LatencyRecorder(self.frame_ms, keep_frames=keep_frame_marks)
+        # Offline runs report every frame; a live session (server, daemon) may run for days: keep the
+        # recent marks only unless told otherwise.
+        keep = keep_frame_marks if keep_frame_marks is not None else (0 if not realtime else 256)
+        self.latency = LatencyRecorder(self.frame_ms, keep_frames=keep)
         self.text = TextStream(tokenizer)
         # Real time: a bounded queue that drops the oldest frames if the model falls behind, so latency
         # stays bounded. Offline: the source waits instead (nothing is dropped).
