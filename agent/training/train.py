@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.training.loss import stream_losses
 from agent.training.tokenize import load_split, shard_layout
 from think.checkpoint import load_checkpoint
 from think.layout import DuplexLayout
@@ -57,6 +58,9 @@ class TrainConfig:
         save_every: steps between resumable checkpoints.
         seed: random seed.
         threads: torch threads (None = torch's default).
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+        autocast: bfloat16 mixed precision for the forward pass (weights and optimizer stay float32);
+            2.3x the matmul rate of float32 on CPUs with AVX512-BF16, and the norm on GPUs.
         lora_r / lora_alpha / lora_dropout / lora_targets: adapter settings (mode "lora").
     """
 
@@ -80,6 +84,8 @@ class TrainConfig:
     save_every: int = 200
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
+    autocast: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -138,22 +144,26 @@ class WindowSampler:
         return xt[:, :-1], xt[:, 1:], torch.from_numpy(wts)
 
 
-def stream_losses(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, layout: DuplexLayout,
-                  offset_in_slot: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted loss for the batch and the mean loss per stream (text, audio k)."""
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                           reduction="none").view_as(targets)
-    loss = (ce * weights).sum() / weights.sum().clamp_min(1e-6)
-    # Target at input position i is id i+1 of the window; id j (>= 1) sits at slot position (j - 1) % slot.
-    pos = (torch.arange(targets.shape[1]) + offset_in_slot) % layout.slot_size
-    parts: dict[str, float] = {}
-    with torch.no_grad():
-        valid = weights > 0
-        for name, p in [("text", layout.q_in)] + [(f"audio{k}", layout.q_in + 1 + k) for k in range(layout.q_out)]:
-            m = valid & (pos == p)[None, :]
-            if m.any():
-                parts[name] = round(float(ce[m].mean()), 4)
-    return loss, parts
+def forward_loss(model: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, layout: DuplexLayout,
+                 autocast: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """Run the decoder body on ``x`` ``(B, T)`` and score ``y`` with the per-role head slices."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        hidden = base.model(input_ids=x).last_hidden_state
+        return stream_losses(hidden, base.get_output_embeddings().weight, y, w, layout)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} was asked for but torch sees no CUDA device.")
+    return torch.device(cfg.device)
+
+
+def _to(cfg: TrainConfig, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    device = _device(cfg)
+    return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
@@ -195,8 +205,7 @@ def evaluate(model: Any, sampler: WindowSampler, cfg: TrainConfig) -> dict:
     losses, parts_acc = [], {}
     for _ in range(max(1, cfg.eval_windows // cfg.batch_size)):
         x, y, w = sampler.batch(cfg.batch_size)
-        logits = model(input_ids=x).logits
-        loss, parts = stream_losses(logits, y, w, sampler.layout)
+        loss, parts = forward_loss(model, *_to(cfg, x, y, w), sampler.layout, cfg.autocast)
         losses.append(float(loss))
         for k, v in parts.items():
             parts_acc.setdefault(k, []).append(v)
@@ -255,7 +264,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     layout = shard_layout(cfg.shards)
-    model = _build_model(cfg, layout)
+    model = _build_model(cfg, layout).to(_device(cfg))
     train_s = WindowSampler(load_split(cfg.shards, "train"), layout, cfg, cfg.seed)
     val_seqs = load_split(cfg.shards, "val") or load_split(cfg.shards, "test")
     val_s = WindowSampler(val_seqs, layout, cfg, cfg.seed + 1) if val_seqs else None
@@ -266,7 +275,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     if resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"Nothing to resume in {out} (no last/trainer_state.pt).")
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location=_device(cfg))
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -282,8 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         x, y, w = train_s.batch(cfg.batch_size)
-        logits = model(input_ids=x).logits
-        loss, parts = stream_losses(logits, y, w, layout)
+        loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -302,7 +310,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                         "step": step, "rng": train_s.rng.bit_generator.state}, state_path)
     bar.close()
     model.eval()
-    save_outputs(model, cfg, layout, out)
+    save_outputs(model.to("cpu"), cfg, layout, out)
     plot_losses(metrics_path, out / "loss.png")
     last["wall_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "final_metrics.json").write_text(json.dumps(last, indent=2) + "\n")
