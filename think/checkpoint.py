@@ -51,11 +51,12 @@ class ModelConfig:
 # Named shapes. "tiny" is the embedded default's shape; "nano" keeps tests fast. On a CPU a batch-1
 # forward is memory-bound: it streams the weights and the whole KV cache. Measured here for 4x256 with
 # 1300 -> 3900 ids of context: 20.7 -> 33.7 ms per codec2 frame with 4 KV heads, 15.8 -> 25.2 with 1.
-# So "tiny" uses one KV head (multi-query attention) and a 2048-id window (~150 codec2 frames, 12 s;
-# ~3x longer with the project's own low-rate codec).
+# So "tiny" uses one KV head (multi-query attention) and a 1024-id window (78 codec2 frames, 6.2 s; a
+# rebase keeps the newest half). Training is the other reason: windows must span every serving position,
+# and at 1561 ids attention was 60 % of a CPU training step (bf16, 8 windows), 1.4x slower per id than at 1015.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(layers=2, hidden=64, heads=2, kv_heads=2, intermediate=128, max_positions=4096),
-    "tiny": ModelConfig(),
+    "tiny": ModelConfig(max_positions=1024),
     "small": ModelConfig(layers=8, hidden=384, heads=6, kv_heads=6, intermediate=1152),
 }
 
