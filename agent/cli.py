@@ -4,6 +4,7 @@
     duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
     duplex doctor
     duplex bench step [--model DIR] [--frames 300]
+    duplex bench train [--preset tiny] [--window-frames 78] [--batch-size 8]
     duplex bench serve --backend transformers|vllm --sessions N [--sweep] [--model DIR]
     duplex serve [--model DIR | --model NAME=DIR ...] [--host 127.0.0.1] [--port 8765] [--token SECRET]
     duplex demo [--model DIR] [--port 7860]
@@ -177,6 +178,16 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from agent.bench_train import bench_train
+
+    result = bench_train(preset=args.preset, codec=args.codec, window_frames=args.window_frames,
+                         batch_size=args.batch_size, steps=args.steps, threads=args.threads, device=args.device,
+                         model=args.model)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _server_setup(args: argparse.Namespace):
     import os
 
@@ -320,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_bench_step)
+    p = bench.add_parser("train", help="training steps per second for a model shape (bf16 autocast and fp32)")
+    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--codec", default="codec2")
+    p.add_argument("--window-frames", type=int, default=78)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per precision (after 2 warm-up steps)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_bench_train)
     p = bench.add_parser("serve", help="concurrent sessions on one backend, real-time paced (think step only)")
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (with --sweep: 1..N)")
