@@ -2,6 +2,7 @@
 
     duplex chat --in question.wav --out dialogue.wav [--model DIR] [--realtime] [--tail 4]
     duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
+    duplex model export SRC OUT_DIR [--dtype bfloat16]
     duplex doctor
     duplex bench step [--model DIR] [--frames 300]
     duplex bench train [--preset tiny] [--window-frames 78] [--batch-size 8]
@@ -163,6 +164,18 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_export(args: argparse.Namespace) -> int:
+    from agent.models import export_model
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} is not empty; pass --force to overwrite it.")
+    path = export_model(args.src, out, dtype=args.dtype)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    print(f"wrote {path}: {size / 1e6:.1f} MB ({args.dtype} weights)")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from agent.doctor import main
 
@@ -317,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-json", help='shape overrides as JSON, e.g. \'{"layers": 6}\'')
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
     p.set_defaults(func=cmd_model_init)
+    p = model.add_parser("export", help="a shipping copy of a trained checkpoint (bfloat16 weights by default)")
+    p.add_argument("src", help="checkpoint directory (e.g. the output of `duplex train`)")
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+    p.set_defaults(func=cmd_model_export)
 
     p = sub.add_parser("doctor", help="what is installed and what is missing")
     p.set_defaults(func=cmd_doctor)

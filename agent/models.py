@@ -129,3 +129,31 @@ def resolve_model(model: str | Path | None, announce: Any = None) -> Path:
     elif announce:
         announce(f"Using the untrained random 'tiny' model in {path} (no trained default is shipped yet).")
     return path
+
+
+# What a shipped model directory carries besides its weights: what `--model` needs, and how it was made.
+EXPORT_FILES = ("duplex_layout.json", "tokenizer.json", "generation_config.json", "train_config.json",
+                "final_metrics.json", "loss.png", "duplex_init.json")
+
+
+def export_model(src: str | Path, out: str | Path, dtype: str = "bfloat16") -> Path:
+    """Write a shipping copy of checkpoint ``src`` with its weights stored in ``dtype`` (loading casts
+    them back to float32; bfloat16 halves the file). Provenance files travel with it."""
+    import shutil
+
+    import torch
+
+    from think.checkpoint import load_checkpoint
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"--dtype must be bfloat16, float16 or float32, got {dtype!r}.")
+    loaded = load_checkpoint(src)
+    out = Path(out)
+    if out.resolve() == Path(src).resolve():
+        raise ValueError("Export into a new directory, not over the source checkpoint.")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded.model.to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
+    for name in EXPORT_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy(Path(src) / name, out / name)
+    return out
