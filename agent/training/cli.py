@@ -89,11 +89,15 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("train", help="train a model (from scratch) or a LoRA adapter on token shards")
-    p.add_argument("--preset", default="tiny", help="train preset: smoke, tiny, lora (agent/presets/train-*.yaml) or a YAML file")
+    p = sub.add_parser("train", help="train a model (from scratch), a speech base from a base LLM, or a LoRA "
+                                     "adapter on token shards")
+    p.add_argument("--preset", default="tiny",
+                   help="train preset (agent/presets/train-*.yaml) or a YAML file: smoke, tiny (from scratch); "
+                        "speech-align, speech-duplex (+ -smoke): speech-base stages a and b on a `model init --base` "
+                        "checkpoint, merged into a full checkpoint; lora: a vLLM-servable adapter")
     p.add_argument("--shards", help="directory made by `duplex data tokenize`")
     p.add_argument("--out", help="output directory")
-    p.add_argument("--init", help="checkpoint to start from (required for lora)")
+    p.add_argument("--init", help="checkpoint to start from (required for lora and the speech-* presets)")
     p.add_argument("--steps", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
