@@ -472,6 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
+        t_step = time.perf_counter()
         x, y, w, r = train_s.batch(cfg.batch_size)
         loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast, roles=r)
         opt.zero_grad(set_to_none=True)
@@ -479,7 +480,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6), **parts}
+        last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6),
+                "step_s": round(time.perf_counter() - t_step, 3), **parts}
         if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             last.update(evaluate(model, val_s, cfg))
         with metrics_path.open("a") as f:

@@ -246,6 +246,28 @@ def test_speech_base_stages_train_merge_and_keep_the_base_text_rows(smol, stage_
     assert not torch.equal(final[key], init[key])  # the LoRA update was merged into the projections
     assert not any("lora" in k for k in final)
 
+    # Chat ability kept: the held-out chats' assistant-token loss is no worse than the base's.
+    chat = {name: _chat_loss(smol / "shards", path) for name, path in (("init", smol / "init"), ("b", stage_b))}
+    print("held-out chat loss (assistant tokens):", chat)
+    assert chat["b"] < chat["init"] + 0.1
+
+
+def _chat_loss(shards, model_dir) -> float:
+    from agent.training.tokenize import shard_layout
+    from agent.training.train import TrainConfig, build_sampler, forward_loss
+    from think.checkpoint import load_checkpoint
+
+    layout = shard_layout(shards)
+    cfg = TrainConfig(shards=str(shards), out="", mix={"text": 1.0}, window_frames=24, batch_size=2)
+    sampler = build_sampler(cfg, layout, "val", seed=0)
+    model = load_checkpoint(model_dir).model
+    losses = []
+    with torch.no_grad():
+        for _ in range(2):
+            x, y, w, roles = sampler.batch(2)
+            losses.append(float(forward_loss(model, x, y, w, layout, False, roles=roles)[0]))
+    return float(np.mean(losses))
+
 
 def test_a_lora_adapter_on_the_speech_base_is_servable(smol, stage_b):
     from think.transformers_backend import TransformersBackend
