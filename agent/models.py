@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from streaming.codecs.base import Codec, load_codec
-from think.checkpoint import MODEL_PRESETS, ModelConfig, check_model_dir, init_from_base, init_from_config
+from think.checkpoint import (
+    MODEL_PRESETS,
+    ModelConfig,
+    check_model_dir,
+    init_from_base,
+    init_from_config,
+)
 from think.layout import LAYOUT_FILE, DuplexLayout
 from think.tokenizer import default_tokenizer
 

