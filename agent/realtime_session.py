@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.realtime_audio import FollowingClock, InputDecimator, OutputResampler
+from agent.realtime_settings import SessionSettings, parse_session_update, session_view
 from agent.session import FrameOutput, Session
 from listen.pcm import float32_to_pcm16_bytes
 from streaming import events as ev
 from streaming.events import EventError, error_event, server_event
-from think.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
-X_FIELDS = ("model", "adapter", "sampling", "events")
 
 
 class TokenBucket:
@@ -74,19 +73,17 @@ class RealtimeConnection:
         self.id = ev.new_id("sess")
         self.conversation_id = ev.new_id("conv")
         base = self.registry.session_config
-        self.model_name = self.registry.default
+        model = self.registry.default
         self._model_warning = None
         if requested_model and requested_model in self.registry.entries:
-            self.model_name = requested_model
-        elif requested_model and requested_model != self.model_name:
+            model = requested_model
+        elif requested_model and requested_model != model:
             self._model_warning = requested_model
-        self.adapter: str | None = None
-        self.instructions = base.system_prompt
-        self.sampling = dataclasses.replace(base.sampling)
-        self.input_rate, self.output_rate = self.cfg.default_input_rate, self.cfg.default_output_rate
-        self.silence_ms = self.cfg.silence_duration_ms
-        self.turn_type = "server_vad"
-        self.events_on = {"frame": self.cfg.frame_events, "latency": self.cfg.frame_events}
+        self.settings = SessionSettings(
+            model=model, adapter=None, instructions=base.system_prompt, sampling=dataclasses.replace(base.sampling),
+            events={"frame": self.cfg.frame_events, "latency": self.cfg.frame_events},
+            silence_ms=self.cfg.silence_duration_ms, turn_type="server_vad",
+            input_rate=self.cfg.default_input_rate, output_rate=self.cfg.default_output_rate)
         # runtime
         self.entry = None
         self.model_session = None  # opened ahead of the clock; owned by `session` once it starts
@@ -128,15 +125,15 @@ class RealtimeConnection:
             try:
                 await self._open_model()
             except Exception as e:
-                log.exception("cannot open a session on %s", self.model_name)
-                self._emit(error_event("server_error", f"Cannot start a conversation on model {self.model_name}: {e}",
+                log.exception("cannot open a session on %s", self.settings.model)
+                self._emit(error_event("server_error", f"Cannot start a conversation on model {self.settings.model}: {e}",
                                        error_type="server_error"))
                 self.request_close(1011, "model failed")
                 return
             self._emit(server_event(ev.SESSION_CREATED, session=self.session_view()))
             if self._model_warning:
                 self._emit(error_event("model_not_found", f"No model named {self._model_warning!r} here; using "
-                                       f"{self.model_name!r} (models: {', '.join(self.registry.names)}).",
+                                       f"{self.settings.model!r} (models: {', '.join(self.registry.names)}).",
                                        param="model"))
             tasks += [asyncio.create_task(self._read_loop()), asyncio.create_task(self._watchdog())]
             await self._stop.wait()
@@ -271,7 +268,7 @@ class RealtimeConnection:
         data = ev.decode_audio_b64(event["audio"], self.cfg.max_audio_bytes)
         if not data:
             return
-        seconds = len(data) / 2 / self.input_rate
+        seconds = len(data) / 2 / self.settings.input_rate
         if not self.audio_bucket.take(seconds):
             self.stats["audio_dropped_ms"] += seconds * 1000.0
             self._warn_once_per_second(
@@ -300,7 +297,7 @@ class RealtimeConnection:
     async def _on_truncate(self, event: dict) -> None:
         item = event["item_id"]
         r = self.response
-        sent = r.samples * 1000 // self.output_rate if r is not None and r.item_id == item else self.items.get(item)
+        sent = r.samples * 1000 // self.settings.output_rate if r is not None and r.item_id == item else self.items.get(item)
         if sent is None:
             raise EventError("item_not_found", f"No agent audio item {item!r} in this conversation.", param="item_id")
         if event["content_index"] != 0:
@@ -333,144 +330,74 @@ class RealtimeConnection:
 
     # ---- session.update ----------------------------------------------------------------------
     async def _on_session_update(self, event: dict) -> None:
-        s = event["session"]
-        audio = ev.parse_session_audio(s)
-        x = s.get("x_duplex") or {}
-        if not isinstance(x, dict):
-            raise EventError("invalid_field", "session.x_duplex must be an object.", param="session.x_duplex")
-        unknown = sorted(set(x) - set(X_FIELDS))
-        if unknown:
-            raise EventError("invalid_field", f"Unknown session.x_duplex field(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(X_FIELDS)}.", param=f"session.x_duplex.{unknown[0]}")
-        model = x.get("model", self.model_name)
-        if not isinstance(model, str) or model not in self.registry.entries:
-            raise EventError("model_not_found", f"No model named {model!r}; models: {', '.join(self.registry.names)}.",
-                             param="session.x_duplex.model")
-        adapter = x.get("adapter", self.adapter)
-        if adapter is not None and not isinstance(adapter, str):
-            raise EventError("invalid_field", "session.x_duplex.adapter must be a string or null.",
-                             param="session.x_duplex.adapter")
-        adapter = adapter or None
-        instructions = s.get("instructions", self.instructions)
-        sampling = self.sampling
-        if "sampling" in x:
-            if not isinstance(x["sampling"], dict):
-                raise EventError("invalid_field", "session.x_duplex.sampling must be an object.",
-                                 param="session.x_duplex.sampling")
-            try:
-                sampling = SamplingConfig(**{**dataclasses.asdict(self.sampling), **x["sampling"]})
-                _check_sampling_types(sampling)
-            except (TypeError, ValueError) as e:
-                raise EventError("invalid_field", f"session.x_duplex.sampling: {e}",
-                                 param="session.x_duplex.sampling") from None
-        events_on = dict(self.events_on)
-        if "events" in x:
-            if not isinstance(x["events"], dict) or not all(k in events_on and isinstance(v, bool)
-                                                            for k, v in x["events"].items()):
-                raise EventError("invalid_field", 'session.x_duplex.events must look like {"frame": true, '
-                                 '"latency": true}.', param="session.x_duplex.events")
-            events_on.update(x["events"])
-        silence_ms, turn_type = self.silence_ms, self.turn_type
-        td = ((s.get("audio") or {}).get("input") or {}).get("turn_detection", "absent")
-        if td is None:
-            turn_type = None
-        elif td != "absent":
-            if not isinstance(td, dict):
-                raise EventError("invalid_field", "turn_detection must be an object or null.",
-                                 param="session.audio.input.turn_detection")
-            turn_type = td.get("type", turn_type)
-            if "silence_duration_ms" in td:
-                v = td["silence_duration_ms"]
-                if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10000):
-                    raise EventError("invalid_field", "silence_duration_ms must be an integer from 0 to 10000.",
-                                     param="session.audio.input.turn_detection.silence_duration_ms")
-                silence_ms = float(v)
-        identity = (model, adapter, instructions)
-        if identity != (self.model_name, self.adapter, self.instructions):
+        old = self.settings
+        new = parse_session_update(event["session"], old, self.registry.names)
+        if new.identity != old.identity:
             if self.session is not None:
-                which = [n for n, a, b in zip(("x_duplex.model", "x_duplex.adapter", "instructions"), identity,
-                                              (self.model_name, self.adapter, self.instructions)) if a != b]
+                which = [n for n, a, b in zip(("x_duplex.model", "x_duplex.adapter", "instructions"), new.identity,
+                                              old.identity) if a != b]
                 raise EventError("session_already_started", f"{', '.join(which)} can only change before the first "
                                  f"audio; reconnect to change it.", param=f"session.{which[0]}")
-            old = (self.model_name, self.adapter, self.instructions, self.sampling)
-            self.model_name, self.adapter, self.instructions, self.sampling = model, adapter, instructions, sampling
+            self.settings = new
             try:
                 await self._open_model()
             except (KeyError, ValueError, FileNotFoundError) as e:
-                self.model_name, self.adapter, self.instructions, self.sampling = old
+                self.settings = old
                 raise EventError("invalid_session", f"Cannot use that model/adapter: {e}",
                                  param="session.x_duplex") from None
         # Everything is valid: apply.
-        self.sampling = sampling
+        self.settings = new
         live = self.session.model if self.session is not None else self.model_session
         if live is not None and hasattr(live, "sampling"):
-            live.sampling = sampling
-        self.events_on, self.silence_ms, self.turn_type = events_on, silence_ms, turn_type
-        if audio.input_rate is not None and audio.input_rate != self.input_rate:
-            self.input_rate = audio.input_rate
-            if self.session is not None:
-                self._plumb_input()
-        if audio.output_rate is not None and audio.output_rate != self.output_rate:
-            self.output_rate = audio.output_rate
-            if self.session is not None:
-                self.out_resampler = OutputResampler(self.entry.codec.spec.sample_rate, self.output_rate)
+            live.sampling = new.sampling
+        if new.input_rate != old.input_rate and self.session is not None:
+            self._plumb_input()
+        if new.output_rate != old.output_rate and self.session is not None:
+            self.out_resampler = OutputResampler(self.entry.codec.spec.sample_rate, new.output_rate)
         self._emit(server_event(ev.SESSION_UPDATED, session=self.session_view()))
 
     async def _open_model(self) -> None:
         """Load the chosen model (first use only) and open a backend session for this conversation."""
-        entry = await asyncio.to_thread(self.registry.get, self.model_name)
+        entry = await asyncio.to_thread(self.registry.get, self.settings.model)
         adapter = None
-        if self.adapter is not None:
-            if self.adapter not in entry.adapters:
-                raise ValueError(f"no adapter {self.adapter!r} for model {entry.name} "
+        if self.settings.adapter is not None:
+            if self.settings.adapter not in entry.adapters:
+                raise ValueError(f"no adapter {self.settings.adapter!r} for model {entry.name} "
                                  f"(adapters: {', '.join(sorted(entry.adapters)) or 'none'})")
-            adapter = str(entry.adapters[self.adapter])
-        new = entry.backend.open_session(self.sampling, self.instructions, adapter=adapter)
+            adapter = str(entry.adapters[self.settings.adapter])
+        new = entry.backend.open_session(self.settings.sampling, self.settings.instructions, adapter=adapter)
         if self.model_session is not None:
             await self.model_session.close()
         self.entry, self.model_session = entry, new
 
     def session_view(self) -> dict:
-        spec = self.entry.codec.spec if self.entry is not None else None
-        turn = None if self.turn_type is None else {
-            "type": self.turn_type, "silence_duration_ms": int(self.silence_ms), "create_response": True,
-            "interrupt_response": bool(self.registry.session_config.policy.barge_in)}
-        return {
-            "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model_name,
-            "instructions": self.instructions, "output_modalities": ["audio"],
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": self.input_rate}, "turn_detection": turn},
-                      "output": {"format": {"type": "audio/pcm", "rate": self.output_rate}}},
-            "x_duplex": {
-                "model": self.model_name, "models": self.registry.names, "adapter": self.adapter,
-                "adapters": sorted(self.entry.adapters) if self.entry is not None else [],
-                "sampling": dataclasses.asdict(self.sampling), "events": dict(self.events_on),
-                "frame_ms": spec.frame_ms if spec else None, "codec": spec.name if spec else None,
-                "codec_rate": spec.sample_rate if spec else None, "started": self.session is not None,
-            },
-        }
+        return session_view(self.settings, self.id, self.registry.names,
+                            sorted(self.entry.adapters) if self.entry is not None else [],
+                            self.entry.codec.spec if self.entry is not None else None, self.session is not None,
+                            self.registry.session_config.policy.barge_in)
 
     # ---- the frame loop ----------------------------------------------------------------------
     def _start(self, delay: bool) -> None:
         entry = self.entry
-        config = dataclasses.replace(self.registry.session_config, system_prompt=self.instructions,
-                                     sampling=self.sampling)
+        config = dataclasses.replace(self.registry.session_config, system_prompt=self.settings.instructions,
+                                     sampling=self.settings.sampling)
         self.session = Session(self.model_session, entry.codec, entry.backend.tokenizer, config,
-                               input_rate=self.input_rate, realtime=True, keep_frame_marks=64)
+                               input_rate=self.settings.input_rate, realtime=True, keep_frame_marks=64)
         self._plumb_input()
         self.model_session = None
         spec = entry.codec.spec
         self.frame_ms = spec.frame_ms
         self.quiet_frames = max(1, int(round(self.cfg.response_quiet_ms / spec.frame_ms)))
         self.talk_rms = config.policy.agent_talking_rms
-        self.out_resampler = OutputResampler(spec.sample_rate, self.output_rate)
+        self.out_resampler = OutputResampler(spec.sample_rate, self.settings.output_rate)
         self.frame_task = asyncio.create_task(self._frame_loop(spec.frame_ms / 1000.0 if delay else 0.0))
 
     def _plumb_input(self) -> None:
         """Client rate -> codec rate: an exact decimator for integer ratios, else the listener's soxr."""
         codec_rate = self.entry.codec.spec.sample_rate
         # A replaced decimator held < 2 ms of audio; dropping it keeps the timeline simple.
-        self.decimator = InputDecimator.for_rates(self.input_rate, codec_rate)
-        self.session.listener.set_input_rate(codec_rate if self.decimator is not None else self.input_rate)
+        self.decimator = InputDecimator.for_rates(self.settings.input_rate, codec_rate)
+        self.session.listener.set_input_rate(codec_rate if self.decimator is not None else self.settings.input_rate)
 
     async def _frame_loop(self, delay: float) -> None:
         try:
@@ -516,13 +443,13 @@ class RealtimeConnection:
                 r.quiet = 0 if active else r.quiet + 1
                 if out.end_of_turn or r.quiet >= self.quiet_frames:
                     self._finish_response("completed")
-        if self.events_on["frame"]:
+        if self.settings.events["frame"]:
             e = ev.frame_event(out.index, out.text_id, out.text_delta, audible)
             e.update(user_speech=bool(out.user.speech), agent_rms=out.mark.agent_rms, forced=out.forced, cut=out.cut,
                      end_of_turn=out.end_of_turn, underrun=out.user_underrun, muted=self.muted,
                      response_id=self.response.id if self.response else None)
             self._emit(e)
-        if self.events_on["latency"]:
+        if self.settings.events["latency"]:
             m = out.mark
             marks = {"listen_ms": m.listen_ms, "think_ms": m.think_ms, "speak_ms": m.speak_ms,
                      "late_by_ms": m.late_by_ms, "queued_frames": float(self.session.user_frames.qsize()),
@@ -545,7 +472,7 @@ class RealtimeConnection:
             self.user_quiet, self.last_speech_frame = 0, out.index
         elif self.user_speaking:
             self.user_quiet += 1
-            if self.user_quiet * self.frame_ms >= self.silence_ms:
+            if self.user_quiet * self.frame_ms >= self.settings.silence_ms:
                 self.user_speaking = False
                 self._emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STOPPED,
                                         audio_end_ms=int((self.last_speech_frame + 1) * self.frame_ms),
@@ -556,7 +483,7 @@ class RealtimeConnection:
 
     def _barge_in(self, out: FrameOutput) -> None:
         r = self.response
-        audio_end_ms = r.samples * 1000 // self.output_rate if r is not None else None
+        audio_end_ms = r.samples * 1000 // self.settings.output_rate if r is not None else None
         self._emit(ev.barge_in_event(out.index, "turn_detected", r.id if r else None, audio_end_ms))
         if r is not None:
             self._finish_response("cancelled", "turn_detected")
@@ -576,7 +503,7 @@ class RealtimeConnection:
         ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_DONE, **ids))
         self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE, **ids, transcript=text))
-        audio_ms = r.samples * 1000 // self.output_rate
+        audio_ms = r.samples * 1000 // self.settings.output_rate
         item = {"id": r.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
                 "status": "completed" if status == "completed" else "incomplete",
                 "content": [{"type": "output_audio", "transcript": text}]}
@@ -586,15 +513,3 @@ class RealtimeConnection:
         while len(self.items) > 256:
             self.items.popitem(last=False)
 
-
-def _check_sampling_types(s: SamplingConfig) -> None:
-    for name in ("text_temperature", "audio_temperature"):
-        v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{name} must be a number.")
-    for name in ("text_top_k", "audio_top_k"):
-        v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{name} must be an integer.")
-    if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)):
-        raise ValueError("seed must be an integer or null.")

@@ -331,7 +331,7 @@ async def test_input_rate_change_mid_session_and_live_sampling(server, speech):
     await c.send("session.update", session={"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
                                             "x_duplex": {"sampling": {"audio_temperature": 0.5}}})
     await c.until("session.updated")
-    conn = next(x for x in server.realtime.connections if x.input_rate == 16000)
+    conn = next(x for x in server.realtime.connections if x.settings.input_rate == 16000)
     # 16 kHz is twice the codec's 8 kHz: an exact decimator feeds the listener at the codec rate.
     assert conn.decimator is not None and conn.decimator.factor == 2
     assert conn.session.listener.input_rate == 8000

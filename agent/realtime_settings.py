@@ -1,0 +1,148 @@
+"""What a Realtime client may set with ``session.update``, validated in one place.
+
+:func:`parse_session_update` turns a client's ``session`` object into new :class:`SessionSettings`
+(or raises :class:`~streaming.events.EventError` naming the field); nothing is applied until the
+whole update is valid. :func:`session_view` is what ``session.created`` / ``session.updated`` report.
+See ``docs/realtime-events.md`` for the fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming import events as ev
+from streaming.events import EventError
+from think.sampling import SamplingConfig
+
+X_FIELDS = ("model", "adapter", "sampling", "events")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """One connection's client-settable state.
+
+    Attributes:
+        model: registry name of the model.
+        adapter: LoRA adapter name, or None.
+        instructions: system prompt.
+        sampling: sampling settings (may change mid-session).
+        events: which per-frame ``x_duplex`` events are sent ({"frame": bool, "latency": bool}).
+        silence_ms: server VAD silence before ``speech_stopped``.
+        turn_type: "server_vad", or None when the client turned turn detection off.
+        input_rate / output_rate: client PCM16 rates (Hz).
+    """
+
+    model: str
+    adapter: str | None
+    instructions: str
+    sampling: SamplingConfig
+    events: dict[str, bool] = field(default_factory=dict)
+    silence_ms: float = 500.0
+    turn_type: str | None = "server_vad"
+    input_rate: int = 24000
+    output_rate: int = 24000
+
+    @property
+    def identity(self) -> tuple[str, str | None, str]:
+        """What picks the backend session: it can only change before the conversation starts."""
+        return self.model, self.adapter, self.instructions
+
+
+def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -> SessionSettings:
+    """The settings after applying the client's ``session`` object ``s`` to ``current``."""
+    audio = ev.parse_session_audio(s)
+    x = s.get("x_duplex") or {}
+    if not isinstance(x, dict):
+        raise EventError("invalid_field", "session.x_duplex must be an object.", param="session.x_duplex")
+    unknown = sorted(set(x) - set(X_FIELDS))
+    if unknown:
+        raise EventError("invalid_field", f"Unknown session.x_duplex field(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(X_FIELDS)}.", param=f"session.x_duplex.{unknown[0]}")
+    model = x.get("model", current.model)
+    if not isinstance(model, str) or model not in models:
+        raise EventError("model_not_found", f"No model named {model!r}; models: {', '.join(models)}.",
+                         param="session.x_duplex.model")
+    adapter = x.get("adapter", current.adapter)
+    if adapter is not None and not isinstance(adapter, str):
+        raise EventError("invalid_field", "session.x_duplex.adapter must be a string or null.",
+                         param="session.x_duplex.adapter")
+    sampling = current.sampling
+    if "sampling" in x:
+        sampling = _parse_sampling(x["sampling"], current.sampling)
+    events = dict(current.events)
+    if "events" in x:
+        if not isinstance(x["events"], dict) or not all(k in events and isinstance(v, bool)
+                                                        for k, v in x["events"].items()):
+            raise EventError("invalid_field", 'session.x_duplex.events must look like {"frame": true, '
+                             '"latency": true}.', param="session.x_duplex.events")
+        events.update(x["events"])
+    turn_type, silence_ms = _parse_turn_detection(s, current)
+    return dataclasses.replace(
+        current, model=model, adapter=adapter or None, instructions=s.get("instructions", current.instructions),
+        sampling=sampling, events=events, silence_ms=silence_ms, turn_type=turn_type,
+        input_rate=audio.input_rate or current.input_rate, output_rate=audio.output_rate or current.output_rate)
+
+
+def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
+    if not isinstance(value, dict):
+        raise EventError("invalid_field", "session.x_duplex.sampling must be an object.",
+                         param="session.x_duplex.sampling")
+    try:
+        sampling = SamplingConfig(**{**dataclasses.asdict(current), **value})
+        _check_sampling_types(sampling)
+    except (TypeError, ValueError) as e:
+        raise EventError("invalid_field", f"session.x_duplex.sampling: {e}", param="session.x_duplex.sampling") from None
+    return sampling
+
+
+def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None, float]:
+    td = ((s.get("audio") or {}).get("input") or {}).get("turn_detection", "absent")
+    if td == "absent":
+        return current.turn_type, current.silence_ms
+    if td is None:
+        return None, current.silence_ms
+    if not isinstance(td, dict):
+        raise EventError("invalid_field", "turn_detection must be an object or null.",
+                         param="session.audio.input.turn_detection")
+    silence_ms = current.silence_ms
+    if "silence_duration_ms" in td:
+        v = td["silence_duration_ms"]
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10000):
+            raise EventError("invalid_field", "silence_duration_ms must be an integer from 0 to 10000.",
+                             param="session.audio.input.turn_detection.silence_duration_ms")
+        silence_ms = float(v)
+    return td.get("type", current.turn_type), silence_ms
+
+
+def _check_sampling_types(s: SamplingConfig) -> None:
+    for name in ("text_temperature", "audio_temperature"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{name} must be a number.")
+    for name in ("text_top_k", "audio_top_k"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an integer.")
+    if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)):
+        raise ValueError("seed must be an integer or null.")
+
+
+def session_view(settings: SessionSettings, session_id: str, models: list[str], adapters: list[str],
+                 spec: Any, started: bool, barge_in: bool) -> dict:
+    """The ``session`` object of ``session.created`` / ``session.updated``."""
+    turn = None if settings.turn_type is None else {
+        "type": settings.turn_type, "silence_duration_ms": int(settings.silence_ms), "create_response": True,
+        "interrupt_response": bool(barge_in)}
+    return {
+        "type": "realtime", "object": "realtime.session", "id": session_id, "model": settings.model,
+        "instructions": settings.instructions, "output_modalities": ["audio"],
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": settings.input_rate}, "turn_detection": turn},
+                  "output": {"format": {"type": "audio/pcm", "rate": settings.output_rate}}},
+        "x_duplex": {
+            "model": settings.model, "models": models, "adapter": settings.adapter, "adapters": adapters,
+            "sampling": dataclasses.asdict(settings.sampling), "events": dict(settings.events),
+            "frame_ms": spec.frame_ms if spec else None, "codec": spec.name if spec else None,
+            "codec_rate": spec.sample_rate if spec else None, "started": started,
+        },
+    }
