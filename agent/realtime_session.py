@@ -13,7 +13,7 @@ The session clock runs the model every frame; this module maps what each frame p
 - every frame -> ``x_duplex.frame`` and ``x_duplex.latency`` (step times), unless turned off.
 
 The clock starts with the first input audio (like a live microphone, with one frame of jitter margin)
-or with ``response.create``, and follows the client's audio (:class:`agent.realtime_audio.FollowingClock`)
+or with ``response.create``, and follows the client's audio (:class:`streaming.clock.FollowingClock`)
 so a late frame never costs a permanent frame of latency. See ``docs/realtime-events.md``.
 """
 from __future__ import annotations
@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.realtime_audio import FollowingClock, InputDecimator, OutputResampler
 from agent.realtime_settings import SessionSettings, parse_session_update, session_view
 from agent.session import FrameOutput, Session
 from listen.pcm import float32_to_pcm16_bytes
+from listen.resample import InputDecimator, OutputResampler
 from streaming import events as ev
+from streaming.clock import FollowingClock
 from streaming.events import EventError, error_event, server_event
 
 log = logging.getLogger(__name__)

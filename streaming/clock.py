@@ -12,6 +12,10 @@ a consumer that prefers to skip can look at ``late_by``.
 As-fast-as-possible mode (``realtime=False``) never sleeps; it only yields to the event loop between
 ticks so that other tasks (readers, writers) still run. Used for files, tests and benchmarks.
 
+A live client's audio arrives in its own batches and with network jitter: :class:`FollowingClock`
+(the Realtime server's) moves its grid to follow the arrivals, so a late frame never costs a
+permanent frame of latency.
+
 Testing real-time logic without sleeping: build the clock on a :class:`VirtualClock`::
 
     vc = VirtualClock()
@@ -30,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
-__all__ = ["Tick", "FrameClock", "VirtualClock"]
+__all__ = ["Tick", "FrameClock", "VirtualClock", "FollowingClock"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +165,81 @@ class FrameClock:
             self.frames_issued += 1
             yield Tick(index=index, scheduled=scheduled, now=now, late_by=late_by)
             index += 1
+
+
+class FollowingClock(FrameClock):
+    """A real-time :class:`FrameClock` whose phase follows the arrival of the client's audio.
+
+    A plain clock ticks on a fixed grid; when a frame's audio arrives a few ms after its tick, the
+    session substitutes silence (an underrun) and from then on runs one whole frame behind: every
+    such hiccup adds a frame of latency for the rest of the conversation. This clock instead
+
+    - waits up to ``max_wait`` for a frame that is due but not yet in (moving its grid later by the
+      wait), as long as audio has been streaming (``active``);
+    - moves its grid earlier by up to ``step`` per tick while the queued frame has been waiting
+      longer than ``target_slack`` (or a whole extra frame is queued),
+
+    so a frame is consumed ``target_slack`` after it arrives, whatever the client's batching.
+
+    Args:
+        frame_seconds: the codec frame.
+        queued: number of user frames waiting for the model.
+        last_arrival: ``time.monotonic()`` of the latest complete frame.
+        arrived: set whenever a complete frame arrives.
+    """
+
+    def __init__(self, frame_seconds: float, queued: Callable[[], int], last_arrival: Callable[[], float],
+                 arrived: asyncio.Event, target_slack: float = 0.010, max_wait: float = 0.040,
+                 step: float = 0.004, idle_after: float = 0.5) -> None:
+        super().__init__(frame_seconds, realtime=True)
+        self.queued, self.last_arrival, self.arrived = queued, last_arrival, arrived
+        self.target_slack, self.max_wait, self.step, self.idle_after = target_slack, max_wait, step, idle_after
+        self.waits = 0
+        self.advances = 0
+        self.shift = 0.0  # total grid movement, seconds (+ later, - earlier)
+
+    async def ticks(self, max_frames: int | None = None) -> AsyncIterator[Tick]:
+        self._start = self._time()
+        self.frames_late = self.frames_issued = 0
+        index = 0
+        while not self._stopped and (max_frames is None or index < max_frames):
+            scheduled = index * self.frame_seconds
+            wait = scheduled - self.elapsed
+            if wait > 0:
+                await self._sleep(wait)
+                if self._stopped:
+                    break
+            await self._follow(scheduled)
+            if self._stopped:
+                break
+            now = self.elapsed
+            late_by = max(0.0, now - scheduled)
+            if late_by > self.frame_seconds / 2:
+                self.frames_late += 1
+            self.frames_issued += 1
+            yield Tick(index=index, scheduled=scheduled, now=now, late_by=late_by)
+            index += 1
+
+    async def _follow(self, scheduled: float) -> None:
+        now = time.monotonic()
+        if now - self.last_arrival() > self.idle_after or self.elapsed - scheduled > self.frame_seconds / 2:
+            return  # the client is not streaming, or we are catching up after a stall
+        q = self.queued()
+        if q == 0:
+            self.arrived.clear()
+            t0 = self._time()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), self.max_wait)
+            except asyncio.TimeoutError:
+                return  # a real underrun: the session will use silence
+            waited = self._time() - t0
+            self._start += waited
+            self.shift += waited
+            self.waits += 1
+        else:
+            slack = now - self.last_arrival() if q == 1 else self.frame_seconds
+            if slack > self.target_slack + 0.002:
+                d = min(self.step, slack - self.target_slack)
+                self._start -= d
+                self.shift -= d
+                self.advances += 1

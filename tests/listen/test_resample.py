@@ -3,7 +3,7 @@ import pytest
 import soxr
 
 from listen.pcm import AudioInputError
-from listen.resample import StreamingResampler
+from listen.resample import InputDecimator, OutputResampler, StreamingResampler
 
 RATE_PAIRS = [(48000, 8000), (44100, 24000), (24000, 16000), (8000, 24000), (11025, 8000), (22050, 48000), (12345, 16000)]
 CHUNK_SIZES = [1, 2, 7, 64, 160, 441, 1000, 4096]
@@ -76,3 +76,43 @@ def test_unknown_quality_and_stereo_input_raise():
         StreamingResampler(16000, 8000, quality="best")
     with pytest.raises(AudioInputError, match="mono"):
         StreamingResampler(16000, 8000).process(np.zeros((10, 2), np.float32))
+
+
+# ---- exact integer-ratio resamplers (the Realtime server's live path) ----------------------------------
+
+def test_output_resampler_gives_steady_frames_and_clean_audio():
+    r = OutputResampler(8000, 24000)
+    t = np.arange(8000 * 2) / 8000
+    x = (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    parts = [r.process(x[i:i + 640]) for i in range(0, len(x), 640)]
+    assert {len(p) for p in parts} == {1920}  # every 80 ms frame -> exactly 80 ms at 24 kHz
+    y = np.concatenate(parts)
+    spec = np.abs(np.fft.rfft(y[6000:30000] * np.hanning(24000)))
+    f = np.fft.rfftfreq(24000, 1 / 24000)
+    main, image = spec[np.argmin(abs(f - 3000))], spec[np.argmin(abs(f - 5000))]
+    assert 20 * np.log10(image / main) < -70
+    impulse = np.zeros(640, np.float32)
+    impulse[100] = 1
+    r.reset()
+    assert abs(int(np.argmax(r.process(impulse))) - 300) <= 40  # ~1.5 ms of delay
+    assert OutputResampler(8000, 44100).process(np.zeros(640, np.float32)).dtype == np.float32  # soxr fallback
+
+
+def test_input_decimator_is_chunk_invariant_and_rejects_aliases():
+    assert InputDecimator.for_rates(24000, 8000).factor == 3
+    assert InputDecimator.for_rates(22050, 8000) is None and InputDecimator.for_rates(8000, 8000) is None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(7001).astype(np.float32) * 0.1
+    d = InputDecimator(3)
+    whole = d.process(x)
+    d.reset()
+    pieces, i = [], 0
+    while i < len(x):
+        n = int(rng.integers(1, 900))
+        pieces.append(d.process(x[i:i + n]))
+        i += n
+    assert np.allclose(np.concatenate(pieces), whole, atol=1e-6) and len(whole) == -(-len(x) // 3)
+    t = np.arange(24000) / 24000
+    d.reset()
+    alias = d.process((0.5 * np.sin(2 * np.pi * 7000 * t)).astype(np.float32))  # would fold to 1 kHz
+    assert np.sqrt(np.mean(alias[200:] ** 2)) < 1e-3

@@ -1,9 +1,10 @@
 """The frame clock: absolute schedule, late ticks, fast mode, stop; run on a VirtualClock."""
 import asyncio
+import time
 
 import pytest
 
-from streaming.clock import FrameClock, Tick, VirtualClock
+from streaming.clock import FollowingClock, FrameClock, Tick, VirtualClock
 
 
 def virtual(frame_seconds: float) -> tuple[FrameClock, VirtualClock]:
@@ -121,3 +122,32 @@ def test_frame_seconds_must_be_positive():
 def test_virtual_clock_refuses_to_go_backwards():
     with pytest.raises(ValueError):
         VirtualClock().advance(-1)
+
+
+async def test_following_clock_waits_for_late_audio_instead_of_underrunning():
+    queue: list[int] = []
+    state = {"last": 0.0}
+    arrived = asyncio.Event()
+
+    async def client():  # each 80 ms frame arrives 30 ms after the plain grid would tick
+        await asyncio.sleep(0.03)
+        start = time.monotonic()
+        for k in range(12):
+            await asyncio.sleep(max(0.0, start + k * 0.08 - time.monotonic()))
+            queue.append(k)
+            state["last"] = time.monotonic()
+            arrived.set()
+
+    feeder = asyncio.create_task(client())
+    await asyncio.sleep(0.001)
+    state["last"] = time.monotonic()  # streaming has begun
+    clock = FollowingClock(0.08, queued=lambda: len(queue), last_arrival=lambda: state["last"], arrived=arrived)
+    underruns = 0
+    async for tick in clock.ticks(max_frames=10):
+        if queue:
+            queue.pop(0)
+        else:
+            underruns += 1
+    await feeder
+    # The clock moved its grid later (by about the 30 ms lag; loose bound: the machine may be busy).
+    assert underruns == 0 and clock.waits >= 1 and clock.shift > 0.01
