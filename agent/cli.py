@@ -201,6 +201,12 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_model_flags(p: argparse.ArgumentParser, preset: str = "tiny") -> None:
+    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
+    p.add_argument("--preset", default=preset)
+    p.add_argument("--codec", default="codec2")
+
+
 def _server_setup(args: argparse.Namespace):
     import os
 
@@ -342,18 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks printing JSON").add_subparsers(dest="bench_cmd", required=True)
     p = bench.add_parser("step", help="per-frame step time of one session (listen + think + speak)")
-    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--codec", default="codec2")
+    _add_bench_model_flags(p)
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_bench_step)
     p = bench.add_parser("train", help="training steps per second for a model shape (bf16 autocast and fp32)")
-    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--codec", default="codec2")
+    _add_bench_model_flags(p)
     p.add_argument("--window-frames", type=int, default=78)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5, help="timed steps per precision (after 2 warm-up steps)")
@@ -364,9 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (with --sweep: 1..N)")
     p.add_argument("--sweep", action="store_true", help="run 1..N sessions and report the largest real-time N")
-    p.add_argument("--model", help="checkpoint directory (default: a random model of --preset)")
-    p.add_argument("--preset", default="nano")
-    p.add_argument("--codec", default="codec2")
+    _add_bench_model_flags(p, preset="nano")
     p.add_argument("--frames", type=int, default=100, help="frames per session")
     p.add_argument("--max-late", type=float, default=0.01, help="share of late frames still counted real time")
     p.add_argument("--greedy", action="store_true", help="greedy sampling (default: the default sampling settings)")
