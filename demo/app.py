@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from agent.models import EMBEDDED_DEFAULT
 from agent.server import REALTIME_PATH, RealtimeServer, create_app
 
 STATIC = Path(__file__).parent / "static"
@@ -98,8 +99,12 @@ def _model_note(server: RealtimeServer) -> str:
     entry = server.registry.entries[server.registry.default]
     path = str(entry.path or "")
     if "random" in Path(path).name:
-        return ("**Note:** the default model is still an *untrained random* model: it babbles instead of answering. "
-                "The page, the audio path, barge-in and the latency panel are real; a trained default is coming.")
+        return ("**Note:** this is an *untrained random* model: it babbles instead of answering. "
+                "The page, the audio path, barge-in and the latency panel are real.")
+    if Path(path).resolve() == EMBEDDED_DEFAULT.resolve():
+        return ("**Note:** the embedded default is a 4.9 M-parameter model trained on a CPU on synthetic dialogues: "
+                "it listens, waits while you talk, takes its turn and stops when interrupted, but its words are "
+                "not real answers yet (numbers in `demo/default_model/MODEL_CARD.md`).")
     return ""
 
 
