@@ -68,7 +68,7 @@ def _default_model() -> Check:
         return Check("default model", True, str(EMBEDDED_DEFAULT), "chat, demo")
     cached = random_tiny_dir()
     detail = "random tiny cached" if (cached / LAYOUT_FILE).is_file() else "built on first use"
-    return Check("default model", False, detail, "chat, demo", "no trained default shipped yet; pass --model DIR")
+    return Check("default model", False, detail, "chat, demo", "demo/default_model is missing from this checkout; restore it (git checkout demo/default_model) or pass --model DIR")
 
 
 def run_checks() -> list[Check]:

@@ -1,8 +1,9 @@
 """Finding and building models: the embedded default, ``duplex model init``, and codec loading.
 
 Nothing is downloaded: a model is a local directory. Without ``--model`` the embedded default under
-``demo/default_model`` is used; until the project ships its trained default, an untrained random
-"tiny" model is built once into the user's cache (and the CLI says so).
+``demo/default_model`` (the project's trained tiny model, see its MODEL_CARD.md) is used; where that
+directory is missing (a trimmed install), an untrained random "tiny" model is built once into the
+user's cache instead (and the CLI says so).
 """
 from __future__ import annotations
 
@@ -130,10 +131,10 @@ def resolve_model(model: str | Path | None, announce: Any = None) -> Path:
     path = random_tiny_dir()  # named by shape and codec: a changed preset never reuses a stale model
     if not (path / LAYOUT_FILE).is_file():
         if announce:
-            announce(f"No trained default model is shipped yet; building an untrained random 'tiny' model in {path}.")
+            announce(f"The embedded default model ({EMBEDDED_DEFAULT}) is missing; building an untrained random 'tiny' model in {path}.")
         init_model(path, preset="tiny", codec="codec2")
     elif announce:
-        announce(f"Using the untrained random 'tiny' model in {path} (no trained default is shipped yet).")
+        announce(f"Using the untrained random 'tiny' model in {path} (the embedded default {EMBEDDED_DEFAULT} is missing).")
     return path
 
 
