@@ -116,7 +116,7 @@ def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None
 
 
 def _check_sampling_types(s: SamplingConfig) -> None:
-    for name in ("text_temperature", "audio_temperature"):
+    for name in ("text_temperature", "audio_temperature", "pad_bias"):
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"{name} must be a number.")

@@ -22,6 +22,8 @@ class SamplingConfig:
         text_top_k: keep only the k most likely text ids (0 = all).
         audio_top_k: keep only the k most likely ids per codebook (0 = all).
         seed: per-session random seed (None = nondeterministic).
+        pad_bias: added to the text slot's PAD logit before temperature. Negative: the agent takes its
+            turn more readily (a small trained model is often unsure when to start); positive: it waits more.
     """
 
     text_temperature: float = 0.7
@@ -29,8 +31,11 @@ class SamplingConfig:
     text_top_k: int = 25
     audio_top_k: int = 100
     seed: int | None = 0
+    pad_bias: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (-20.0 <= self.pad_bias <= 20.0) or self.pad_bias != self.pad_bias:
+            raise ValueError(f"pad_bias must be between -20 and 20, got {self.pad_bias}.")
         for name in ("text_temperature", "audio_temperature"):
             value = getattr(self, name)
             if not (0.0 <= value <= 10.0) or value != value:
@@ -63,8 +68,22 @@ class SlotMasks:
             self.rows.append((lo, hi))
             self.masks.append(mask.to(device))
 
+        self._pad = layout.pad_id - self.rows[0][0]
+        self._text_masks: dict[float, torch.Tensor] = {0.0: self.masks[0]}
+
     def __len__(self) -> int:
         return len(self.rows)
+
+    def text_mask(self, pad_bias: float) -> torch.Tensor:
+        """The text position's mask with ``pad_bias`` added at PAD (cached per value)."""
+        mask = self._text_masks.get(pad_bias)
+        if mask is None:
+            if len(self._text_masks) > 16:
+                self._text_masks = {0.0: self.masks[0]}
+            mask = self.masks[0].clone()
+            mask[self._pad] += pad_bias
+            self._text_masks[pad_bias] = mask
+        return mask
 
 
 def sample(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int,

@@ -218,7 +218,8 @@ class TransformersSession(BackendSession):
         out: list[int] = []
         for j in range(1 + self.layout.q_out):
             temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
-            token = masks.rows[j][0] + sample(logits, masks.masks[j], temp, top_k, self.generator)
+            mask = masks.text_mask(s.pad_bias) if j == 0 else masks.masks[j]
+            token = masks.rows[j][0] + sample(logits, mask, temp, top_k, self.generator)
             out.append(token)
             if j < self.layout.q_out:
                 logits = self._feed([token], j + 1)

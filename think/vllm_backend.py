@@ -389,7 +389,6 @@ class VllmSession(BackendSession):
                  session_id: int, record: bool = True) -> None:
         self.backend = backend
         self.layout = lay = backend.layout
-        self.sampling = sampling
         self.lora = lora
         self.id = session_id
         self.record = record
@@ -405,12 +404,7 @@ class VllmSession(BackendSession):
         self.closed = False
         self.error: BaseException | None = None
         self._silence_ids = [lay.pad_id, *lay.agent_audio_ids(lay.agent_silence_codes()).tolist()]
-        n = 1 + lay.q_out
-        ranges = [lay.allowed_range(lay.q_in + j) for j in range(n)]
-        temps = [sampling.text_temperature] + [sampling.audio_temperature] * lay.q_out
-        top_ks = [sampling.text_top_k] + [sampling.audio_top_k] * lay.q_out
-        self._spec = slot_spec(ranges, temps, top_ks)
-        self._greedy = all(t <= 0 for t in temps)
+        self.sampling = sampling  # builds the per-position spec the logits processor applies
         self._requests = itertools.count()
         self._inputs: asyncio.Queue | None = None
         self._consumer: asyncio.Task | None = None
@@ -418,6 +412,22 @@ class VllmSession(BackendSession):
         self._buf: list[int] = []
         if record:
             backend.sessions[self.id] = self
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return self._sampling
+
+    @sampling.setter
+    def sampling(self, sampling: SamplingConfig) -> None:
+        """Settings apply from the next frame (a Realtime session.update may change them mid-session)."""
+        lay, n = self.layout, 1 + self.layout.q_out
+        ranges = [lay.allowed_range(lay.q_in + j) for j in range(n)]
+        temps = [sampling.text_temperature] + [sampling.audio_temperature] * lay.q_out
+        top_ks = [sampling.text_top_k] + [sampling.audio_top_k] * lay.q_out
+        biases = [{lay.pad_id: sampling.pad_bias} if sampling.pad_bias else {}] + [{}] * lay.q_out
+        self._spec = slot_spec(ranges, temps, top_ks, biases)
+        self._greedy = all(t <= 0 for t in temps)
+        self._sampling = sampling
 
     @property
     def context_tokens(self) -> int:

@@ -36,12 +36,17 @@ except ImportError:  # pragma: no cover - only without vLLM
 KEY = "duplex_slot"
 
 
-def slot_spec(ranges: list[list[tuple[int, int]]], temperatures: list[float], top_ks: list[int]) -> dict:
-    """The ``extra_args`` entry for one frame's chunk (plain lists: it crosses a process boundary)."""
+def slot_spec(ranges: list[list[tuple[int, int]]], temperatures: list[float], top_ks: list[int],
+              biases: list[dict[int, float]] | None = None) -> dict:
+    """The ``extra_args`` entry for one frame's chunk (plain lists: it crosses a process boundary).
+    ``biases[j]`` maps ids to values added to position ``j``'s logits (e.g. the text slot's PAD bias)."""
     if not (len(ranges) == len(temperatures) == len(top_ks)):
         raise ValueError("ranges, temperatures and top_ks need one entry per sampled position.")
-    return {"ranges": [[[int(lo), int(hi)] for lo, hi in r] for r in ranges],
+    spec = {"ranges": [[[int(lo), int(hi)] for lo, hi in r] for r in ranges],
             "temperature": [float(t) for t in temperatures], "top_k": [int(k) for k in top_ks]}
+    if biases and any(biases):
+        spec["bias"] = [[[int(i), float(v)] for i, v in b.items()] for b in biases]
+    return spec
 
 
 class _Compiled:
@@ -53,6 +58,10 @@ class _Compiled:
         for j, ranges in enumerate(spec["ranges"]):
             for lo, hi in ranges:
                 masks[j, lo:min(hi, vocab)] = 0.0
+        for j, pairs in enumerate(spec.get("bias", [])):
+            for i, v in pairs:
+                if 0 <= i < vocab:
+                    masks[j, i] += v  # -inf stays -inf: a bias never allows a forbidden id
         self.masks = masks.to(device)
         self.temperature = list(spec["temperature"])
         self.top_k = list(spec["top_k"])
@@ -76,7 +85,7 @@ class DuplexSlotProcessor(LogitsProcessor):
         try:
             n = len(spec["ranges"])
             ok = n > 0 and len(spec["temperature"]) == n and len(spec["top_k"]) == n and all(
-                lo < hi for r in spec["ranges"] for lo, hi in r)
+                lo < hi for r in spec["ranges"] for lo, hi in r) and len(spec.get("bias", [[]] * n)) == n
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:

@@ -76,6 +76,20 @@ def test_sampled_ids_always_lie_in_their_slot_ranges(nano_model_dir, rng):
         layout.validate(np.asarray(slot), start_position=0)
 
 
+def test_pad_bias_moves_the_text_slot_between_speaking_and_waiting(nano_model_dir, rng):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    pad = backend.layout.pad_id
+    codes = _user_codes(rng, backend.layout, 20)
+
+    def pad_share(bias: float) -> float:
+        s = backend.open_session(SamplingConfig(seed=3, pad_bias=bias))
+        return float(np.mean([s.step_sync(c).text_id == pad for c in codes]))
+
+    assert pad_share(20.0) == 1.0 and pad_share(-20.0) == 0.0
+    with pytest.raises(ValueError, match="pad_bias"):
+        SamplingConfig(pad_bias=float("nan"))
+
+
 def test_forced_silence_is_what_the_model_sees(nano_model_dir, rng):
     backend = TransformersBackend.from_dir(nano_model_dir)
     session = backend.open_session()

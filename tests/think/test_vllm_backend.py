@@ -27,6 +27,7 @@ from think.context import ContextConfig
 from think.sampling import SamplingConfig
 from think.transformers_backend import TransformersBackend
 from think.vllm_backend import BackendBusy, SessionLost, VllmBackend, VllmConfig
+from think.vllm_masks import _Compiled, slot_spec
 
 TOL = 1e-3  # absolute, on per-position log-probabilities (fp32 on CPU; measured max is ~1e-5)
 FRAMES = 100
@@ -156,6 +157,37 @@ def test_two_sessions_with_different_adapters_run_concurrently(engine, reference
     assert got[0] == expected["alpha"]
     assert got[1] == expected["beta"]
     assert got[2] == expected[None]
+
+
+def test_pad_bias_matches_the_reference_and_applies_from_the_next_frame(engine, reference):
+    """Greedy with a PAD bias (so the two backends can be compared id for id), changed mid-session the way a
+    Realtime session.update changes it."""
+    frames = _frames(engine.layout, 16, seed=4)
+    up, down = (SamplingConfig(text_temperature=0, audio_temperature=0, pad_bias=b) for b in (20.0, -20.0))
+
+    def ids(results):
+        return [(r.text_id, r.agent_codes.tolist()) for r in results]
+
+    ref = reference.open_session(up)
+    want = [ref.step_sync(c) for c in frames[:8]]
+    ref.sampling = down
+    want += [ref.step_sync(c) for c in frames[8:]]
+
+    async def run():
+        session = engine.open_session(up)
+        got = [await session.step(c) for c in frames[:8]]
+        session.sampling = down
+        got += [await session.step(c) for c in frames[8:]]
+        await session.close()
+        return got
+
+    got = asyncio.run(run())
+    assert ids(got) == ids(want)
+    # (This model's logits are sharpened for exact greedy checks, so +-20 rarely flips a choice; that the
+    # processor adds the bias, and never to a forbidden id, is checked on its compiled masks:)
+    spec = slot_spec([[(0, 10), (12, 13)], [(20, 30)]], [0.7, 0.8], [25, 100], [{12: 5.0, 11: 9.0}, {}])
+    masks = _Compiled(spec, 40, torch.device("cpu")).masks
+    assert masks[0, 12] == 5.0 and masks[0, 11] == float("-inf") and masks[0, 3] == 0.0 and masks[1, 12] == float("-inf")
 
 
 def test_sampled_ids_stay_in_their_ranges_and_seeds_reproduce(engine):
