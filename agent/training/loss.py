@@ -41,8 +41,11 @@ def role_heads(layout: DuplexLayout) -> list[RoleHead]:
     for p in range(layout.q_in, layout.slot_size):
         ranges = layout.allowed_range(p)
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-        allowed = {i for a, b in ranges for i in range(a, b)}
-        banned = tuple(i - lo for i in range(lo, hi) if i not in allowed)
+        banned, covered = [], lo  # the gaps between the sorted allowed ranges
+        for a, b in sorted(ranges):
+            banned += range(covered - lo, a - lo)
+            covered = max(covered, b)
+        banned = tuple(banned)
         name = "text" if p == layout.q_in else f"audio{p - layout.q_in - 1}"
         heads.append(RoleHead(name, p, lo, hi, banned))
     return heads
