@@ -91,7 +91,8 @@ def page_config(server: RealtimeServer) -> dict:
     return {
         "wsPath": REALTIME_PATH, "model": server.registry.default, "rate": 24000, "batchMs": 32,
         "prebufferMs": 0, "maxBufferMs": 2000, "maxRecordSeconds": 600,
-        "sampling": {"text_temperature": s.text_temperature, "audio_temperature": s.audio_temperature},
+        "sampling": {"text_temperature": s.text_temperature, "audio_temperature": s.audio_temperature,
+                     "pad_bias": s.pad_bias},
     }
 
 
@@ -134,6 +135,9 @@ def build_blocks(server: RealtimeServer):
                                    label="Text temperature", info="0 = greedy; applies at once")
                 audio_t = gr.Slider(0.0, 2.0, value=config["sampling"]["audio_temperature"], step=0.05,
                                     label="Audio temperature", info="0 = greedy; applies at once")
+                pad_bias = gr.Slider(-6.0, 3.0, value=config["sampling"]["pad_bias"], step=0.25,
+                                     label="Turn-taking bias",
+                                     info="< 0: answers sooner and more often, but may cut into your pauses; applies at once")
                 prebuffer = gr.Slider(0, 120, value=config["prebufferMs"], step=5, label="Minimum playback cushion (ms)",
                                       info="delay before agent audio plays; grows by itself on jitter")
         call = "(v) => { if (window.duplexPage) window.duplexPage.set(%s); return []; }"
@@ -141,6 +145,7 @@ def build_blocks(server: RealtimeServer):
         adapter.change(None, [adapter], None, js=call % "{adapter: v === 'none' ? null : v}")
         text_t.change(None, [text_t], None, js=call % "{sampling: {text_temperature: v}}")
         audio_t.change(None, [audio_t], None, js=call % "{sampling: {audio_temperature: v}}")
+        pad_bias.change(None, [pad_bias], None, js=call % "{sampling: {pad_bias: v}}")
         prebuffer.change(None, [prebuffer], None, js=call % "{prebufferMs: v}")
         gr.Markdown(f"Protocol: `ws://<this host>{REALTIME_PATH}` speaks a subset of the OpenAI Realtime API "
                     "(see `docs/realtime-events.md`); the openai SDK and other clients can use it too.")
