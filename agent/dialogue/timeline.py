@@ -33,6 +33,13 @@ from agent.dialogue.tts import SAMPLE_RATE, AgentSpeech
 PHENOMENA = ("normal", "pause", "user_backchannel", "interruption", "agent_backchannel")
 
 
+def held(text: str) -> str:
+    """The words a speaker holds the floor after: a trailing comma makes the TTS voices end them on a
+    continuation (level or rising) pitch instead of the final fall they give a complete utterance, as people
+    do before a mid-turn pause. Without it the pause's first part sounds exactly like a turn end."""
+    return text if text.endswith((",", ".", "?", "!", "...")) else text + ","
+
+
 @dataclass
 class TimelineConfig:
     min_duration: float = 8.0
@@ -146,7 +153,7 @@ class Builder:
             else:
                 head, tail = self.p.choice(PAUSE_FILLERS), ex.question
                 full = f"{head}, {ex.question}"
-            h = self._turn("user", "request_start", t0, self.speak_user(head), head)
+            h = self._turn("user", "request_start", t0, self.speak_user(held(head)), head)
             gap = _u(rng, cfg.pause)
             tl = self._turn("user", "request_end", h.end + gap, self.speak_user(ex.say if tail == ex.question
                                                                                   else tail), tail)
@@ -159,7 +166,7 @@ class Builder:
 
         if phen == "agent_backchannel":
             head = self.p.choice(LONG_TURN_HEADS)
-            ha = self.speak_user(head)
+            ha = self.speak_user(held(head))
             breath = _u(rng, cfg.breath)
             qa_audio = self.speak_user(ex.say)
             gap = np.zeros(int(breath * SAMPLE_RATE), np.float32)

@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from agent.training.mic_paths import DEFAULT_MIC_PATHS
+
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from agent.models import codec_for_layout, codec_from_preset, build_layout
@@ -29,7 +31,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         template = chat_template(args.model) if args.model else None
     index = write_shards(args.data, args.out, layout, codec, tokenizer, shard_size=args.shard_size,
                          progress=not args.quiet, align=not args.no_align, text_conversations=args.text_conversations,
-                         chat_template=template, text_max_ids=args.text_max_ids)
+                         chat_template=template, text_max_ids=args.text_max_ids,
+                         mic_paths=tuple(x.strip() for x in args.mic_paths.split(",") if x.strip()))
     print(f"wrote {len(index['shards'])} shards to {args.out}: " + ", ".join(
         f"{split} {t['dialogues']} dialogues / {t['frames']} frames" for split, t in sorted(index["totals"].items())))
     if index.get("align_shards"):
@@ -86,6 +89,9 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
                    help="also write N text-only chats from chitchat-dataset (text-*.npz), rendered with the "
                         "--model checkpoint's chat template, to keep a base LLM's chat ability (default 0)")
     p.add_argument("--text-max-ids", type=int, default=512, help="longest text-only chat in ids (longer ones are cut)")
+    p.add_argument("--mic-paths", default=",".join(DEFAULT_MIC_PATHS), metavar="P1,P2",
+                   help="live input paths the user channel is drawn through, one per dialogue (default: all of "
+                        + ", ".join(DEFAULT_MIC_PATHS) + "; soxr-hq alone = the offline encoding)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from listen.resample import StreamingResampler
+from agent.training.mic_paths import DEFAULT_MIC_PATHS, check_paths, path_for, to_codec_rate
 from listen.wavio import read_wav
 from streaming.codecs.base import Codec
 from think.layout import DuplexLayout
@@ -54,10 +54,10 @@ class TokenizedDialogue:
     split: str
 
 
-def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int) -> np.ndarray:
-    """Resample once to the codec rate and encode exactly ``frames`` frames -> ``(frames, Q)``."""
-    rs = StreamingResampler(rate, codec.spec.sample_rate, quality="HQ")
-    x = np.concatenate([rs.process(pcm.astype(np.float32)), rs.flush()])
+def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq") -> np.ndarray:
+    """Bring to the codec rate the way ``path`` (``mic_paths.py``) does and encode exactly ``frames`` frames
+    -> ``(frames, Q)``."""
+    x = to_codec_rate(pcm, rate, codec.spec.sample_rate, path)
     need = frames * codec.spec.frame_samples
     x = np.pad(x[:need], (0, max(0, need - len(x))))
     return codec.encode_all(x)[:frames]
@@ -91,20 +91,23 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
     return text
 
 
-def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer) -> TokenizedDialogue:
-    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer)[0]
+def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
+                      mic_paths: tuple[str, ...] = ("soxr-hq",)) -> TokenizedDialogue:
+    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths)[0]
 
 
-def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer
+def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
+                                mic_paths: tuple[str, ...] = ("soxr-hq",)
                                 ) -> tuple[TokenizedDialogue, list[tuple[int, np.ndarray]]]:
-    """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``)."""
+    """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``).
+    The user channel takes one of ``mic_paths`` to the codec rate (drawn from the dialogue's id)."""
     from agent.training.align import dialogue_alignments
 
     audio, rate = read_wav(wav_path)
     if audio.shape[1] != 2:
         raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
     frames = int(math.ceil(len(audio) / rate * 1000.0 / layout.frame_ms))
-    user = _encode_channel(codec, audio[:, 0], rate, frames)
+    user = _encode_channel(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths))
     agent = _encode_channel(codec, audio[:, 1], rate, frames)
     text = text_track(record, layout, tokenizer, frames)
     user_ids = layout.user_ids(user)  # (frames, Q_in)
@@ -129,17 +132,20 @@ def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
 
 def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
                  shard_size: int = 256, progress: bool = True, align: bool = True, text_conversations: int = 0,
-                 chat_template: str | None = None, text_val_percent: int = 5, text_max_ids: int = 512) -> dict:
+                 chat_template: str | None = None, text_val_percent: int = 5, text_max_ids: int = 512,
+                 mic_paths: tuple[str, ...] = DEFAULT_MIC_PATHS) -> dict:
     """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards.
 
     ``align``: also write the turns as alignment sequences (``align-<split>-NNNN.npz``).
     ``text_conversations``: also write that many text-only chats (``text-<split>-NNNN.npz``), rendered with
     ``chat_template`` (ChatML when None), ``text_val_percent`` % held out, each at most ``text_max_ids`` ids.
+    ``mic_paths``: the live input paths the user channel is drawn through, one per dialogue (``mic_paths.py``).
     """
     from tqdm import tqdm
 
     from agent.training.align import save_align_shard, shard_counts
 
+    mic_paths = check_paths(mic_paths)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / SHARD_INDEX
@@ -148,6 +154,9 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         old = json.loads(index_path.read_text())
         if DuplexLayout.from_dict(old["layout"]) != layout:
             raise ValueError(f"{out_dir} holds shards of another layout; use a new --out directory.")
+        if tuple(old.get("mic_paths", ("soxr-hq",))) != mic_paths:
+            raise ValueError(f"{out_dir} holds shards made with other microphone paths "
+                             f"({', '.join(old.get('mic_paths', ['soxr-hq']))}); use a new --out directory.")
     by_split: dict[str, list[tuple[Path, dict]]] = {}
     for wav, record in iter_dialogues(data_dir):
         by_split.setdefault(record.get("split", "train"), []).append((wav, record))
@@ -166,7 +175,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
             z = np.load(path)  # resumable: this shard was already written from the same dialogues
             offsets, frames = z["offsets"], z["frames"]
         else:
-            done = [tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer) for wav, record in chunk]
+            done = [tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths) for wav, record in chunk]
             offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
             tmp = path.with_suffix(".tmp.npz")
@@ -185,7 +194,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         t["frames"] += int(frames.sum())
         t["ids"] += int(offsets[-1])
     bar.close()
-    index = {"layout": layout.to_dict(), "source": str(data_dir), "shards": shards, "totals": totals}
+    index = {"layout": layout.to_dict(), "source": str(data_dir), "mic_paths": list(mic_paths), "shards": shards,
+             "totals": totals}
     if align:
         index["align_shards"] = align_shards
     if text_conversations > 0:

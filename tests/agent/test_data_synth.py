@@ -269,3 +269,26 @@ def test_answers_are_a_function_of_the_question():
             assert 1 <= len(ex.answer.split()) <= 40
     assert len({content.make_exchange(content.Picker(np.random.default_rng(s), "train")).intent
                 for s in range(400)}) >= 25
+
+
+@pytest.mark.parametrize("phenomenon", ["pause", "agent_backchannel"])
+def test_words_before_a_mid_turn_pause_are_spoken_as_unfinished(phenomenon):
+    """The TTS gets a trailing comma there (continuation pitch, not the final fall of a finished turn);
+    the transcript keeps the words as said. A complete request is spoken as it is."""
+    for seed in range(6):
+        said: list[str] = []
+        rng = np.random.default_rng(seed)
+        cfg = TimelineConfig(phenomena={phenomenon: 1.0}, silence_prob=0.0)
+
+        def speak(text):
+            said.append(text)
+            return np.full(int((0.3 + 0.06 * len(text)) * RATE), 0.2, np.float32)
+
+        d = Builder(cfg, rng, content.Picker(rng, "train"), speak, lambda w, t: _FakeSpeech(w)).build()
+        held_parts = [t for t in d.turns if t.kind == "request_start"] if phenomenon == "pause" else []
+        for turn in held_parts:
+            spoken = turn.text if turn.text.endswith(",") else f"{turn.text},"
+            assert spoken in said
+        if phenomenon == "agent_backchannel":
+            assert any(s.rstrip().endswith(",") for s in said)
+        assert any(not s.endswith(",") for s in said)  # the requests themselves end as finished turns

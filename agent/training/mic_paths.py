@@ -1,0 +1,73 @@
+"""The ways a live user's audio reaches the codec rate, reproduced offline for tokenization.
+
+A session never hears the microphone the way an offline encoder reads a WAV: the Realtime server
+decimates the browser's 24 kHz PCM by 3 with its own polyphase filter (``listen.resample.InputDecimator``),
+``duplex chat`` / the daemon / ``duplex eval`` resample 16 or 48 kHz with soxr at the session's
+``resample_quality`` (LQ by default). codec2's ids are brittle to that filter: the same 16 kHz dialogue
+encoded through soxr LQ instead of HQ agrees on only 9-38 % of the ids per codebook (measured on
+``data-tiny``), and a model trained on HQ ids alone took 41 % of turn ends through the LQ path vs 80 %
+through HQ. So ``duplex data tokenize`` draws one path per dialogue for the user channel (the agent's own
+channel, the targets, stays on the clean HQ path): the model then hears every serving path's ids.
+
+Each path name says what it emulates; all return ``(M,)`` float32 at ``out_rate`` for the whole signal.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from listen.resample import InputDecimator, StreamingResampler
+
+#: path -> what live input it stands for
+MIC_PATHS = {
+    "soxr-hq": "offline quality (and sessions set to resample_quality=HQ)",
+    "soxr-lq": "duplex chat / daemon / eval at the default resample_quality=LQ, 16 kHz input",
+    "soxr-lq-48k": "the same from a 48 kHz microphone",
+    "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16 decimated by an integer factor",
+}
+DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
+
+
+def check_paths(paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The paths, validated (one sentence naming the choices when one is unknown)."""
+    paths = tuple(paths)
+    bad = [p for p in paths if p not in MIC_PATHS]
+    if not paths or bad:
+        raise ValueError(f"Unknown microphone path(s) {', '.join(bad) or '(none given)'}; choose from "
+                         f"{', '.join(MIC_PATHS)}.")
+    return paths
+
+
+def _soxr(x: np.ndarray, in_rate: int, out_rate: int, quality: str) -> np.ndarray:
+    rs = StreamingResampler(in_rate, out_rate, quality)
+    return np.concatenate([rs.process(x), rs.flush()])
+
+
+def _pcm16(x: np.ndarray) -> np.ndarray:
+    """What a PCM16 wire does to the samples (clients send int16)."""
+    return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.float32) / 32767.0
+
+
+def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.ndarray:
+    """``pcm`` ``(N,)`` float32 at ``rate`` -> ``(M,)`` float32 at ``out_rate`` the way ``path`` does it."""
+    x = np.asarray(pcm, dtype=np.float32)
+    if path == "soxr-hq":
+        return _soxr(x, rate, out_rate, "HQ")
+    if path == "soxr-lq":
+        return _soxr(x, rate, out_rate, "LQ")
+    if path == "soxr-lq-48k":
+        return _soxr(_soxr(x, rate, 48000, "HQ"), 48000, out_rate, "LQ")
+    if path == "decimate-24k":
+        wire = 3 * out_rate  # the server's default client rate for an 8 kHz codec; any integer multiple works
+        up = _pcm16(_soxr(x, rate, wire, "HQ"))
+        dec = InputDecimator.for_rates(wire, out_rate)
+        if dec is None:
+            return _soxr(up, wire, out_rate, "LQ")
+        return dec.process(up)
+    raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
+
+
+def path_for(dialogue_id: str, paths: tuple[str, ...]) -> str:
+    """The path of one dialogue: stable across runs and machines (a hash of its id, not a random state)."""
+    return paths[zlib.crc32(dialogue_id.encode()) % len(paths)]
