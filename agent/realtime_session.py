@@ -30,7 +30,7 @@ import numpy as np
 
 from agent.realtime_settings import SessionSettings, parse_session_update, session_view
 from agent.session import FrameOutput, Session
-from listen.pcm import float32_to_pcm16_bytes
+from listen.pcm import float32_to_pcm16_bytes, pcm16_bytes_to_float32
 from listen.resample import InputDecimator, OutputResampler
 from streaming import events as ev
 from streaming.clock import FollowingClock
@@ -279,7 +279,7 @@ class RealtimeConnection:
             return
         if self.session is None:
             self._start(delay=True)
-        x = np.frombuffer(data, dtype="<i2").astype(np.float32) * np.float32(1.0 / 32768.0)
+        x = pcm16_bytes_to_float32(data)
         if self.decimator is not None:
             x = self.decimator.process(x)
         if await self.session.push_audio(x):

@@ -17,6 +17,7 @@ import zlib
 
 import numpy as np
 
+from listen.pcm import float32_to_pcm16_bytes, pcm16_bytes_to_float32
 from listen.resample import InputDecimator, StreamingResampler
 
 #: path -> what live input it stands for
@@ -27,6 +28,7 @@ MIC_PATHS = {
     "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16 decimated by an integer factor",
 }
 DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
+OFFLINE_PATHS = ("soxr-hq",)  # what shards made before the paths existed used
 
 
 def check_paths(paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -44,11 +46,6 @@ def _soxr(x: np.ndarray, in_rate: int, out_rate: int, quality: str) -> np.ndarra
     return np.concatenate([rs.process(x), rs.flush()])
 
 
-def _pcm16(x: np.ndarray) -> np.ndarray:
-    """What a PCM16 wire does to the samples (clients send int16)."""
-    return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.float32) / 32767.0
-
-
 def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.ndarray:
     """``pcm`` ``(N,)`` float32 at ``rate`` -> ``(M,)`` float32 at ``out_rate`` the way ``path`` does it."""
     x = np.asarray(pcm, dtype=np.float32)
@@ -60,7 +57,8 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.nd
         return _soxr(_soxr(x, rate, 48000, "HQ"), 48000, out_rate, "LQ")
     if path == "decimate-24k":
         wire = 3 * out_rate  # the server's default client rate for an 8 kHz codec; any integer multiple works
-        up = _pcm16(_soxr(x, rate, wire, "HQ"))
+        # the client's PCM16 wire, converted both ways by the functions the client side and server use
+        up = pcm16_bytes_to_float32(float32_to_pcm16_bytes(_soxr(x, rate, wire, "HQ")))
         dec = InputDecimator.for_rates(wire, out_rate)
         if dec is None:
             return _soxr(up, wire, out_rate, "LQ")

@@ -30,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from agent.training.mic_paths import DEFAULT_MIC_PATHS, check_paths, path_for, to_codec_rate
+from agent.training.mic_paths import DEFAULT_MIC_PATHS, OFFLINE_PATHS, check_paths, path_for, to_codec_rate
 from listen.wavio import read_wav
 from streaming.codecs.base import Codec
 from think.layout import DuplexLayout
@@ -92,12 +92,12 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
 
 
 def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                      mic_paths: tuple[str, ...] = ("soxr-hq",)) -> TokenizedDialogue:
+                      mic_paths: tuple[str, ...] = OFFLINE_PATHS) -> TokenizedDialogue:
     return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths)[0]
 
 
 def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                                mic_paths: tuple[str, ...] = ("soxr-hq",)
+                                mic_paths: tuple[str, ...] = OFFLINE_PATHS
                                 ) -> tuple[TokenizedDialogue, list[tuple[int, np.ndarray]]]:
     """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``).
     The user channel takes one of ``mic_paths`` to the codec rate (drawn from the dialogue's id)."""
@@ -154,9 +154,10 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         old = json.loads(index_path.read_text())
         if DuplexLayout.from_dict(old["layout"]) != layout:
             raise ValueError(f"{out_dir} holds shards of another layout; use a new --out directory.")
-        if tuple(old.get("mic_paths", ("soxr-hq",))) != mic_paths:
-            raise ValueError(f"{out_dir} holds shards made with other microphone paths "
-                             f"({', '.join(old.get('mic_paths', ['soxr-hq']))}); use a new --out directory.")
+        old_paths = tuple(old.get("mic_paths", OFFLINE_PATHS))
+        if old_paths != mic_paths:
+            raise ValueError(f"{out_dir} holds shards made with other microphone paths ({', '.join(old_paths)}); "
+                             "use a new --out directory.")
     by_split: dict[str, list[tuple[Path, dict]]] = {}
     for wav, record in iter_dialogues(data_dir):
         by_split.setdefault(record.get("split", "train"), []).append((wav, record))

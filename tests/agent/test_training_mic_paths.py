@@ -10,6 +10,7 @@ import soxr
 from agent.training.mic_paths import DEFAULT_MIC_PATHS, MIC_PATHS, path_for, to_codec_rate
 from agent.training.tokenize import _encode_channel
 from listen.listener import Listener
+from listen.pcm import float32_to_pcm16_bytes, pcm16_bytes_to_float32
 from listen.resample import InputDecimator
 from listen.wavio import read_wav
 from streaming.codecs.base import load_codec
@@ -54,10 +55,10 @@ def test_decimate_path_gives_the_ids_the_realtime_server_hears(speech, codec):
     frames = _frames(speech)
     offline = _encode_channel(codec, speech, RATE, frames, "decimate-24k")
     # The server: a client's 24 kHz PCM16 in 32 ms batches -> InputDecimator -> a listener at the codec rate.
-    pcm = np.round(np.clip(soxr.resample(speech, RATE, 24000, "HQ"), -1, 1) * 32767).astype(np.int16)
+    wire = float32_to_pcm16_bytes(soxr.resample(speech, RATE, 24000, "HQ"))
     dec, listener, live = InputDecimator.for_rates(24000, 8000), Listener(codec, 8000), []
-    for i in range(0, len(pcm), 768):
-        live += listener.push(dec.process(pcm[i:i + 768].astype(np.float32) / 32767))
+    for i in range(0, len(wire), 1536):  # 768 samples of 2 bytes
+        live += listener.push(dec.process(pcm16_bytes_to_float32(wire[i:i + 1536])))
     codes = np.array([f.codes for f in live])
     assert len(codes) >= frames - 1 and (codes == offline[:len(codes)]).all()
 
