@@ -37,7 +37,7 @@ import soundfile as sf
 from agent.dialogue import augment as aug
 from agent.dialogue import tts
 from agent.dialogue.content import Picker, slot_split
-from agent.dialogue.timeline import Builder, TimelineConfig
+from agent.dialogue.timeline import Builder, TimelineConfig, held
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -176,9 +176,21 @@ def make_dialogue(i: int) -> dict:
                                          augp["speed"], augp["pitch_cents"])
         return cache[key]
 
+    def speak_head(head: str, rest: str) -> np.ndarray:
+        """Words before a mid-turn pause. espeak-ng ends them on a continuation pitch given a comma; flite
+        and festival ignore it, so their words are cut out of the whole sentence, mid-utterance pitch and all."""
+        if tts.engine_of(voice) == "espeak":
+            return speak_user(held(head))
+        key = ("head", head, rest, voice, augp["speed"], augp["pitch_cents"])
+        if key not in cache:
+            alone = tts.synth_user(held(head), voice)
+            whole = tts.synth_user(f"{head} {rest}", voice)
+            cache[key] = aug.speed_pitch(tts.cut_at_word_gap(whole, len(alone)), augp["speed"], augp["pitch_cents"])
+        return cache[key]
+
     agent = _STATE["agent"]
     picker = Picker(rng, split, cfg.heldout_share)
-    dlg = Builder(cfg.timeline, rng, picker, speak_user, agent.speak).build()
+    dlg = Builder(cfg.timeline, rng, picker, speak_user, agent.speak, speak_head).build()
 
     n = int(round(dlg.duration * tts.SAMPLE_RATE))
     user = np.zeros(n, np.float32)

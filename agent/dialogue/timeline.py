@@ -92,13 +92,17 @@ def _u(rng, lo_hi) -> float:
 
 
 class Builder:
-    """Places exchanges one after another; ``speak_user(text) -> audio`` and ``speak_agent(words, tts_words)
-    -> AgentSpeech`` make the sound."""
+    """Places exchanges one after another; ``speak_user(text) -> audio``, ``speak_agent(words, tts_words)
+    -> AgentSpeech`` and ``speak_head(head, rest) -> audio`` (words before a mid-turn pause; default: ``head``
+    with :func:`held`'s comma) make the sound."""
 
     def __init__(self, cfg: TimelineConfig, rng: np.random.Generator, picker: Picker,
-                 speak_user: Callable[[str], np.ndarray], speak_agent: Callable[[list, list | None], AgentSpeech]):
+                 speak_user: Callable[[str], np.ndarray], speak_agent: Callable[[list, list | None], AgentSpeech],
+                 speak_head: Callable[[str, str], np.ndarray] | None = None):
         self.cfg, self.rng, self.p = cfg, rng, picker
         self.speak_user, self.speak_agent = speak_user, speak_agent
+        # speak_head(head, rest) -> the audio of ``head`` as said before a pause, with ``rest`` to follow
+        self.speak_head = speak_head or (lambda head, rest: speak_user(held(head)))
         self.turns: list[Turn] = []
         self.events: list[dict] = []   # turn references are Turn uids until finish()
         self.qa: list[dict] = []
@@ -153,10 +157,10 @@ class Builder:
             else:
                 head, tail = self.p.choice(PAUSE_FILLERS), ex.question
                 full = f"{head}, {ex.question}"
-            h = self._turn("user", "request_start", t0, self.speak_user(held(head)), head)
+            tail_say = ex.say if tail == ex.question else tail
+            h = self._turn("user", "request_start", t0, self.speak_head(head, tail_say), head)
             gap = _u(rng, cfg.pause)
-            tl = self._turn("user", "request_end", h.end + gap, self.speak_user(ex.say if tail == ex.question
-                                                                                  else tail), tail)
+            tl = self._turn("user", "request_end", h.end + gap, self.speak_user(tail_say), tail)
             events.append({"type": "pause", "time": h.end, "end": tl.start, "duration": tl.start - h.end,
                            "user_turn": h.uid})
             a = answer_after(tl, ex)
@@ -166,7 +170,7 @@ class Builder:
 
         if phen == "agent_backchannel":
             head = self.p.choice(LONG_TURN_HEADS)
-            ha = self.speak_user(held(head))
+            ha = self.speak_head(head, ex.say)
             breath = _u(rng, cfg.breath)
             qa_audio = self.speak_user(ex.say)
             gap = np.zeros(int(breath * SAMPLE_RATE), np.float32)

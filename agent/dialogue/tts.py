@@ -118,6 +118,29 @@ def trim_silence(x: np.ndarray, threshold_db: float = -40.0, margin: float = 0.0
     return x[a:b], a
 
 
+def cut_at_word_gap(full: np.ndarray, approx_samples: int, window: tuple[float, float] = (0.78, 1.05)) -> np.ndarray:
+    """The start of ``full`` up to the quietest 10 ms near ``approx_samples``: the first words of a sentence
+    spoken on, with the pitch they have mid-sentence (no final fall), where a TTS ignores punctuation cues.
+
+    ``approx_samples`` is the length of those words spoken alone (phrase-final lengthening makes that an
+    over-estimate, hence the window, in multiples of it). A 10 ms fade ends the cut. Falls back to
+    ``full[:approx_samples]`` when the sentence is too short to search."""
+    win = SAMPLE_RATE // 100
+    n = len(full) // win
+    lo = max(int(0.25 * SAMPLE_RATE) // win, int(window[0] * approx_samples) // win)
+    hi = min(n - 20, int(window[1] * approx_samples) // win)  # leave >= 200 ms for the rest
+    if hi <= lo:
+        end = min(len(full), approx_samples)
+    else:
+        env = np.sqrt(np.mean(full[: n * win].reshape(n, win) ** 2, axis=1) + 1e-12)
+        env = np.convolve(env, np.ones(3) / 3, mode="same")
+        end = (lo + int(np.argmin(env[lo:hi])) + 1) * win
+    y = np.array(full[:end], dtype=np.float32)
+    f = min(len(y), win)
+    y[len(y) - f:] *= np.linspace(1.0, 0.0, f, dtype=np.float32)
+    return y
+
+
 def _read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
     audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     if audio.ndim > 1:

@@ -292,3 +292,35 @@ def test_words_before_a_mid_turn_pause_are_spoken_as_unfinished(phenomenon):
         if phenomenon == "agent_backchannel":
             assert any(s.rstrip().endswith(",") for s in said)
         assert any(not s.endswith(",") for s in said)  # the requests themselves end as finished turns
+
+
+def test_pause_heads_go_through_speak_head_with_the_words_that_follow():
+    """The builder asks for the words before a pause with what follows them, so a voice that ignores the
+    comma cue can cut them out of the whole sentence."""
+    for phenomenon in ("pause", "agent_backchannel"):
+        asked: list[tuple[str, str]] = []
+
+        def head(h, rest):
+            asked.append((h, rest))
+            return np.full(int((0.3 + 0.06 * len(h)) * RATE), 0.2, np.float32)
+
+        rng = np.random.default_rng(3)
+        cfg = TimelineConfig(phenomena={phenomenon: 1.0}, silence_prob=0.0)
+        d = Builder(cfg, rng, content.Picker(rng, "train"),
+                    lambda text: np.full(int((0.3 + 0.06 * len(text)) * RATE), 0.2, np.float32),
+                    lambda w, t: _FakeSpeech(w), head).build()
+        assert asked and all(h and rest for h, rest in asked)
+        if phenomenon == "pause":
+            starts = [t.text for t in d.turns if t.kind == "request_start"]
+            assert starts == [h for h, _ in asked][: len(starts)]
+
+
+def test_cut_at_word_gap_cuts_in_the_quietest_place_near_the_guess():
+    from agent.dialogue.tts import SAMPLE_RATE as SR, cut_at_word_gap
+    t = np.arange(int(2.0 * SR)) / SR
+    x = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
+    x[int(0.90 * SR):int(0.95 * SR)] *= 0.01  # the gap between two words
+    y = cut_at_word_gap(x, int(1.0 * SR))       # spoken alone the head lasted 1.0 s
+    assert abs(len(y) / SR - 0.93) < 0.04, len(y) / SR
+    assert abs(y[-1]) < 1e-3                     # faded out, no click
+    assert len(cut_at_word_gap(x[: SR // 10], SR)) == SR // 10   # too short to search: the guess, clipped
