@@ -97,6 +97,13 @@ def _resample(x: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
 
 
+def _rms_10ms(x: np.ndarray) -> np.ndarray:
+    """RMS of each whole 10 ms window of ``x`` ``(N,)`` -> ``(N // win,)``."""
+    win = SAMPLE_RATE // 100
+    n = len(x) // win
+    return np.sqrt(np.mean(x[: n * win].reshape(n, win) ** 2, axis=1) + 1e-12)
+
+
 def trim_silence(x: np.ndarray, threshold_db: float = -40.0, margin: float = 0.01) -> tuple[np.ndarray, int]:
     """Cut leading/trailing samples quieter than ``threshold_db`` below the peak (10 ms windows, 10 ms margin).
 
@@ -104,10 +111,9 @@ def trim_silence(x: np.ndarray, threshold_db: float = -40.0, margin: float = 0.0
     if len(x) == 0:
         return x, 0
     win = SAMPLE_RATE // 100
-    n = len(x) // win
-    if n == 0:
+    if len(x) < win:
         return x, 0
-    env = np.sqrt(np.mean(x[: n * win].reshape(n, win) ** 2, axis=1) + 1e-12)
+    env = _rms_10ms(x)
     thr = env.max() * 10 ** (threshold_db / 20)
     loud = np.nonzero(env > thr)[0]
     if len(loud) == 0:
@@ -132,8 +138,7 @@ def cut_at_word_gap(full: np.ndarray, approx_samples: int, window: tuple[float, 
     if hi <= lo:
         end = min(len(full), approx_samples)
     else:
-        env = np.sqrt(np.mean(full[: n * win].reshape(n, win) ** 2, axis=1) + 1e-12)
-        env = np.convolve(env, np.ones(3) / 3, mode="same")
+        env = np.convolve(_rms_10ms(full), np.ones(3) / 3, mode="same")
         end = (lo + int(np.argmin(env[lo:hi])) + 1) * win
     y = np.array(full[:end], dtype=np.float32)
     f = min(len(y), win)

@@ -12,28 +12,35 @@ import json
 import math
 import sys
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
 from transformers import AutoModelForCausalLM
+
 from agent.training.tokenize import iter_dialogues, tokenize_dialogue
+from streaming.codecs.base import load_codec
 from think.layout import DuplexLayout
 from think.tokenizer import default_tokenizer
-from streaming.codecs.base import load_codec
+
 torch.set_num_threads(2)
 model_dir, data, split, n_dlg = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 lay = DuplexLayout.from_dict(json.loads((model_dir / "duplex_layout.json").read_text()))
-codec = load_codec(lay.codec.name, **lay.codec.options); tok = default_tokenizer()
+codec, tok = load_codec(lay.codec.name, **lay.codec.options), default_tokenizer()
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 slot = lay.slot_size
 rows = collections.defaultdict(list)  # (engine, type) -> scores
 done = 0
 for wav, rec in iter_dialogues(data):
-    if rec.get("split") != split: continue
+    if rec.get("split") != split:
+        continue
     eng = rec["user_voice"].split(":")[0]
     d = tokenize_dialogue(wav, rec, lay, codec, tok)
     for ev in rec["events"]:
-        if ev["type"] not in ("turn_end", "pause"): continue
+        if ev["type"] not in ("turn_end", "pause"):
+            continue
         f_end = int(math.floor(ev["time"] * 1000 / lay.frame_ms))
-        start = max(0, f_end - 60); n = min(78, d.frames - start)
+        start = max(0, f_end - 60)
+        n = min(78, d.frames - start)  # one context window of the tiny model
         if f_end - start + 2 >= n: continue
         body = d.ids[1 + start * slot: 1 + (start + n) * slot]
         ids = torch.tensor(np.concatenate([[lay.special("session_start")], body]), dtype=torch.long)[None]
@@ -46,7 +53,9 @@ for wav, rec in iter_dialogues(data):
         p = torch.softmax(logits[pos - 1, : lay.text_vocab_size + 5].float(), -1)
         rows[(eng, ev["type"])].append(float(1 - p[lay.pad_id]))
     done += 1
-    if done >= n_dlg: break
+    if done >= n_dlg:
+        break
+
 
 def auc(pos, neg):
     pos, neg = np.asarray(pos), np.asarray(neg)
