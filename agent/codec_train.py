@@ -55,7 +55,7 @@ class CodecTrainConfig:
     mel_weight: float = 2.0
     stft_weight: float = 1.0
     adversarial: bool = False
-    adv_start: int = 5000
+    adv_start: float = 5000  # step (>= 1) or fraction of the run (< 1) at which the adversarial stage starts
     adv_weight: float = 1.0
     fm_weight: float = 2.0
     eval_every: int = 250
@@ -65,6 +65,7 @@ class CodecTrainConfig:
     seed: int = 0
     threads: int = 1
     device: str = "auto"  # auto: cuda when available
+    max_seconds: float = 0  # wall-clock budget (0 = none): the run ends, and the lr decays, by steps or time, whichever comes first
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodecTrainConfig:
@@ -236,10 +237,26 @@ def build_discriminator():
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _lr(cfg: CodecTrainConfig, step: int) -> float:
+def progress_of(cfg: CodecTrainConfig, step: int, seconds: float) -> float:
+    """How far the run is, 0..1: by steps, or by the wall-clock budget when that is nearer its end."""
+    done = step / max(1, cfg.steps)
+    if cfg.max_seconds > 0:
+        done = max(done, seconds / cfg.max_seconds)
+    return min(1.0, done)
+
+
+def adversarial_on(cfg: CodecTrainConfig, step: int, progress: float) -> bool:
+    return cfg.adversarial and (progress >= cfg.adv_start if cfg.adv_start < 1 else step >= cfg.adv_start)
+
+
+def _lr(cfg: CodecTrainConfig, step: int, progress: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine to ``lr_min`` over the rest of the run's progress."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if progress is None:
+        progress = progress_of(cfg, step, 0.0)
+    start = cfg.warmup / max(1, cfg.steps)
+    t = min(1.0, max(0.0, (progress - start) / max(1e-9, 1 - start)))
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 
@@ -281,6 +298,10 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     torch.set_num_threads(max(1, int(cfg.threads)))
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    if device.type == "cuda":  # TF32 matmuls/convs: the norm for training on GPUs, ~free accuracy-wise here
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
@@ -311,7 +332,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.8, 0.99))
     losses = Losses(mcfg.sample_rate, device)
     D = mcfg.delay_samples
-    step, best, history = 0, float("inf"), []
+    step, best, history, elapsed_before = 0, float("inf"), [], 0.0
     if ckpt_path.is_file() and resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
@@ -320,6 +341,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
             disc.load_state_dict(ck["disc"])
             opt_d.load_state_dict(ck["opt_d"])
         step, best, history = ck["step"], ck["best"], ck["history"]
+        elapsed_before = float(ck.get("seconds", 0.0))
         train_set.rng = np.random.default_rng(cfg.seed + step)
 
     def recon(x):
@@ -348,7 +370,7 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     def checkpoint() -> None:
         tmp = out / "ckpt.pt.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                    "history": history, "disc": disc.state_dict() if disc else None,
+                    "history": history, "seconds": elapsed(), "disc": disc.state_dict() if disc else None,
                     "opt_d": opt_d.state_dict() if opt_d else None}, tmp)
         os.replace(tmp, ckpt_path)
         save("last")
@@ -359,18 +381,24 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="codec train", unit="step", disable=not progress, dynamic_ncols=True)
     t0, acc = time.time(), {"mel": 0.0, "stft": 0.0, "adv": 0.0, "n": 0}
-    while step < cfg.steps:
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - t0
+
+    done = progress_of(cfg, step, elapsed())
+    while done < 1.0:
+        lr = _lr(cfg, step, done)
         for g in opt.param_groups:
-            g["lr"] = _lr(cfg, step)
+            g["lr"] = lr
         x = torch.from_numpy(train_set.batch(cfg.batch_size)).to(device)
         y, xt, _ = recon(x)
         l_mel, l_stft = losses.mel(y, xt), losses.stft(y, xt)
         loss = cfg.mel_weight * l_mel + cfg.stft_weight * l_stft
-        use_adv = disc is not None and step >= cfg.adv_start
+        use_adv = disc is not None and adversarial_on(cfg, step, done)
         if use_adv:
             # discriminator step
             for g in opt_d.param_groups:
-                g["lr"] = _lr(cfg, step)
+                g["lr"] = lr
             d_loss = 0.0
             for (real, _), (fake, _) in zip(disc(xt), disc(y.detach())):
                 d_loss = d_loss + torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
@@ -389,20 +417,22 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
+        done = progress_of(cfg, step, elapsed())
+        last = done >= 1.0
         acc["mel"] += l_mel.item()
         acc["stft"] += l_stft.item()
         acc["n"] += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or last:
             n = max(1, acc["n"])
             rec = {"kind": "train", "step": step, "mel": acc["mel"] / n, "stft": acc["stft"] / n,
-                   "lr": _lr(cfg, step), "sec": round(time.time() - t0, 1)}
+                   "lr": lr, "sec": round(elapsed(), 1)}
             if use_adv:
                 rec["adv"] = acc["adv"] / n
             history.append(rec)
             bar.set_postfix(mel=f"{rec['mel']:.3f}", stft=f"{rec['stft']:.3f}")
             acc = {"mel": 0.0, "stft": 0.0, "adv": 0.0, "n": 0}
-        if eval_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if eval_batches and (step % cfg.eval_every == 0 or last):
             ev = evaluate()
             history.append(ev)
             if progress:
@@ -411,13 +441,14 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
             if ev["mel"] < best:
                 best = ev["mel"]
                 save("best")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or last:
             checkpoint()
     bar.close()
     if not (out / "best" / "model.safetensors").is_file():
         save("best")
     checkpoint()
-    return {"out": str(out), "steps": step, "best_eval_mel": best, "train_seconds": train_set.seconds,
+    return {"out": str(out), "steps": step, "best_eval_mel": best, "train_audio_seconds": train_set.seconds,
+            "wall_seconds": round(elapsed(), 1),
             "params": sum(p.numel() for p in model.parameters())}
 
 

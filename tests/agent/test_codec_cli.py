@@ -75,6 +75,32 @@ def test_codec_train_three_steps_then_resume(speech_set, tmp_path, capsys):
     assert y.shape == (2560,) and np.isfinite(y).all()
 
 
+def test_codec_lr_follows_the_wall_clock_budget_when_it_ends_first():
+    from agent.codec_train import CodecTrainConfig, _lr, adversarial_on, progress_of
+
+    cfg = CodecTrainConfig(steps=1000, warmup=10, lr=1e-3, lr_min=1e-5, max_seconds=60, adversarial=True, adv_start=0.5)
+    assert progress_of(cfg, 100, 0.0) == pytest.approx(0.1)
+    assert progress_of(cfg, 100, 45.0) == pytest.approx(0.75)  # time is nearer its end than steps
+    assert progress_of(cfg, 100, 90.0) == 1.0
+    assert _lr(cfg, 5, 0.0) < 1e-3  # warm-up counts steps
+    assert _lr(cfg, 100, progress_of(cfg, 100, 60.0)) == pytest.approx(1e-5)
+    assert _lr(cfg, 100, 0.3) > _lr(cfg, 100, 0.6) > _lr(cfg, 100, 0.9)
+    assert not adversarial_on(cfg, 900, 0.4) and adversarial_on(cfg, 10, 0.5)  # a fraction (< 1) means progress
+    cfg.adv_start = 200
+    assert not adversarial_on(cfg, 199, 0.9) and adversarial_on(cfg, 200, 0.0)  # >= 1 means a step
+
+
+@needs_espeak
+def test_codec_train_stops_at_its_wall_clock_budget(speech_set, tmp_path, capsys):
+    out = tmp_path / "timed"
+    assert main(["codec", "train", "--preset", "smoke", "--data", str(speech_set), "--out", str(out),
+                 "--steps", "100000", "--set", "max_seconds=4", "--set", "log_every=1", "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert 1 <= summary["steps"] < 100000 and summary["wall_seconds"] < 30
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert hist[-1]["kind"] == "eval" and (out / "best" / "model.safetensors").is_file()
+
+
 @needs_espeak
 def test_codec_eval_prints_the_table(speech_set, tmp_path, capsys):
     pytest.importorskip("faster_whisper")
