@@ -35,6 +35,7 @@ CODEC_PRESETS: dict[str, tuple[str, dict, int | None, int | None]] = {
     "codec2-3200": ("codec2", {"mode": 3200, "frame_ms": 80}, None, None),
     "mimi": ("mimi", {"num_quantizers": 8}, 8, 8),
     "snac": ("snac", {}, None, None),
+    "fsq": ("fsq", {}, None, None),  # the project's own codec: the weights shipped in streaming/codecs/assets/fsq
 }
 
 

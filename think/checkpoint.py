@@ -61,6 +61,9 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "nano": ModelConfig(layers=2, hidden=64, heads=2, kv_heads=2, intermediate=128, max_positions=4096),
     "tiny": ModelConfig(max_positions=1024),
     "small": ModelConfig(layers=8, hidden=384, heads=6, kv_heads=6, intermediate=1152),
+    # "tiny" for the fsq layout: its 6 x 4096 audio ids per stream make the tied embedding 4x tiny's, so
+    # the width drops to 192 (and depth rises to 6) to keep the shipped bf16 file under 25 MB (12.2 M params).
+    "tiny-fsq": ModelConfig(layers=6, hidden=192, heads=3, kv_heads=1, intermediate=512, max_positions=1024),
 }
 
 

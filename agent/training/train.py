@@ -54,7 +54,7 @@ class TrainConfig:
         out: output directory.
         init: checkpoint directory to start from (``duplex model init`` output, or a trained model for LoRA);
             empty for "scratch" = a new random model of ``model_preset`` with the shards' layout.
-        model_preset: shape preset for a new model (nano, tiny, small).
+        model_preset: shape preset for a new model (nano, tiny, tiny-fsq, small).
         mode: "scratch" (train every weight of ``init``), "lora" (train a LoRA adapter on ``init``) or
             "speech-base" (LoRA + the new ids' embedding rows on a base-LLM checkpoint, merged at the end).
         mix: source -> weight for drawing each window: ``duplex``, ``listen``, ``speak``, ``text`` (see the
@@ -78,6 +78,10 @@ class TrainConfig:
         autocast: bfloat16 mixed precision for the forward pass (weights and optimizer stay float32);
             2.3x the matmul rate of float32 on CPUs with AVX512-BF16, and the norm on GPUs.
         lora_r / lora_alpha / lora_dropout / lora_targets: adapter settings (mode "lora").
+        max_seconds: wall-clock budget (0 = none): the run ends, and the lr decays, by steps or by time,
+            whichever comes first (for a leased GPU).
+        keep_best: save the weights of the evaluation with the lowest val loss instead of the last ones
+            (small data overfits on long runs); ``final_metrics.json`` names the step.
     """
 
     shards: str = ""
@@ -107,6 +111,8 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     mix: dict[str, float] = field(default_factory=lambda: {"duplex": 1.0})
+    max_seconds: float = 0
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -269,11 +275,22 @@ def _to(cfg: TrainConfig, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
-def _lr(step: int, cfg: TrainConfig) -> float:
+def run_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
+    """How far the run is, 0..1: by steps, or by the wall-clock budget when that is nearer its end."""
+    done = step / cfg.steps
+    if cfg.max_seconds > 0:
+        done = max(done, seconds / cfg.max_seconds)
+    return min(1.0, done)
+
+
+def _lr(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine to 0.1 x ``lr`` over the rest of the run's progress."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    start = cfg.warmup / cfg.steps
+    done = step / cfg.steps if progress is None else progress
+    t = min(1.0, max(0.0, (done - start) / max(1e-9, 1 - start)))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def init_provenance(path: str | Path) -> dict:
@@ -468,10 +485,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         metrics_path.unlink()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train ({cfg.mode})", unit="step", disable=not progress)
     last: dict = {}
+    best: tuple[float, int, dict] | None = None  # (val loss, step, weights on the CPU) for keep_best
     t0 = time.perf_counter()
-    while step < cfg.steps:
+    done = run_progress(step, 0.0, cfg)
+    while done < 1.0:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = _lr(step, cfg, done)
         t_step = time.perf_counter()
         x, y, w, r = train_s.batch(cfg.batch_size)
         loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast, roles=r)
@@ -480,15 +499,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
+        done = run_progress(step, time.perf_counter() - t0, cfg)
         last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6),
                 "step_s": round(time.perf_counter() - t_step, 3), **parts}
-        if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+        if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done >= 1.0):
             last.update(evaluate(model, val_s, cfg))
+            if cfg.keep_best and (best is None or last["val_loss"] < best[0]):
+                best = (last["val_loss"], step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         with metrics_path.open("a") as f:
             f.write(json.dumps(last) + "\n")
         bar.set_postfix(loss=last["loss"], text=parts.get("text"), val=last.get("val_loss"))
         bar.update(1)
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or done >= 1.0:
             (out / "last").mkdir(exist_ok=True)
             # Only what trains (the whole model from scratch; adapter + new rows otherwise): resume loads it
             # over the same --init.
@@ -497,6 +519,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                         "step": step, "rng": train_s.rng.bit_generator.state}, state_path)
     bar.close()
     model.eval()
+    if best is not None:
+        model.load_state_dict(best[2])
+        last.update(best_step=best[1], best_val_loss=best[0])
     save_outputs(model.to("cpu"), cfg, layout, out)
     plot_losses(metrics_path, out / "loss.png")
     last["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -126,6 +126,26 @@ def test_training_overfits_one_dialogue(dialogues, nano_model_dir, tmp_path):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
+def test_training_stops_at_its_wall_clock_budget_and_keeps_the_best_val_weights(dialogues, nano_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    shards = tmp_path / "shards"
+    main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(nano_model_dir), "-q"])
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init",
+                 str(nano_model_dir), "--steps", "100000", "--set", "max_seconds=3", "--set", "eval_every=2",
+                 "--set", "keep_best=true", "--set", "save_every=100000", "-q"]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert 1 <= len(metrics) < 100000 and final["wall_seconds"] < 60
+    assert metrics[-1]["lr"] < 0.2 * max(m["lr"] for m in metrics)  # the schedule decayed with the clock
+    vals = {m["step"]: m["val_loss"] for m in metrics if "val_loss" in m}
+    assert final["best_step"] == min(vals, key=vals.get) and final["best_val_loss"] == min(vals.values())
+    assert (out / "last" / "trainer_state.pt").is_file()
+    saved = load_file(str(out / "model.safetensors"))
+    assert saved and all(np.isfinite(v.float().numpy()).all() for v in saved.values())
+
+
 def test_lora_preset_refuses_targets_vllm_cannot_serve(dialogues, nano_model_dir, tmp_path, capsys):
     code = main(["train", "--preset", "lora", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--init", str(nano_model_dir), "--set", "lora_targets=[embed_tokens]", "-q"])

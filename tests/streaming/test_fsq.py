@@ -195,3 +195,20 @@ def test_fsq_silence_codes_and_registry(codec):
     assert "fsq" in available_codecs()
     sil = codec.silence_codes()
     assert sil.shape == (4,) and np.array_equal(sil, codec.encode_all(np.zeros(4 * 1280, np.float32))[-1])
+
+
+def test_shipped_fsq_weights_give_a_six_id_layout_that_a_model_can_step(tmp_path):
+    """The shipped weights are the `fsq` codec preset: 6 ids per 80 ms at 16 kHz, ready for `model init`."""
+    from agent.models import init_model
+    from think.transformers_backend import TransformersBackend
+
+    assert shipped_weights_dir() is not None, "streaming/codecs/assets/fsq must hold the trained weights"
+    path = init_model(tmp_path / "m", preset="nano", codec="fsq")
+    backend = TransformersBackend.from_dir(path)
+    lay = backend.layout
+    assert (lay.codec.name, lay.codec.sample_rate, lay.q_in, lay.q_out, lay.slot_size) == ("fsq", 16000, 6, 6, 13)
+    assert list(lay.codec.codebook_sizes) == [4096] * 6
+    codec = load_codec("fsq")
+    assert np.array_equal(lay.agent_silence_codes(), codec.silence_codes())
+    r = backend.open_session().step_sync(codec.silence_codes())
+    assert lay.is_text_slot_id(r.text_id)
