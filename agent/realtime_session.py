@@ -40,6 +40,24 @@ log = logging.getLogger(__name__)
 _CLOSE = object()
 
 
+# Events that steer the conversation rather than feed it. When a flood has spent the event budget they still get
+# through on a small budget of their own: a lost cancel or settings change is worse than a lost audio chunk.
+CONTROL_EVENTS = frozenset({ev.SESSION_UPDATE, ev.RESPONSE_CANCEL, ev.RESPONSE_CREATE, ev.CONVERSATION_ITEM_TRUNCATE,
+                            ev.INPUT_AUDIO_BUFFER_CLEAR, ev.INPUT_AUDIO_BUFFER_COMMIT})
+_CONTROL_MAX_BYTES = 4096  # larger messages are never sniffed for a control type
+
+
+def is_control_event(raw: str | bytes) -> bool:
+    """Whether ``raw`` is a small JSON text event of a :data:`CONTROL_EVENTS` type (cheap; malformed = False)."""
+    if not isinstance(raw, str) or len(raw) > _CONTROL_MAX_BYTES:
+        return False
+    try:
+        kind = json.loads(raw).get("type")
+    except (ValueError, AttributeError):
+        return False
+    return kind in CONTROL_EVENTS
+
+
 class TokenBucket:
     """``rate`` units per second, at most ``burst`` saved up."""
 
@@ -101,6 +119,7 @@ class RealtimeConnection:
         self._out: deque = deque()
         self._out_ready = asyncio.Event()
         self.event_bucket = TokenBucket(self.cfg.max_events_per_second, 2 * self.cfg.max_events_per_second)
+        self.control_bucket = TokenBucket(self.cfg.max_control_events_per_second, 2 * self.cfg.max_control_events_per_second)
         self.audio_bucket = TokenBucket(1.05, self.cfg.max_audio_ahead_seconds)
         self._last_warned: dict[str, float] = {}
         self.stats = {"events_in": 0, "events_dropped": 0, "audio_dropped_ms": 0.0, "errors_sent": 0}
@@ -223,7 +242,7 @@ class RealtimeConnection:
                 raw = msg.get("text") if msg.get("text") is not None else msg.get("bytes")
                 if raw is None:
                     continue
-                if not self.event_bucket.take():
+                if not self.event_bucket.take() and not (is_control_event(raw) and self.control_bucket.take()):
                     self.stats["events_dropped"] += 1
                     self._warn_once_per_second(
                         "events", "rate_limited", f"More than {self.cfg.max_events_per_second:.0f} events per second; "

@@ -46,6 +46,9 @@ class ServerConfig:
         max_audio_bytes: largest decoded audio chunk in one ``input_audio_buffer.append``.
         max_events_per_second: sustained client events per second per connection (burst twice that);
             events over it are dropped and the client is told (``rate_limited``).
+        max_control_events_per_second: once that budget is spent, control events (``session.update``,
+            ``response.cancel``/``create``, ``conversation.item.truncate``, ``input_audio_buffer.clear``/``commit``;
+            small JSON text) still get through at this rate (burst twice that), so a flood cannot swallow a cancel.
         max_audio_ahead_seconds: audio a client may send ahead of real time; more is dropped and the
             client is told (``rate_limited``). Matches the session's own bounded frame queue.
         outbound_queue: server events waiting for a slow client before it is disconnected (1008).
@@ -63,6 +66,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20
     max_audio_bytes: int = 1 << 19
     max_events_per_second: float = 200.0
+    max_control_events_per_second: float = 10.0
     max_audio_ahead_seconds: float = 2.0
     outbound_queue: int = 2000
     idle_timeout_seconds: float = 300.0

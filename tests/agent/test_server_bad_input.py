@@ -175,6 +175,33 @@ async def _until_answered(c: Client, retry_every: float, timeout: float = 10.0) 
     raise AssertionError(f"no session.updated within {timeout} s; got {[e['type'] for e in c.events[-20:]]}")
 
 
+async def test_a_cancel_sent_behind_a_flood_is_still_handled(server):
+    """Control events have their own budget: a flood of appends spends the event budget, not the cancel's."""
+    c = await Client.connect(server.ws_url)
+    try:
+        await c.until("session.created")
+        msg = _append(pcm16_b64(TONE[:600]))
+        for _ in range(600):  # well over the 400-event burst, sent at once
+            await c.ws.send(msg)
+        await c.send("response.cancel")  # no response is active: the answer is a specific error
+        err = await c.until("error", timeout=10, where=lambda e: e["error"]["code"] == "response_cancel_not_active")
+        assert err["error"]["message"]
+        assert any(e["error"]["code"] == "rate_limited" for e in c.of("error"))  # the flood itself was limited
+    finally:
+        await c.close()
+
+
+def test_control_events_are_recognised_cheaply_and_strictly():
+    from agent.realtime_session import is_control_event
+
+    assert is_control_event(json.dumps({"type": "response.cancel"}))
+    assert is_control_event(json.dumps({"type": "session.update", "session": {}}))
+    assert not is_control_event(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
+    assert not is_control_event(json.dumps({"type": "session.update", "pad": "x" * 5000}))  # too big to sniff
+    assert not is_control_event(b'{"type": "response.cancel"}')  # binary frames are not events
+    assert not is_control_event("[1, 2]") and not is_control_event("{not json")
+
+
 @pytest.mark.parametrize("kind", list(CASES))
 async def test_bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_serving(server, bystander, kind):
     action, code, close = CASES[kind]
