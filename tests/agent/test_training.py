@@ -114,14 +114,19 @@ def test_tokenize_then_train_smoke_writes_a_loadable_checkpoint(dialogues, nano_
     assert [m["step"] for m in metrics][-2:] == [7, 8]
 
 
+def _smoke_train(dialogues, model_dir, tmp_path, *args: str):
+    """Tokenize the fixture dialogues for ``model_dir`` and run the smoke preset with ``args``; returns the run dir."""
+    shards, out = tmp_path / "shards", tmp_path / "run"
+    main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(model_dir), "-q"])
+    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init", str(model_dir),
+                 *args, "-q"]) == 0
+    return out
+
+
 def test_training_overfits_one_dialogue(dialogues, nano_model_dir, tmp_path):
     """The loss really goes down: 40 steps on the same windows cut the agent loss substantially."""
-    shards = tmp_path / "shards"
-    main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(nano_model_dir), "-q"])
-    out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init",
-                 str(nano_model_dir), "--steps", "40", "--set", "lr=0.01", "--set", "warmup=5",
-                 "--set", "eval_every=0", "-q"]) == 0
+    out = _smoke_train(dialogues, nano_model_dir, tmp_path, "--steps", "40", "--set", "lr=0.01", "--set", "warmup=5",
+                       "--set", "eval_every=0")
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
@@ -129,12 +134,8 @@ def test_training_overfits_one_dialogue(dialogues, nano_model_dir, tmp_path):
 def test_training_stops_at_its_wall_clock_budget_and_keeps_the_best_val_weights(dialogues, nano_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    shards = tmp_path / "shards"
-    main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(nano_model_dir), "-q"])
-    out = tmp_path / "run"
-    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init",
-                 str(nano_model_dir), "--steps", "100000", "--set", "max_seconds=3", "--set", "eval_every=2",
-                 "--set", "keep_best=true", "--set", "save_every=100000", "-q"]) == 0
+    out = _smoke_train(dialogues, nano_model_dir, tmp_path, "--steps", "100000", "--set", "max_seconds=3",
+                       "--set", "eval_every=2", "--set", "keep_best=true", "--set", "save_every=100000")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = json.loads((out / "final_metrics.json").read_text())
     assert 1 <= len(metrics) < 100000 and final["wall_seconds"] < 60
