@@ -24,7 +24,9 @@ one-shot decode (to float rounding, < 1e-5) with no seams.
 Weights: ``weights_dir`` is a local directory with ``config.json`` (an :class:`FSQConfig`) and
 ``model.safetensors``; with neither ``weights_dir`` nor ``config`` the trained weights shipped in
 ``streaming/codecs/assets/fsq`` are used when present. ``config`` (a dict of FSQConfig fields) with
-``seed`` builds random weights (tests, training). Nothing is ever downloaded.
+``seed`` builds random weights (tests, training). Nothing is ever downloaded. Trained weights are named in
+the spec's options by ``weights_sha256`` (16 hex digits of the file's SHA-256), so a model's layout records
+which weights it heard, and loading it over other weights is refused with a clear error.
 
 Speed: measure with ``duplex codec eval`` (the card has the table). Per-frame calls are small;
 on a busy 2-core box pin one torch thread (the tests do).
@@ -377,6 +379,13 @@ def save_weights(model, out_dir: str | os.PathLike) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
 
 
+def weights_digest(weights_dir: str | os.PathLike) -> str:
+    """The first 16 hex digits of ``model.safetensors``' SHA-256: what a layout records to name its weights."""
+    import hashlib
+
+    return hashlib.sha256((Path(weights_dir) / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def shipped_weights_dir() -> Path | None:
     """The trained weights that ship with the project, if any."""
     return ASSETS_DIR if (ASSETS_DIR / "model.safetensors").is_file() else None
@@ -392,7 +401,8 @@ class FSQCodec(Codec):
     With no arguments the shipped trained weights are loaded (``streaming/codecs/assets/fsq``).
     """
 
-    def __init__(self, weights_dir: str | None = None, config: dict | None = None, seed: int = 0):
+    def __init__(self, weights_dir: str | None = None, config: dict | None = None, seed: int = 0,
+                 weights_sha256: str | None = None):
         options: dict[str, Any] = {}
         if weights_dir is None and config is None:
             shipped = shipped_weights_dir()
@@ -401,9 +411,10 @@ class FSQCodec(Codec):
                     f"No trained fsq weights ship with this install ({ASSETS_DIR} is empty); {WEIGHTS_HINT}."
                 )
             self.model, self.cfg = _load_model(shipped, None, seed)
+            options["weights_sha256"] = self._check_digest(shipped, weights_sha256)
         elif weights_dir is not None:
             self.model, self.cfg = _load_model(weights_dir, config, seed)
-            options["weights_dir"] = str(weights_dir)
+            options.update(weights_dir=str(weights_dir), weights_sha256=self._check_digest(weights_dir, weights_sha256))
         else:
             self.model, self.cfg = _load_model(None, config, seed)
             options.update(config=self.cfg.to_dict(), seed=int(seed))
@@ -417,6 +428,15 @@ class FSQCodec(Codec):
             options=options,
         )
         self._sizes = np.asarray(self.spec.codebook_sizes, dtype=np.int64)
+
+    @staticmethod
+    def _check_digest(weights_dir: str | os.PathLike, expected: str | None) -> str:
+        """The weights' digest; a layout made with other weights (``expected``) is refused, not silently misheard."""
+        digest = weights_digest(weights_dir)
+        if expected is not None and expected != digest:
+            raise ValueError(f"This model's layout was made with fsq weights {expected}, but {str(weights_dir)!r} "
+                             f"holds {digest}; pass the weights it was made with (--codec-weights DIR).")
+        return digest
 
     @property
     def delay_samples(self) -> int:

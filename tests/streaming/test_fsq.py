@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from streaming.codecs import load_codec  # noqa: E402
-from streaming.codecs.fsq import FSQCodec, FSQConfig, save_weights, shipped_weights_dir  # noqa: E402
+from streaming.codecs.fsq import FSQCodec, FSQConfig, save_weights, shipped_weights_dir, weights_digest  # noqa: E402
 
 SR = 16000
 TINY = {"enc_dim": 32, "enc_blocks": 1, "dec_dim": 48, "dec_blocks": 2}
@@ -156,7 +156,7 @@ def test_fsq_weights_dir_round_trip(codec, tmp_path):
     save_weights(codec.model, tmp_path / "w")
     loaded = load_codec("fsq", weights_dir=str(tmp_path / "w"))
     assert loaded.spec.codebook_sizes == codec.spec.codebook_sizes
-    assert loaded.spec.options == {"weights_dir": str(tmp_path / "w")}
+    assert loaded.spec.options == {"weights_dir": str(tmp_path / "w"), "weights_sha256": weights_digest(tmp_path / "w")}
     x = speechish(0.96)
     codes = codec.encode_all(x)
     assert np.array_equal(loaded.encode_all(x), codes)
@@ -212,3 +212,18 @@ def test_shipped_fsq_weights_give_a_six_id_layout_that_a_model_can_step(tmp_path
     assert np.array_equal(lay.agent_silence_codes(), codec.silence_codes())
     r = backend.open_session().step_sync(codec.silence_codes())
     assert lay.is_text_slot_id(r.text_id)
+
+
+def test_a_layout_names_its_fsq_weights_and_refuses_others(tmp_path):
+    """A model built on one set of fsq weights must not silently hear another (e.g. newer shipped weights)."""
+    from agent.models import codec_for_layout, init_model
+    from think.checkpoint import load_checkpoint
+
+    path = init_model(tmp_path / "m", preset="nano", codec="fsq")
+    lay = load_checkpoint(path).layout
+    assert lay.codec.options == {"weights_sha256": weights_digest(shipped_weights_dir())}
+    assert codec_for_layout(lay).spec == load_codec("fsq").spec
+    other = tmp_path / "other"
+    save_weights(FSQCodec(config=load_codec("fsq").cfg.to_dict(), seed=3).model, other)
+    with pytest.raises(ValueError, match="made with fsq weights"):
+        codec_for_layout(lay, codec_weights=other)
