@@ -79,7 +79,7 @@ class TrainConfig:
             2.3x the matmul rate of float32 on CPUs with AVX512-BF16, and the norm on GPUs.
         lora_r / lora_alpha / lora_dropout / lora_targets: adapter settings (mode "lora").
         max_seconds: wall-clock budget (0 = none): the run ends, and the lr decays, by steps or by time,
-            whichever comes first (for a leased GPU).
+            whichever comes first (for a leased GPU); time spent before a ``--resume`` counts.
         keep_best: save the weights of the evaluation with the lowest val loss instead of the last ones
             (small data overfits on long runs); ``final_metrics.json`` names the step.
     """
@@ -469,7 +469,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    step = 0
+    step, seconds_before = 0, 0.0  # seconds_before: wall-clock of earlier runs (max_seconds spans resumes)
     state_path = out / "last" / "trainer_state.pt"
     if resume:
         if not state_path.is_file():
@@ -477,7 +477,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         state = torch.load(state_path, weights_only=False, map_location=_device(cfg))
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
-        step = state["step"]
+        step, seconds_before = state["step"], float(state.get("seconds", 0.0))
         train_s.rng.bit_generator.state = state["rng"]
     (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "layout": layout.to_dict()}, indent=2) + "\n")
     metrics_path = out / "metrics.jsonl"
@@ -486,8 +486,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train ({cfg.mode})", unit="step", disable=not progress)
     last: dict = {}
     best: tuple[float, int, dict] | None = None  # (val loss, step, weights on the CPU) for keep_best
-    t0 = time.perf_counter()
-    done = run_progress(step, 0.0, cfg)
+    t0 = time.perf_counter() - seconds_before
+    done = run_progress(step, seconds_before, cfg)
     while done < 1.0:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg, done)
@@ -516,7 +516,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             # over the same --init.
             torch.save({"model": {k: v for k, v in model.state_dict().items() if k in trainable},
                         "optimizer": opt.state_dict(),
-                        "step": step, "rng": train_s.rng.bit_generator.state}, state_path)
+                        "step": step, "rng": train_s.rng.bit_generator.state,
+                        "seconds": time.perf_counter() - t0}, state_path)
     bar.close()
     model.eval()
     if best is not None:
