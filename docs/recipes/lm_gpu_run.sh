@@ -1,0 +1,11 @@
+# One GPU call: a duplex model from scratch on carried shards for $1 seconds; the checkpoint comes back in
+# 15 MB parts ($OUT/NAME.tgz.part*; `cat NAME.tgz.part* | tar xzf - -C DIR` here). From the repo root, with
+# the shards in .lmgpu/shards (train + val, <= ~45 MB with the repo) and wheels of soundfile, cffi, pycparser,
+# soxr and webrtcvad-wheels for python 3.12 in .whl/ (the GPU image lacks them). Extra args: key=value.
+B=${1:-230}
+python3 -c 'import soundfile, soxr, webrtcvad' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-runs/lm-gpu-out}; mkdir -p "$OUT"
+timeout $((B + 45)) python3 docs/recipes/lm_gpu_train.py $B .lmgpu/shards runs/lm-gpu "${@:2}" 2>&1 | tail -n 5
+(cd runs/lm-gpu && tar czf - --exclude=last --exclude=init . | split -b 15m - "$OUT/lm-gpu.tgz.part")
+ls -la "$OUT"
