@@ -71,6 +71,16 @@ def _default_model() -> Check:
     return Check("default model", False, detail, "chat, demo", "demo/default_model is missing from this checkout; restore it (git checkout demo/default_model) or pass --model DIR")
 
 
+def _fsq_weights() -> Check:
+    from streaming.codecs.fsq import ASSETS_DIR, shipped_weights_dir, weights_digest
+
+    shipped = shipped_weights_dir()
+    if shipped is None:
+        return Check("fsq weights", False, f"{ASSETS_DIR} has none", "fsq codec",
+                     "restore streaming/codecs/assets/fsq (git checkout streaming/codecs/assets) or pass --codec-weights DIR")
+    return Check("fsq weights", True, f"{shipped} (sha256 {weights_digest(shipped)})", "fsq codec")
+
+
 def run_checks() -> list[Check]:
     return [
         Check("python", sys.version_info >= (3, 11), platform.python_version(), "core", "Python >= 3.11 is required"),
@@ -91,6 +101,7 @@ def run_checks() -> list[Check]:
         _binary("espeak-ng", "tests, data synthesis", "apt-get install espeak-ng"),
         _binary("mosquitto", "daemon tests", "apt-get install mosquitto"),
         _binary("chromium", "browser tests", "apt-get install chromium"),
+        _fsq_weights(),
         _default_model(),
     ]
 

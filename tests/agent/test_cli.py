@@ -64,7 +64,7 @@ def test_doctor_lists_core_components(run_cli):
     res = run_cli("doctor")
     assert res.rc == 0, res.out
     lines = res.out.splitlines()
-    for name in ("python", "torch", "transformers", "soxr", "soundfile", "pycodec2", "webrtcvad-wheels"):
+    for name in ("python", "torch", "transformers", "soxr", "soundfile", "pycodec2", "webrtcvad-wheels", "fsq"):
         line = next((ln for ln in lines if ln.split()[1:2] == [name]), None)
         assert line is not None, f"no line for {name}"
         assert line.startswith("ok"), line
