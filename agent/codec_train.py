@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from agent.training.schedule import run_progress, warmup_cosine
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -238,11 +239,7 @@ def build_discriminator():
 
 
 def progress_of(cfg: CodecTrainConfig, step: int, seconds: float) -> float:
-    """How far the run is, 0..1: by steps, or by the wall-clock budget when that is nearer its end."""
-    done = step / max(1, cfg.steps)
-    if cfg.max_seconds > 0:
-        done = max(done, seconds / cfg.max_seconds)
-    return min(1.0, done)
+    return run_progress(step, cfg.steps, seconds, cfg.max_seconds)
 
 
 def adversarial_on(cfg: CodecTrainConfig, step: int, progress: float) -> bool:
@@ -250,14 +247,9 @@ def adversarial_on(cfg: CodecTrainConfig, step: int, progress: float) -> bool:
 
 
 def _lr(cfg: CodecTrainConfig, step: int, progress: float | None = None) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine to ``lr_min`` over the rest of the run's progress."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    if progress is None:
-        progress = progress_of(cfg, step, 0.0)
-    start = cfg.warmup / max(1, cfg.steps)
-    t = min(1.0, max(0.0, (progress - start) / max(1e-9, 1 - start)))
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+    """Warm-up, then cosine to ``lr_min`` over the run's progress (steps or the wall-clock budget)."""
+    done = progress_of(cfg, step, 0.0) if progress is None else progress
+    return warmup_cosine(step, done, peak=cfg.lr, floor=cfg.lr_min, warmup=cfg.warmup, steps=cfg.steps)
 
 
 def plot_history(history: list[dict], path: Path) -> None:

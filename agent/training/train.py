@@ -23,7 +23,6 @@ only); ``train_config.json`` (resolved), ``metrics.jsonl``, ``loss.png``, and ``
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from agent.training.loss import role_losses, stream_losses
+from agent.training.schedule import run_progress, warmup_cosine
 from agent.training.tokenize import load_split, shard_layout
 from think.checkpoint import load_checkpoint
 from think.layout import DuplexLayout
@@ -275,22 +275,10 @@ def _to(cfg: TrainConfig, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
-def run_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
-    """How far the run is, 0..1: by steps, or by the wall-clock budget when that is nearer its end."""
-    done = step / cfg.steps
-    if cfg.max_seconds > 0:
-        done = max(done, seconds / cfg.max_seconds)
-    return min(1.0, done)
-
-
 def _lr(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine to 0.1 x ``lr`` over the rest of the run's progress."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    start = cfg.warmup / cfg.steps
-    done = step / cfg.steps if progress is None else progress
-    t = min(1.0, max(0.0, (done - start) / max(1e-9, 1 - start)))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+    """Warm-up, then cosine to 0.1 x ``lr`` over the run's progress (steps or the wall-clock budget)."""
+    done = run_progress(step, cfg.steps) if progress is None else progress
+    return warmup_cosine(step, done, peak=cfg.lr, floor=0.1 * cfg.lr, warmup=cfg.warmup, steps=cfg.steps)
 
 
 def init_provenance(path: str | Path) -> dict:
@@ -487,7 +475,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     last: dict = {}
     best: tuple[float, int, dict] | None = None  # (val loss, step, weights on the CPU) for keep_best
     t0 = time.perf_counter() - seconds_before
-    done = run_progress(step, seconds_before, cfg)
+    done = run_progress(step, cfg.steps, seconds_before, cfg.max_seconds)
     while done < 1.0:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg, done)
@@ -499,7 +487,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        done = run_progress(step, time.perf_counter() - t0, cfg)
+        done = run_progress(step, cfg.steps, time.perf_counter() - t0, cfg.max_seconds)
         last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6),
                 "step_s": round(time.perf_counter() - t_step, 3), **parts}
         if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done >= 1.0):
