@@ -346,8 +346,12 @@ def build_model(cfg: FSQConfig):
 # The codec
 
 
-def _load_model(weights_dir: str | os.PathLike | None, config: dict | None, seed: int):
+def _load_model(weights_dir: str | os.PathLike | None, config: dict | None, seed: int,
+                expected_digest: str | None = None):
+    """``(model, cfg, digest)``: trained weights from ``weights_dir`` (``digest`` names them; weights other
+    than ``expected_digest`` are refused), else random weights from ``config`` (``digest`` None)."""
     torch = _torch()
+    digest = None
     if weights_dir is not None:
         wd = Path(weights_dir)
         if not (wd / "config.json").is_file() or not (wd / "model.safetensors").is_file():
@@ -355,10 +359,16 @@ def _load_model(weights_dir: str | os.PathLike | None, config: dict | None, seed
         cfg = FSQConfig.from_dict(json.loads((wd / "config.json").read_text()))
         if config is not None and FSQConfig.from_dict(config) != cfg:
             raise ValueError(f"fsq config given with weights_dir {str(wd)!r} differs from its config.json.")
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
+        data = (wd / "model.safetensors").read_bytes()  # read once: hashed and loaded
+        digest = _digest(data)
+        if expected_digest is not None and expected_digest != digest:
+            # a model's layout made with other weights would silently mishear: refuse it
+            raise ValueError(f"This model's layout was made with fsq weights {expected_digest}, but {str(wd)!r} "
+                             f"holds {digest}; pass the weights it was made with (--codec-weights DIR).")
         model = build_model(cfg)
-        model.load_state_dict(load_file(str(wd / "model.safetensors")))
+        model.load_state_dict(load(data))
     elif config is not None:
         cfg = FSQConfig.from_dict(dict(config))
         with torch.random.fork_rng(devices=[]):  # reproducible random weights; global RNG untouched
@@ -366,7 +376,7 @@ def _load_model(weights_dir: str | os.PathLike | None, config: dict | None, seed
             model = build_model(cfg)
     else:
         raise ValueError(f"The fsq codec needs weights: {WEIGHTS_HINT}.")
-    return model.eval(), cfg
+    return model.eval(), cfg, digest
 
 
 def save_weights(model, out_dir: str | os.PathLike) -> None:
@@ -379,11 +389,15 @@ def save_weights(model, out_dir: str | os.PathLike) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
 
 
-def weights_digest(weights_dir: str | os.PathLike) -> str:
-    """The first 16 hex digits of ``model.safetensors``' SHA-256: what a layout records to name its weights."""
+def _digest(data: bytes) -> str:
     import hashlib
 
-    return hashlib.sha256((Path(weights_dir) / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def weights_digest(weights_dir: str | os.PathLike) -> str:
+    """The first 16 hex digits of ``model.safetensors``' SHA-256: what a layout records to name its weights."""
+    return _digest((Path(weights_dir) / "model.safetensors").read_bytes())
 
 
 def shipped_weights_dir() -> Path | None:
@@ -410,13 +424,13 @@ class FSQCodec(Codec):
                 raise ValueError(
                     f"No trained fsq weights ship with this install ({ASSETS_DIR} is empty); {WEIGHTS_HINT}."
                 )
-            self.model, self.cfg = _load_model(shipped, None, seed)
-            options["weights_sha256"] = self._check_digest(shipped, weights_sha256)
+            self.model, self.cfg, digest = _load_model(shipped, None, seed, weights_sha256)
+            options["weights_sha256"] = digest
         elif weights_dir is not None:
-            self.model, self.cfg = _load_model(weights_dir, config, seed)
-            options.update(weights_dir=str(weights_dir), weights_sha256=self._check_digest(weights_dir, weights_sha256))
+            self.model, self.cfg, digest = _load_model(weights_dir, config, seed, weights_sha256)
+            options.update(weights_dir=str(weights_dir), weights_sha256=digest)
         else:
-            self.model, self.cfg = _load_model(None, config, seed)
+            self.model, self.cfg, _ = _load_model(None, config, seed)
             options.update(config=self.cfg.to_dict(), seed=int(seed))
         c = self.cfg
         self.spec = CodecSpec(
@@ -428,15 +442,6 @@ class FSQCodec(Codec):
             options=options,
         )
         self._sizes = np.asarray(self.spec.codebook_sizes, dtype=np.int64)
-
-    @staticmethod
-    def _check_digest(weights_dir: str | os.PathLike, expected: str | None) -> str:
-        """The weights' digest; a layout made with other weights (``expected``) is refused, not silently misheard."""
-        digest = weights_digest(weights_dir)
-        if expected is not None and expected != digest:
-            raise ValueError(f"This model's layout was made with fsq weights {expected}, but {str(weights_dir)!r} "
-                             f"holds {digest}; pass the weights it was made with (--codec-weights DIR).")
-        return digest
 
     @property
     def delay_samples(self) -> int:
