@@ -25,10 +25,13 @@ MIC_PATHS = {
     "soxr-hq": "offline quality (and sessions set to resample_quality=HQ)",
     "soxr-lq": "duplex chat / daemon / eval at the default resample_quality=LQ, 16 kHz input",
     "soxr-lq-48k": "the same from a 48 kHz microphone",
-    "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16 decimated by an integer factor",
+    "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16, decimated by an integer factor "
+                    "(8 kHz codecs) or resampled by the session's soxr LQ (16 kHz codecs)",
 }
 DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
 OFFLINE_PATHS = ("soxr-hq",)  # what shards made before the paths existed used
+SERVER_INPUT_RATE = 24000  # agent.server.ServerConfig.default_input_rate (the page and the OpenAI SDK send 24 kHz)
+SESSION_RESAMPLE_QUALITY = "LQ"  # agent.config.SessionConfig.resample_quality
 
 
 def check_paths(paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -56,12 +59,13 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.nd
     if path == "soxr-lq-48k":
         return _soxr(_soxr(x, rate, 48000, "HQ"), 48000, out_rate, "LQ")
     if path == "decimate-24k":
-        wire = 3 * out_rate  # the server's default client rate for an 8 kHz codec; any integer multiple works
-        # the client's PCM16 wire, converted both ways by the functions the client side and server use
+        # The client's PCM16 wire at the server's default rate, then what the server does with it: its integer
+        # decimator where the ratio allows (24 -> 8 kHz), otherwise the listener's soxr at the session default.
+        wire = SERVER_INPUT_RATE
         up = pcm16_bytes_to_float32(float32_to_pcm16_bytes(_soxr(x, rate, wire, "HQ")))
         dec = InputDecimator.for_rates(wire, out_rate)
         if dec is None:
-            return _soxr(up, wire, out_rate, "LQ")
+            return _soxr(up, wire, out_rate, SESSION_RESAMPLE_QUALITY)
         return dec.process(up)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
 

@@ -63,6 +63,27 @@ def test_decimate_path_gives_the_ids_the_realtime_server_hears(speech, codec):
     assert len(codes) >= frames - 1 and (codes == offline[:len(codes)]).all()
 
 
+def test_decimate_path_gives_a_16khz_codec_the_ids_the_realtime_server_hears(speech):
+    """24 -> 16 kHz is no integer ratio: the server leaves it to the listener's soxr (session default LQ)."""
+    from agent.config import SessionConfig
+    from agent.server import ServerConfig
+    from agent.training.mic_paths import SERVER_INPUT_RATE, SESSION_RESAMPLE_QUALITY
+
+    assert SERVER_INPUT_RATE == ServerConfig().default_input_rate
+    assert SESSION_RESAMPLE_QUALITY == SessionConfig().resample_quality
+    fsq = load_codec("fsq")  # the shipped 16 kHz codec
+    frames = _frames(speech)
+    offline = _encode_channel(fsq, speech, RATE, frames, "decimate-24k")
+    wire = float32_to_pcm16_bytes(soxr.resample(speech, RATE, 24000, "HQ"))
+    assert InputDecimator.for_rates(24000, 16000) is None
+    listener, live = Listener(fsq, 24000, resample_quality="LQ"), []
+    for i in range(0, len(wire), 1536):
+        live += listener.push(pcm16_bytes_to_float32(wire[i:i + 1536]))
+    live += listener.flush()
+    codes = np.array([f.codes for f in live])
+    assert len(codes) >= frames - 1 and (codes[:frames] == offline[:len(codes)]).all()
+
+
 def test_the_paths_give_codec2_different_ids_for_the_same_speech(speech, codec):
     """Why the paths are drawn at all: codec2 700C's ids depend on the resampler's filter."""
     frames = _frames(speech)
