@@ -32,6 +32,10 @@ from streaming.clock import FrameClock
 from think.transformers_backend import TransformersBackend
 
 
+AUTO_TAIL_MAX_SECONDS = 10.0  # an agent that babbles on does not keep an offline run going for ever
+AUTO_TAIL_QUIET_SECONDS = 1.5  # the agent's silence that ends the tail (the eval's take-over window is 2 s)
+
+
 @dataclass
 class ChatConfig:
     """One offline conversation.
@@ -42,7 +46,10 @@ class ChatConfig:
         model: checkpoint directory (None = the embedded default).
         codec_weights: local weights directory for neural codecs (mimi, snac).
         realtime: pace the input and the clock in real time (as a live microphone would).
-        tail_seconds: silence appended after the input so the agent can finish its answer.
+        tail_seconds: silence appended after the input so the agent can finish its answer; None (the
+            default, ``--tail auto``) runs on after the input until the agent has been quiet for
+            ``AUTO_TAIL_QUIET_SECONDS``, at most ``AUTO_TAIL_MAX_SECONDS``: a question that ends with the file
+            still gets its answer.
         max_seconds: stop after this much input (None = the whole file).
         out_rate: sample rate of the output WAV (None = the codec's rate).
         engine: transformers backend engine (auto, lean, hf).
@@ -54,21 +61,28 @@ class ChatConfig:
     model: Path | None = None
     codec_weights: Path | None = None
     realtime: bool = False
-    tail_seconds: float = 0.0
+    tail_seconds: float | None = None
     max_seconds: float | None = None
     out_rate: int | None = None
     engine: str = "auto"
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.tail_seconds) and self.tail_seconds >= 0):
-            raise ValueError(f"--tail must be a number of seconds >= 0, got {self.tail_seconds}.")
+        if self.tail_seconds is not None and not (math.isfinite(self.tail_seconds) and self.tail_seconds >= 0):
+            raise ValueError(f"--tail must be 'auto' or a number of seconds >= 0, got {self.tail_seconds}.")
         if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
             raise ValueError(f"--max-seconds must be a number of seconds > 0, got {self.max_seconds}.")
         if self.out_rate is not None and not (isinstance(self.out_rate, int) and self.out_rate > 0):
             raise ValueError(f"--out-rate must be a positive number of Hz, got {self.out_rate}.")
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ValueError(f"--threads must be >= 1, got {self.threads}.")
+
+    def tail_frames(self, frame_ms: float) -> tuple[int, int | None]:
+        """(most tail frames, agent-quiet frames that end the tail early or None) for ``Session.run``."""
+        if self.tail_seconds is None:
+            return (int(round(AUTO_TAIL_MAX_SECONDS * 1000.0 / frame_ms)),
+                    int(round(AUTO_TAIL_QUIET_SECONDS * 1000.0 / frame_ms)))
+        return int(round(self.tail_seconds * 1000.0 / frame_ms)), None
 
     def check_output(self) -> None:
         """Refuse an output path that cannot be written as a stereo PCM16 file, or that is the input."""
@@ -160,7 +174,8 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     spec = codec.spec
     input_seconds = info.duration if cfg.max_seconds is None else min(info.duration, cfg.max_seconds)
-    expected_frames = int(np.ceil(input_seconds * 1000.0 / spec.frame_ms)) + int(round(cfg.tail_seconds * 1000.0 / spec.frame_ms))
+    tail_frames, tail_quiet = cfg.tail_frames(spec.frame_ms)
+    expected_frames = int(np.ceil(input_seconds * 1000.0 / spec.frame_ms)) + tail_frames  # auto: at most
     writer = _StereoWriter(cfg.output, spec.sample_rate, cfg.out_rate)
     transcript: list[dict] = []
     feeder = asyncio.create_task(_feed(session, cfg, info.rate))
@@ -175,7 +190,7 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
             while session.user_frames.empty() and not session.input_ended and not feeder.done():
                 await asyncio.sleep(0.002)
             await asyncio.sleep(spec.frame_ms / 1000.0)
-        async for out in session.run(clock, tail_frames=int(round(cfg.tail_seconds * 1000.0 / spec.frame_ms))):
+        async for out in session.run(clock, tail_frames=tail_frames, tail_quiet_frames=tail_quiet):
             writer.write(out.user.audio.samples, out.agent_audio, out.cut)
             if out.text_delta or out.end_of_turn:
                 transcript.append({"frame": out.index, "time": round(out.index * spec.frame_ms / 1000.0, 3),
@@ -184,6 +199,8 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
             if progress:
                 progress(frames, expected_frames)
         await feeder  # surfaces input errors
+        if progress:
+            progress(frames, frames)  # an auto tail ends before the most it could take
         if frames == 0 and announce:
             announce(f"{cfg.input} holds no audio (0 frames); wrote an empty conversation.")
     finally:

@@ -1,6 +1,6 @@
 """The ``duplex`` command line.
 
-    duplex chat --in question.wav --out dialogue.wav [--model DIR] [--realtime] [--tail 4]
+    duplex chat --in question.wav --out dialogue.wav [--model DIR] [--realtime] [--tail auto|SECONDS]
     duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
     duplex model export SRC OUT_DIR [--dtype bfloat16]
     duplex doctor
@@ -109,6 +109,16 @@ def _typed_override(item: str) -> str:
     return item
 
 
+def _tail_seconds(value: str) -> float | None:
+    """``--tail``: 'auto' -> None; otherwise seconds (range checked by ChatConfig with a clear message)."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--tail must be 'auto' or a number of seconds >= 0, got {value!r}.") from None
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -116,7 +126,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     cfg = ChatConfig(input=Path(args.input), output=Path(args.output), model=Path(args.model) if args.model else None,
                      codec_weights=Path(args.codec_weights) if args.codec_weights else None, realtime=args.realtime,
-                     tail_seconds=args.tail, max_seconds=args.max_seconds, out_rate=args.out_rate,
+                     tail_seconds=_tail_seconds(args.tail), max_seconds=args.max_seconds, out_rate=args.out_rate,
                      engine=args.engine, threads=args.threads)
     session_config = _session_config(args)
     bar = tqdm(total=0, unit="frame", disable=args.quiet, desc="chat", dynamic_ncols=True)
@@ -139,8 +149,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
           f"{summary['turn_latency_ms'].get('p50', 'n/a')} ms)")
     print(f"transcript: {cfg.output.with_suffix('.txt')}; latency report: "
           f"{cfg.output.with_name(cfg.output.stem + '.latency.json')}")
-    if summary.get("agent_speaking_at_end") and cfg.tail_seconds == 0:
-        print("note: the agent was still speaking when the input ended; pass --tail 5 to hear the rest.")
+    if summary.get("agent_speaking_at_end"):
+        print("note: the agent was still speaking when the output ended; pass a longer --tail (seconds) to hear "
+              "the rest.")
     return 0
 
 
@@ -313,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--codec-weights", help="local weights directory for neural codecs (mimi, snac)")
     p.add_argument("--realtime", action="store_true", help="pace input and clock in real time like a live mic")
-    p.add_argument("--tail", type=float, default=0.0, help="seconds of silence after the input (default 0)")
+    p.add_argument("--tail", default="auto", metavar="auto|SECONDS",
+                   help="silence after the input so the agent can answer: 'auto' (default) runs on until the agent "
+                   "has been quiet for 1.5 s (at most 10 s); a number of seconds gives exactly that much")
     p.add_argument("--max-seconds", type=float, help="stop after this much input")
     p.add_argument("--out-rate", type=int, help="output sample rate (default: the codec's)")
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"], help="transformers backend engine")

@@ -133,11 +133,13 @@ class Session:
 
     # ---- the loop ------------------------------------------------------------------------------
     async def run(self, clock: FrameClock, max_frames: int | None = None, tail_frames: int = 0,
-                  wait_for_audio: bool = False) -> AsyncIterator[FrameOutput]:
-        """Yield one :class:`FrameOutput` per tick until the input ends (plus ``tail_frames`` of
-        silence so the agent can finish) or ``max_frames`` ticks. In real time with ``wait_for_audio``
-        the clock starts when the first user frame arrives."""
+                  wait_for_audio: bool = False, tail_quiet_frames: int | None = None) -> AsyncIterator[FrameOutput]:
+        """Yield one :class:`FrameOutput` per tick until the input ends (plus up to ``tail_frames`` of
+        silence so the agent can finish) or ``max_frames`` ticks. With ``tail_quiet_frames`` the tail ends
+        early once the agent has been quiet (no audible audio, no text) for that many frames of it. In
+        real time with ``wait_for_audio`` the clock starts when the first user frame arrives."""
         tail_left = tail_frames
+        quiet = 0  # agent-quiet frames in a row, counted in the tail only
         first: UserFrame | None = None
         if self.realtime and wait_for_audio:
             # A live source starts a little after the session: start the clock on its first frame
@@ -151,12 +153,17 @@ class Session:
                 user, underrun, first = first, False, None
             else:
                 user, underrun = await self._next_user_frame(tick.index)
-            if user is None:
-                if tail_left <= 0:
+            in_tail = user is None
+            if in_tail:
+                if tail_left <= 0 or (tail_quiet_frames is not None and quiet >= tail_quiet_frames):
                     break
                 tail_left -= 1
                 user = self._silent_user_frame(tick.index)
-            yield await self.process_frame(user, tick, underrun)
+            out = await self.process_frame(user, tick, underrun)
+            if in_tail:
+                talking = not out.forced and (out.mark.agent_rms >= self.policy.config.agent_talking_rms or out.text_delta)
+                quiet = 0 if talking else quiet + 1
+            yield out
         clock.stop()
 
     async def process_frame(self, user: UserFrame, tick: Tick, underrun: bool = False) -> FrameOutput:

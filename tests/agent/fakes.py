@@ -14,12 +14,15 @@ class TalkingModel(BackendSession):
         layout: the layout (codec2 700C in these tests).
         loud_codes: ``(Q_out,)`` codes that decode to audible speech-like sound.
         talk_from: first frame at which it starts talking.
+        talk_until: the frame at which it falls silent again (None = never).
     """
 
-    def __init__(self, layout: DuplexLayout, loud_codes: np.ndarray, talk_from: int = 0, text_id: int = 300) -> None:
+    def __init__(self, layout: DuplexLayout, loud_codes: np.ndarray, talk_from: int = 0, text_id: int = 300,
+                 talk_until: int | None = None) -> None:
         self.layout = layout
         self.loud = np.asarray(loud_codes, dtype=np.int64)
         self.talk_from = talk_from
+        self.talk_until = talk_until
         self.text_id = text_id
         self.calls: list[dict] = []
         self.frame = 0
@@ -31,7 +34,8 @@ class TalkingModel(BackendSession):
     async def step(self, user_codes, force_silence=False):
         self.calls.append({"frame": self.frame, "user": np.asarray(user_codes).copy(), "forced": force_silence})
         lay = self.layout
-        if force_silence or self.frame < self.talk_from:
+        quiet = self.frame < self.talk_from or (self.talk_until is not None and self.frame >= self.talk_until)
+        if force_silence or quiet:
             r = StepResult(self.frame, lay.pad_id, lay.agent_silence_codes(), forced=force_silence)
         else:
             r = StepResult(self.frame, self.text_id, self.loud.copy())

@@ -28,7 +28,9 @@ def _side(out: Path, suffix: str) -> Path:
 
 
 def _chat(run_cli, model: Path, inp: Path, out: Path, *extra: str | Path):
-    return run_cli("chat", "--in", inp, "--out", out, "--model", model, "-q", *extra)
+    """``duplex chat`` with no tail unless ``extra`` asks for one: these tests count the input's frames."""
+    tail = () if "--tail" in extra else ("--tail", "0")
+    return run_cli("chat", "--in", inp, "--out", out, "--model", model, "-q", *tail, *extra)
 
 
 def _mono(path: Path) -> tuple[np.ndarray, int]:
@@ -143,6 +145,19 @@ def test_tail_extends_output_by_requested_seconds(run_cli, nano_model, question_
     y, _ = read_stereo(tailed)
     assert np.all(y[a.frames:, 0] == 0.0)  # the user is silent in the tail
     assert _latency(tailed)["summary"]["input_seconds"] == _latency(plain)["summary"]["input_seconds"]
+
+
+def test_default_tail_lets_the_agent_answer_after_the_input_ends(run_cli, nano_model, question_wav, tmp_path):
+    """No --tail: the run goes on after the file until the agent has been quiet 1.5 s (at most 10 s)."""
+    from agent.chat import AUTO_TAIL_MAX_SECONDS, AUTO_TAIL_QUIET_SECONDS
+
+    out = tmp_path / "auto.wav"
+    res = run_cli("chat", "--in", question_wav, "--out", out, "--model", nano_model, "-q")
+    assert res.rc == 0, res.err
+    summary = _latency(out)["summary"]
+    extra = summary["output_seconds"] - summary["input_seconds"]
+    assert AUTO_TAIL_QUIET_SECONDS - 0.1 <= extra <= AUTO_TAIL_MAX_SECONDS + 0.1, summary
+    assert json.loads(_side(out, ".config.json").read_text())["chat"]["tail_seconds"] is None
 
 
 def test_out_rate_resamples_both_channels(run_cli, nano_model, question_wav, tmp_path):
@@ -412,6 +427,7 @@ def test_text_setting_takes_any_value_as_text(run_cli, nano_model, question_wav,
     (["--tail", "-1"], ["--tail"]),
     (["--tail", "nan"], ["--tail"]),
     (["--tail", "inf"], ["--tail"]),
+    (["--tail", "soon"], ["--tail"]),
     (["--max-seconds", "0"], ["--max-seconds"]),
     (["--max-seconds", "nan"], ["--max-seconds"]),
     (["--out-rate", "-5"], ["--out-rate"]),

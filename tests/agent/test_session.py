@@ -45,7 +45,7 @@ def speech_after_silence(tmp_path_factory):
     return np.concatenate([pad, speech, pad, pad]), rate
 
 
-async def run_offline(session: Session, audio: np.ndarray, max_frames=None):
+async def run_offline(session: Session, audio: np.ndarray, max_frames=None, **run_args):
     async def feed():
         for i in range(0, len(audio), 2205):
             await session.push_audio(audio[i:i + 2205])
@@ -55,7 +55,7 @@ async def run_offline(session: Session, audio: np.ndarray, max_frames=None):
 
     task = asyncio.create_task(feed())
     clock = FrameClock(session.frame_ms / 1000, realtime=False)
-    outs = [o async for o in session.run(clock, max_frames=max_frames)]
+    outs = [o async for o in session.run(clock, max_frames=max_frames, **run_args)]
     await task
     return outs
 
@@ -134,3 +134,29 @@ async def test_realtime_session_takes_queued_frames_in_order_on_a_virtual_clock(
     assert [o.user.index for o in outs] == list(range(12))
     assert not any(o.user_underrun for o in outs)
     assert clock.frames_late == 0
+
+
+async def _tail_run(codec, layout, loud_codes, talk_from, talk_until):
+    model = TalkingModel(layout, loud_codes, talk_from=talk_from, talk_until=talk_until)
+    session = Session(model, codec, default_tokenizer(), SessionConfig(), input_rate=8000)
+    silence = np.zeros(8000, np.float32)  # 1 s = 12.5 frames -> 13 input frames
+    outs = await run_offline(session, silence, tail_frames=60, tail_quiet_frames=5)
+    assert [o.index for o in outs] == list(range(len(outs)))
+    audible = [i for i, o in enumerate(outs) if o.mark.agent_rms >= session.config.policy.agent_talking_rms]
+    return outs, audible
+
+
+async def test_tail_runs_on_while_the_agent_talks_and_ends_once_it_has_been_quiet(codec, layout, loud_codes):
+    outs, audible = await _tail_run(codec, layout, loud_codes, talk_from=10, talk_until=30)
+    assert audible[-1] >= 29  # it talked well past the input's 13 frames...
+    assert len(outs) == audible[-1] + 1 + 5  # ...and the run ended after 5 quiet frames
+
+
+async def test_tail_ends_when_the_agent_stays_quiet_after_the_input(codec, layout, loud_codes):
+    outs, audible = await _tail_run(codec, layout, loud_codes, talk_from=40, talk_until=45)
+    assert len(outs) == 13 + 5 and not audible
+
+
+async def test_tail_cap_ends_an_agent_that_never_stops(codec, layout, loud_codes):
+    outs, audible = await _tail_run(codec, layout, loud_codes, talk_from=0, talk_until=None)
+    assert len(outs) == 13 + 60 and audible[-1] == len(outs) - 1
