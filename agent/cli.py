@@ -1,8 +1,9 @@
 """The ``duplex`` command line.
 
     duplex chat --in question.wav --out dialogue.wav [--model DIR] [--realtime] [--tail auto|SECONDS]
-    duplex model init OUT_DIR [--preset tiny | --base LLM_DIR] [--codec codec2]
+    duplex model init OUT_DIR [--preset tiny | --base LLM_DIR [--delta DELTA_DIR]] [--codec codec2]
     duplex model export SRC OUT_DIR [--dtype bfloat16]
+    duplex model delta SPEECH_BASE OUT_DIR --base LLM [--dtype float16]
     duplex doctor
     duplex bench step [--model DIR] [--frames 300]
     duplex bench train [--preset tiny] [--window-frames 78] [--batch-size 8]
@@ -165,13 +166,37 @@ def cmd_model_init(args: argparse.Namespace) -> int:
         overrides = json.loads(args.model_json) if args.model_json else None
     except json.JSONDecodeError as e:
         raise ValueError(f"--model-json is not valid JSON ({e}); e.g. --model-json '{{\"layers\": 6}}'.") from e
-    path = init_model(out, preset=args.preset, codec=args.codec, base=args.base, q_in=args.q_in, q_out=args.q_out,
-                      text_lead=args.text_lead, seed=args.seed, codec_weights=args.codec_weights,
-                      model_overrides=overrides)
+    if args.delta:
+        from think.delta import rebuild
+
+        if not args.base:
+            raise ValueError("--delta needs --base: the base LLM the delta was made on (e.g. --base smollm2).")
+        path = rebuild(args.delta, out, args.base)
+    else:
+        path = init_model(out, preset=args.preset, codec=args.codec, base=args.base, q_in=args.q_in,
+                          q_out=args.q_out, text_lead=args.text_lead, seed=args.seed,
+                          codec_weights=args.codec_weights, model_overrides=overrides)
     info = json.loads((path / "duplex_init.json").read_text())
     layout = json.loads((path / "duplex_layout.json").read_text())
     print(f"wrote {path}: {info['parameters'] / 1e6:.2f} M parameters, vocabulary {layout['vocab_size']} ids, "
           f"slot {layout['slot_size']} ids per {layout['codec']['frame_samples'] * 1000 / layout['codec']['sample_rate']:.0f} ms frame")
+    return 0
+
+
+def cmd_model_delta(args: argparse.Namespace) -> int:
+    from think.delta import make_delta
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} is not empty; pass --force to overwrite it.")
+    if not (args.tol > 0 and args.max_rank >= 1):
+        raise ValueError(f"--tol must be > 0 and --max-rank >= 1, got {args.tol} and {args.max_rank}.")
+    index = make_delta(args.src, out, args.base, tol=args.tol, max_rank=args.max_rank, dtype=args.dtype)
+    check = index["check"]
+    print(f"wrote {out}: {index['bytes'] / 1e6:.1f} MB ({index['low_rank_tensors']} low-rank updates up to rank "
+          f"{index['max_rank']}, new rows, {index['dtype']}); rebuilt vs {args.src}: max |logit diff| "
+          f"{check['max_abs_logit_diff']} (logits up to {check['logit_scale']}), argmax agreement "
+          f"{check['argmax_agreement']:.2%}")
     return 0
 
 
@@ -347,8 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-lead", type=int, default=1, help="frames the agent's text leads its audio (δ)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-json", help='shape overrides as JSON, e.g. \'{"layers": 6}\'')
+    p.add_argument("--delta", help="rebuild a speech base from --base and this `duplex model delta` directory")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
     p.set_defaults(func=cmd_model_init)
+    p = model.add_parser("delta", help="a speech base as a small delta on its base LLM (new rows + low-rank updates)")
+    p.add_argument("src", help="speech base checkpoint (the output of `duplex train --preset speech-duplex`)")
+    p.add_argument("out_dir")
+    p.add_argument("--base", required=True, help="the base LLM it was made from (e.g. smollm2)")
+    p.add_argument("--tol", type=float, default=1e-3, help="largest residual of each low-rank update, relative to "
+                   "the update's norm (merged LoRA updates are exactly low-rank)")
+    p.add_argument("--max-rank", type=int, default=128, help="refuse updates that need a higher rank")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="storage (float16 by default: rebuilt logits within ~0.02 of the original)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+    p.set_defaults(func=cmd_model_delta)
     p = model.add_parser("export", help="a shipping copy of a trained checkpoint (bfloat16 weights by default)")
     p.add_argument("src", help="checkpoint directory (e.g. the output of `duplex train`)")
     p.add_argument("out_dir")

@@ -269,6 +269,43 @@ def _chat_loss(shards, model_dir) -> float:
     return float(np.mean(losses))
 
 
+def test_the_speech_base_ships_as_a_small_delta_and_rebuilds_from_the_installed_base(smol, stage_b, capsys):
+    """Issue 8: what ships is the new rows + the merged LoRA updates in low rank, not a copy of the 135M base."""
+    from think.checkpoint import load_checkpoint
+    from think.delta import DELTA_INDEX, DELTA_WEIGHTS, compare_logits
+
+    delta, rebuilt = smol / "delta", smol / "rebuilt"
+    t0 = time.perf_counter()
+    assert main(["model", "delta", str(stage_b), str(delta), "--base", "smollm2"]) == 0
+    TIMES["model delta"] = time.perf_counter() - t0
+    print(capsys.readouterr().out)
+    index = json.loads((delta / DELTA_INDEX).read_text())
+    kinds = {e["kind"] for e in index["entries"].values()}
+    assert kinds == {"rows", "low_rank"}  # the projections' updates and the new rows; norms untouched
+    # two smoke stages of LoRA rank 4: every merged update has rank <= 8
+    assert 0 < index["max_rank"] <= 8 and index["low_rank_tensors"] == 7 * 30  # q k v o gate up down x 30 layers
+    size, full = (delta / DELTA_WEIGHTS).stat().st_size, (stage_b / "model.safetensors").stat().st_size
+    assert size < 0.1 * full, (size, full)
+    assert index["check"]["argmax_agreement"] >= 0.99
+
+    t0 = time.perf_counter()
+    assert main(["model", "init", str(rebuilt), "--base", "smollm2", "--delta", str(delta)]) == 0
+    TIMES["rebuild"] = time.perf_counter() - t0
+    a, b = load_checkpoint(stage_b), load_checkpoint(rebuilt)
+    assert a.layout == b.layout
+    assert (rebuilt / "tokenizer.json").read_text() == (stage_b / "tokenizer.json").read_text()
+    assert (rebuilt / "chat_template.jinja").read_text() == (stage_b / "chat_template.jinja").read_text()
+    check = compare_logits(a.model, b.model, a.layout.vocab_size, seed=1)
+    assert check["argmax_agreement"] >= 0.99 and check["max_abs_logit_diff"] < 0.05 * check["logit_scale"], check
+
+    # Another base is refused by its weights' fingerprint, before anything is written.
+    index["base_fingerprint"] = "0" * 64
+    (delta / DELTA_INDEX).write_text(json.dumps(index))
+    assert main(["model", "init", str(smol / "wrong"), "--base", "smollm2", "--delta", str(delta)]) == 2
+    assert "not the base this delta was made on" in capsys.readouterr().err
+    assert not (smol / "wrong" / "model.safetensors").exists()
+
+
 def test_a_lora_adapter_on_the_speech_base_is_servable(smol, stage_b):
     from think.transformers_backend import TransformersBackend
 
