@@ -56,18 +56,21 @@ def _unique(state: dict) -> dict:
     return out
 
 
-def _low_rank(diff: Any, tol: float, max_rank: int) -> tuple[Any, Any, float]:
-    """``diff`` ``(out, in)`` ~ ``up @ down`` at the smallest rank whose residual is <= ``tol`` of ``|diff|``.
+def _low_rank(diff: Any, tol: float, max_rank: int, floor: float) -> tuple[Any, Any, float]:
+    """``diff`` ``(out, in)`` ~ ``up @ down`` at the smallest rank whose residual is <= ``tol`` of ``|diff|``
+    or <= ``floor`` (absolute).
 
     Merged LoRA updates are exactly low-rank, so their spectrum drops by orders of magnitude after rank
-    2r; a residual judged against the weight itself would drop small (early-training) updates whole."""
+    2r; a residual judged against the weight itself would drop small (early-training) updates whole. The
+    floor is the weight's own float32 rounding (adding the update rounded every element), which is
+    full-rank: without it a small update would look like a full fine-tune."""
     import torch
 
     u, s, vh = torch.linalg.svd(diff.to(torch.float64), full_matrices=False)
     tail = torch.sqrt(torch.flip(torch.cumsum(torch.flip(s ** 2, [0]), 0), [0]))  # tail[k] = residual at rank k
     tail = torch.cat([tail, torch.zeros(1, dtype=tail.dtype)])
     norm = float(tail[0])
-    ok = (tail <= tol * norm).nonzero()
+    ok = (tail <= max(tol * norm, floor)).nonzero()
     k = int(ok[0]) if len(ok) else len(s)
     if k > max_rank:
         raise ValueError(f"needs rank {k} (> --max-rank {max_rank}) to stay within tol={tol} of itself")
@@ -128,7 +131,8 @@ def make_delta(model_dir: str | Path, out_dir: str | Path, base: str | Path, tol
             entries[name] = {"kind": "full"}
             continue
         try:
-            up, down, err = _low_rank(diff, tol, max_rank)
+            # 1e-6 of the weight: ~30x the float32 rounding of its elements, ~500x below float16 storage's error
+            up, down, err = _low_rank(diff, tol, max_rank, floor=1e-6 * float(torch.linalg.norm(w)))
         except ValueError as e:
             raise ValueError(f"{name}: the update {e}; a full fine-tune is no speech base delta (ship the model "
                              f"itself, or raise --max-rank / --tol).") from None
