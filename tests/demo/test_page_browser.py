@@ -7,6 +7,7 @@ latency marks arrived, barge-in flushed the playback, and the conversation downl
 It also records the page's own "end of user speech -> first agent audio" marks (the AudioWorklet's
 audio clock: the last loud microphone block -> the first loud played block after it) and prints them
 as JSON (also written to ``$DUPLEX_LATENCY_REPORT`` when set). Numbers are reported, not asserted.
+``$DUPLEX_PAGE_WAV`` keeps the downloaded conversation (what the page heard and played) for offline study.
 """
 from __future__ import annotations
 
@@ -154,6 +155,8 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             with page.expect_download(timeout=20000) as dl:
                 page.click(".dx-download")
             wav = Path(dl.value.path()).read_bytes()
+            if os.environ.get("DUPLEX_PAGE_WAV"):
+                Path(os.environ["DUPLEX_PAGE_WAV"]).write_bytes(wav)
             page.click(".dx-start")  # stop
             assert not errors, errors
             assert not outside, f"the page tried to reach the network: {outside[:3]}"
