@@ -7,7 +7,9 @@ decimates the browser's 24 kHz PCM by 3 with its own polyphase filter (``listen.
 encoded through soxr LQ instead of HQ agrees on only 9-38 % of the ids per codebook (measured on
 ``data-tiny``), and a model trained on HQ ids alone took 41 % of turn ends through the LQ path vs 80 %
 through HQ. So ``duplex data tokenize`` draws one path per dialogue for the user channel (the agent's own
-channel, the targets, stays on the clean HQ path): the model then hears every serving path's ids.
+channel, the targets, stays on the clean HQ path): the model then hears every serving path's ids. A page in
+a browser puts WebRTC's audio processing (echo cancellation, noise suppression, high-pass) in front of the
+server's path, and that too moves the ids (``browser-apm``, measured in ``browser_apm``).
 
 Each path name says what it emulates; all return ``(M,)`` float32 at ``out_rate`` for the whole signal.
 """
@@ -27,6 +29,9 @@ MIC_PATHS = {
     "soxr-lq-48k": "the same from a 48 kHz microphone",
     "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16, decimated by an integer factor "
                     "(8 kHz codecs) or resampled by the session's soxr LQ (16 kHz codecs)",
+    "browser-apm": "the page in a browser: WebRTC audio processing at 48 kHz (echo cancellation with the agent as "
+                   "far end, noise suppression, high-pass; what Chromium applies with echoCancellation on), then "
+                   "the server's 24 kHz path",
 }
 DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
 OFFLINE_PATHS = ("soxr-hq",)  # what shards made before the paths existed used
@@ -49,8 +54,56 @@ def _soxr(x: np.ndarray, in_rate: int, out_rate: int, quality: str) -> np.ndarra
     return np.concatenate([rs.process(x), rs.flush()])
 
 
-def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.ndarray:
-    """``pcm`` ``(N,)`` float32 at ``rate`` -> ``(M,)`` float32 at ``out_rate`` the way ``path`` does it."""
+APM_RATE = 48000
+_APM_FRAME = APM_RATE // 100  # WebRTC's audio processing takes 10 ms frames
+
+
+def _pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None) -> np.ndarray:
+    """``(N,)`` float32 at 48 kHz through WebRTC's audio processing as a browser page runs it (``far48``: what
+    the speaker played, the echo canceller's reference) -> ``(N // 480 * 480,)`` float32.
+
+    Why a path of its own: measured on the shipped default and the page's own recordings, Chromium's
+    processing (mostly its band-split filters and high-pass, not the level: -0.4 dB) changes codec2 700C's
+    ids enough that the model waited a median 491 ms after the user's end instead of 340 ms on the same
+    audio unprocessed; this module reproduces it (491 ms offline)."""
+    try:
+        from livekit import rtc
+    except ImportError:
+        raise ValueError("The browser-apm microphone path needs WebRTC's audio processing from the livekit "
+                         "package: pip install livekit (or pass --mic-paths without browser-apm).") from None
+    apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=True, high_pass_filter=True,
+                                    auto_gain_control=False)
+    n = _APM_FRAME
+    out = np.empty(len(x48) // n * n, np.float32)
+    for i in range(0, len(out), n):
+        if far48 is not None:
+            f = far48[i:i + n]
+            f = np.pad(f, (0, n - len(f)))
+            apm.process_reverse_stream(rtc.AudioFrame(_pcm16(f), APM_RATE, 1, n))
+        frame = rtc.AudioFrame(_pcm16(x48[i:i + n]), APM_RATE, 1, n)
+        apm.process_stream(frame)
+        out[i:i + n] = np.frombuffer(bytes(frame.data), dtype="<i2").astype(np.float32) / 32768.0
+    return out
+
+
+def _server(x: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
+    """The client's PCM16 wire at the server's default rate, then what the server does with it: its integer
+    decimator where the ratio allows (24 -> 8 kHz), otherwise the listener's soxr at the session default."""
+    wire = SERVER_INPUT_RATE
+    up = pcm16_bytes_to_float32(float32_to_pcm16_bytes(_soxr(x, rate, wire, "HQ")))
+    dec = InputDecimator.for_rates(wire, out_rate)
+    if dec is None:
+        return _soxr(up, wire, out_rate, SESSION_RESAMPLE_QUALITY)
+    return dec.process(up)
+
+
+def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.ndarray | None = None) -> np.ndarray:
+    """``pcm`` ``(N,)`` float32 at ``rate`` -> ``(M,)`` float32 at ``out_rate`` the way ``path`` does it
+    (``far``: the agent's channel at ``rate``, the echo canceller's reference on ``browser-apm``)."""
     x = np.asarray(pcm, dtype=np.float32)
     if path == "soxr-hq":
         return _soxr(x, rate, out_rate, "HQ")
@@ -59,14 +112,13 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str) -> np.nd
     if path == "soxr-lq-48k":
         return _soxr(_soxr(x, rate, 48000, "HQ"), 48000, out_rate, "LQ")
     if path == "decimate-24k":
-        # The client's PCM16 wire at the server's default rate, then what the server does with it: its integer
-        # decimator where the ratio allows (24 -> 8 kHz), otherwise the listener's soxr at the session default.
-        wire = SERVER_INPUT_RATE
-        up = pcm16_bytes_to_float32(float32_to_pcm16_bytes(_soxr(x, rate, wire, "HQ")))
-        dec = InputDecimator.for_rates(wire, out_rate)
-        if dec is None:
-            return _soxr(up, wire, out_rate, SESSION_RESAMPLE_QUALITY)
-        return dec.process(up)
+        return _server(x, rate, out_rate)
+    if path == "browser-apm":
+        x48 = _soxr(x, rate, APM_RATE, "HQ")
+        far48 = None if far is None else _soxr(np.asarray(far, np.float32), rate, APM_RATE, "HQ")
+        y = browser_apm(x48, far48)
+        y = np.concatenate([y, x48[len(y):]])  # the last < 10 ms, unprocessed, so the length is kept
+        return _server(y, APM_RATE, out_rate)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
 
 

@@ -54,10 +54,11 @@ class TokenizedDialogue:
     split: str
 
 
-def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq") -> np.ndarray:
-    """Bring to the codec rate the way ``path`` (``mic_paths.py``) does and encode exactly ``frames`` frames
-    -> ``(frames, Q)``."""
-    x = to_codec_rate(pcm, rate, codec.spec.sample_rate, path)
+def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq",
+                    far: np.ndarray | None = None) -> np.ndarray:
+    """Bring to the codec rate the way ``path`` (``mic_paths.py``) does (``far``: the agent's channel, for the
+    echo canceller of ``browser-apm``) and encode exactly ``frames`` frames -> ``(frames, Q)``."""
+    x = to_codec_rate(pcm, rate, codec.spec.sample_rate, path, far=far)
     need = frames * codec.spec.frame_samples
     x = np.pad(x[:need], (0, max(0, need - len(x))))
     return codec.encode_all(x)[:frames]
@@ -107,7 +108,7 @@ def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayo
     if audio.shape[1] != 2:
         raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
     frames = int(math.ceil(len(audio) / rate * 1000.0 / layout.frame_ms))
-    user = _encode_channel(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths))
+    user = _encode_channel(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths), far=audio[:, 1])
     agent = _encode_channel(codec, audio[:, 1], rate, frames)
     text = text_track(record, layout, tokenizer, frames)
     user_ids = layout.user_ids(user)  # (frames, Q_in)

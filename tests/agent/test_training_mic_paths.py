@@ -84,6 +84,20 @@ def test_decimate_path_gives_a_16khz_codec_the_ids_the_realtime_server_hears(spe
     assert len(codes) >= frames - 1 and (codes[:frames] == offline[:len(codes)]).all()
 
 
+def test_browser_path_runs_webrtc_processing_before_the_server_path(speech, codec):
+    """What a page in a browser sends: WebRTC's processing (with the agent as the echo canceller's far end),
+    then the server's path. Deterministic, and it moves codec2's ids away from the plain server path."""
+    frames = _frames(speech)
+    far = np.roll(speech, RATE) * 0.5  # the agent's channel: other speech at other times
+    a = to_codec_rate(speech, RATE, 8000, "browser-apm", far=far)
+    assert np.array_equal(a, to_codec_rate(speech, RATE, 8000, "browser-apm", far=far))
+    assert abs(len(a) - len(speech) // 2) <= 8 and np.isfinite(a).all()
+    assert not np.array_equal(a, to_codec_rate(speech, RATE, 8000, "browser-apm"))  # the far end is used
+    server = _encode_channel(codec, speech, RATE, frames, "decimate-24k")
+    browser = _encode_channel(codec, speech, RATE, frames, "browser-apm", far=far)
+    assert browser.shape == server.shape and (browser == server).mean() < 0.8
+
+
 def test_the_paths_give_codec2_different_ids_for_the_same_speech(speech, codec):
     """Why the paths are drawn at all: codec2 700C's ids depend on the resampler's filter."""
     frames = _frames(speech)
