@@ -7,7 +7,8 @@ latency marks arrived, barge-in flushed the playback, and the conversation downl
 It also records the page's own "end of user speech -> first agent audio" marks (the AudioWorklet's
 audio clock: the last loud microphone block -> the first loud played block after it) and prints them
 as JSON (also written to ``$DUPLEX_LATENCY_REPORT`` when set). Numbers are reported, not asserted.
-``$DUPLEX_PAGE_WAV`` keeps the downloaded conversation (what the page heard and played) for offline study.
+``$DUPLEX_PAGE_WAV`` keeps the downloaded conversation (what the page heard and played) for offline study;
+``$DUPLEX_PAGE_MODEL`` serves another checkpoint directory instead of the embedded default (to compare).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def page_server(tmp_path_factory):
     os.environ["DUPLEX_CACHE"] = str(tmp_path_factory.getbasetemp() / "duplex-cache")
     try:
         cfg = ServerConfig(port=0)
-        server = build_server(None, cfg)
+        other = os.environ.get("DUPLEX_PAGE_MODEL")
+        server = build_server([other] if other else None, cfg)
         with BackgroundServer(create_demo_app(server), cfg) as srv:
             srv.realtime = server
             yield srv
