@@ -55,39 +55,37 @@ def _soxr(x: np.ndarray, in_rate: int, out_rate: int, quality: str) -> np.ndarra
 
 
 APM_RATE = 48000
-_APM_FRAME = APM_RATE // 100  # WebRTC's audio processing takes 10 ms frames
-
-
-def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
 def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None) -> np.ndarray:
     """``(N,)`` float32 at 48 kHz through WebRTC's audio processing as a browser page runs it (``far48``: what
     the speaker played, the echo canceller's reference) -> ``(N // 480 * 480,)`` float32.
 
+    The daemon's :class:`agent.daemon.echo.EchoCanceller` runs the module (livekit's), here with what Chromium
+    turns on with ``echoCancellation`` (echo cancellation, noise suppression, high-pass), no warm-up gate,
+    and the far end fed one 10 ms frame ahead of each microphone frame.
+
     Why a path of its own: measured on the shipped default and the page's own recordings, Chromium's
     processing (mostly its band-split filters and high-pass, not the level: -0.4 dB) changes codec2 700C's
     ids enough that the model waited a median 491 ms after the user's end instead of 340 ms on the same
-    audio unprocessed; this module reproduces it (491 ms offline)."""
+    audio unprocessed; this module reproduces it offline."""
+    from agent.daemon.config import EchoConfig
+    from agent.daemon.echo import EchoCanceller, EchoUnavailable
+
+    config = EchoConfig(aec=True, noise_suppression=True, high_pass_filter=True, auto_gain_control=False,
+                        warmup_seconds=0.0, half_duplex=False, stream_delay_ms=0.0)
     try:
-        from livekit import rtc
-    except ImportError:
+        apm = EchoCanceller(config, rate=APM_RATE)
+    except EchoUnavailable:
         raise ValueError("The browser-apm microphone path needs WebRTC's audio processing from the livekit "
                          "package: pip install livekit (or pass --mic-paths without browser-apm).") from None
-    apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=True, high_pass_filter=True,
-                                    auto_gain_control=False)
-    n = _APM_FRAME
-    out = np.empty(len(x48) // n * n, np.float32)
-    for i in range(0, len(out), n):
+    n = APM_RATE // 100
+    out = []
+    for i in range(0, len(x48) // n * n, n):
         if far48 is not None:
-            f = far48[i:i + n]
-            f = np.pad(f, (0, n - len(f)))
-            apm.process_reverse_stream(rtc.AudioFrame(_pcm16(f), APM_RATE, 1, n))
-        frame = rtc.AudioFrame(_pcm16(x48[i:i + n]), APM_RATE, 1, n)
-        apm.process_stream(frame)
-        out[i:i + n] = np.frombuffer(bytes(frame.data), dtype="<i2").astype(np.float32) / 32768.0
-    return out
+            apm.add_reference(np.pad(far48[i:i + n], (0, max(0, i + n - len(far48)))))
+        out.append(apm.process(x48[i:i + n]))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def _server(x: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
