@@ -50,6 +50,9 @@ class EvalConfig:
         active_rms: agent audio level above which the agent counts as speaking.
         stop_quiet_frames: consecutive quiet frames that count as "the agent stopped".
         asr: also score intelligibility through the offline recogniser.
+        mic_path: how the user channel reaches the codec rate. Empty: the session resamples the WAV itself
+            (what ``duplex chat`` does). A name from ``agent/training/mic_paths.py`` first takes it the way
+            that live input does, e.g. ``browser-apm`` to score the model as the page's users hear it.
     """
 
     data: str = ""
@@ -59,6 +62,7 @@ class EvalConfig:
     active_rms: float = 0.02
     stop_quiet_frames: int = 2
     asr: bool = False
+    mic_path: str = ""
 
 
 @dataclass
@@ -87,11 +91,17 @@ def answer_score(said: str, expected: str) -> dict:
     return {"contains": recall == 1.0, "f1": round(f1, 4)}
 
 
-async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig, wav: Path) -> tuple[list, float]:
+async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig, wav: Path,
+                        mic_path: str = "") -> tuple[list, float]:
     audio, rate = read_wav(wav)
+    user = audio[:, 0]
+    if mic_path:  # the live path's own resampling (and processing) replaces the session's
+        from agent.training.mic_paths import to_codec_rate
+
+        user = to_codec_rate(user, rate, codec.spec.sample_rate, mic_path, far=audio[:, 1])
+        rate = codec.spec.sample_rate
     session = Session(backend.open_session(cfg.sampling, cfg.system_prompt), codec, backend.tokenizer, cfg,
                       input_rate=rate)
-    user = audio[:, 0]
 
     async def feed() -> None:
         for i in range(0, len(user), rate):
@@ -257,6 +267,10 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
         raise FileNotFoundError(f"No {cfg.split!r} dialogues in {data}; make them with `duplex data synth`.")
     if cfg.limit:
         records = records[: cfg.limit]
+    if cfg.mic_path:
+        from agent.training.mic_paths import check_paths
+
+        check_paths([cfg.mic_path])
     session_cfg = session_cfg or SessionConfig()
     backend = TransformersBackend.from_dir(resolve_model(model))
     codec = codec_for_layout(backend.layout)
@@ -264,7 +278,7 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     scores: list[DialogueScore] = []
     runs: list[tuple[list, Path, int]] = []
     for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
-        outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav))
+        outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
         scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
         if cfg.asr:
             runs.append((outs, wav, codec.spec.sample_rate))

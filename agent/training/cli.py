@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from agent.config import resolve_session_config
     from agent.evaluate import EvalConfig, run_eval
 
-    cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr)
+    cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr, mic_path=args.mic_path)
     result = run_eval(cfg, args.model, args.out, resolve_session_config(args.config, args.overrides),
                       progress=not args.quiet)
     print(json.dumps(result["summary"], indent=2))
@@ -118,6 +118,9 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="at most this many dialogues")
     p.add_argument("--asr", action="store_true", help="also score intelligibility with Whisper tiny.en ([eval] extra)")
+    p.add_argument("--mic-path", default="", metavar="PATH",
+                   help="take the user channel the way a live input does first (agent/training/mic_paths.py), e.g. "
+                        "browser-apm for the page; default: the session resamples the WAV")
     p.add_argument("--config", help="session config file or preset (default: greedy decoding is NOT implied)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -180,6 +180,56 @@ def test_eval_scores_held_out_dialogues_through_the_loop(dialogues, nano_model_d
     assert s["agent_speech_wer"] is None or s["agent_speech_wer"] > s["clean_tts_wer"]
 
 
+def test_eval_can_hear_the_user_through_a_live_input_path(dialogues, nano_model_dir, tmp_path, capsys):
+    """`--mic-path browser-apm` scores the model on what the page's WebRTC processing passes on; an unknown
+    path is refused in one sentence that names the choices."""
+    data = tmp_path / "data"
+    data.mkdir()
+    record = json.loads((dialogues / "d0.json").read_text())
+    record["split"] = "test"
+    record["events"] = [{"type": "turn_end", "time": record["turns"][0]["end"]}]
+    (data / "d0.json").write_text(json.dumps(record))
+    (data / "d0.wav").write_bytes((dialogues / "d0.wav").read_bytes())
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "-q",
+                 "--mic-path", "browser-apm"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["config"]["mic_path"] == "browser-apm"
+    assert result["summary"]["dialogues"] == 1 and len(result["dialogues"][0]["turn_ends"]) == 1
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "-q",
+                 "--mic-path", "telephone"]) == 2
+    err = capsys.readouterr().err
+    assert "telephone" in err and "browser-apm" in err
+
+
+def test_eval_mic_path_changes_what_the_model_hears(monkeypatch, dialogues, nano_model_dir):
+    """The path's audio, at the codec rate, is what the session is given (not the WAV resampled again)."""
+    import asyncio
+
+    from agent import evaluate
+    from agent.config import SessionConfig
+    from agent.models import codec_for_layout
+    from think.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    codec = codec_for_layout(backend.layout)
+    rates = []
+    real = evaluate.Session
+
+    def spy(*args, input_rate, **kw):
+        rates.append(input_rate)
+        return real(*args, input_rate=input_rate, **kw)
+
+    monkeypatch.setattr(evaluate, "Session", spy)
+    wav = dialogues / "d0.wav"
+    plain, _ = asyncio.run(evaluate._run_dialogue(backend, codec, SessionConfig(), wav))
+    apm, _ = asyncio.run(evaluate._run_dialogue(backend, codec, SessionConfig(), wav, "browser-apm"))
+    assert rates[0] != codec.spec.sample_rate and rates[1] == codec.spec.sample_rate
+    assert abs(len(plain) - len(apm)) <= 1  # same conversation length, frame for frame
+    assert any((a.user.codes != b.user.codes).any() for a, b in zip(plain, apm))
+
+
 def test_answer_score_rewards_the_expected_words():
     from agent.evaluate import answer_score
 
