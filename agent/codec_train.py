@@ -286,10 +286,10 @@ def train(cfg: CodecTrainConfig, resume: bool = True, progress: bool = True) -> 
 
     from agent.data.speech import read_manifest
     from streaming.codecs.fsq import FSQConfig, build_model, save_weights
+    from think.device import resolve_device
 
     torch.set_num_threads(max(1, int(cfg.threads)))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     if device.type == "cuda":  # TF32 matmuls/convs: the norm for training on GPUs, ~free accuracy-wise here
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -35,6 +35,7 @@ from agent.models import codec_for_layout, resolve_model
 from agent.session import Session
 from listen.wavio import read_wav
 from streaming.clock import FrameClock
+from think.device import resolve_device
 from think.transformers_backend import TransformersBackend
 
 
@@ -53,6 +54,8 @@ class EvalConfig:
         mic_path: how the user channel reaches the codec rate. Empty: the session resamples the WAV itself
             (what ``duplex chat`` does). A name from ``agent/training/mic_paths.py`` first takes it the way
             that live input does, e.g. ``browser-apm`` to score the model as the page's users hear it.
+        device: where the model runs: auto (CUDA when torch sees one), cpu, cuda or cuda:N. Real-size
+            models (the SmolLM2 speech base, ~0.8 s per frame on a CPU) need a GPU to be scored in minutes.
     """
 
     data: str = ""
@@ -63,6 +66,7 @@ class EvalConfig:
     stop_quiet_frames: int = 2
     asr: bool = False
     mic_path: str = ""
+    device: str = "auto"
 
 
 @dataclass
@@ -272,7 +276,7 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
 
         check_paths([cfg.mic_path])
     session_cfg = session_cfg or SessionConfig()
-    backend = TransformersBackend.from_dir(resolve_model(model))
+    backend = TransformersBackend.from_dir(resolve_model(model), device=str(resolve_device(cfg.device)))
     codec = codec_for_layout(backend.layout)
     lay = backend.layout
     scores: list[DialogueScore] = []

@@ -88,10 +88,15 @@ class SlotMasks:
 
 def sample(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int,
            generator: torch.Generator | None) -> int:
-    """Draw one index into ``logits`` ``(n,)`` (a row window) restricted by ``mask`` ``(n,)``."""
+    """Draw one index into ``logits`` ``(n,)`` (a row window) restricted by ``mask`` ``(n,)``.
+
+    The draw happens where ``generator`` lives (a session's seeded CPU generator), so a model on a GPU
+    samples the same sequence as on the CPU and the seed means the same thing on both."""
     scores = logits.float() + mask
     if temperature <= 0.0:
         return int(torch.argmax(scores))
+    if generator is not None and scores.device != generator.device:
+        scores = scores.to(generator.device)
     if 0 < top_k < scores.shape[-1]:
         # Sample among the k best only: softmax and multinomial over k values, not the whole window.
         values, indices = torch.topk(scores, top_k)

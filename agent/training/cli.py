@@ -65,7 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from agent.config import resolve_session_config
     from agent.evaluate import EvalConfig, run_eval
 
-    cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr, mic_path=args.mic_path)
+    cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr, mic_path=args.mic_path,
+                     device=args.device)
     result = run_eval(cfg, args.model, args.out, resolve_session_config(args.config, args.overrides),
                       progress=not args.quiet)
     print(json.dumps(result["summary"], indent=2))
@@ -121,6 +122,7 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--mic-path", default="", metavar="PATH",
                    help="take the user channel the way a live input does first (agent/training/mic_paths.py), e.g. "
                         "browser-apm for the page; default: the session resamples the WAV")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees one), cpu, cuda or cuda:N")
     p.add_argument("--config", help="session config file or preset (default: greedy decoding is NOT implied)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true")

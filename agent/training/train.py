@@ -36,6 +36,7 @@ from agent.training.loss import role_losses, stream_losses
 from agent.training.schedule import run_progress, warmup_cosine
 from agent.training.tokenize import load_split, shard_layout
 from think.checkpoint import load_checkpoint
+from think.device import resolve_device
 from think.layout import DuplexLayout
 from think.tokenizer import TOKENIZER_FILE
 
@@ -263,11 +264,7 @@ def forward_loss(model: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, 
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device!r} was asked for but torch sees no CUDA device.")
-    return torch.device(cfg.device)
+    return resolve_device(cfg.device)
 
 
 def _to(cfg: TrainConfig, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
