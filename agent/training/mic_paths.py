@@ -9,7 +9,8 @@ encoded through soxr LQ instead of HQ agrees on only 9-38 % of the ids per codeb
 through HQ. So ``duplex data tokenize`` draws one path per dialogue for the user channel (the agent's own
 channel, the targets, stays on the clean HQ path): the model then hears every serving path's ids. A page in
 a browser puts WebRTC's audio processing (echo cancellation, noise suppression, high-pass) in front of the
-server's path, and that too moves the ids (``browser-apm``, measured in ``browser_apm``).
+server's path, and that too moves the ids (``browser-apm``, measured in ``browser_apm``); the daemon runs
+the same processing at its 16 kHz process rate before the session's resampler (``daemon-apm``).
 
 Each path name says what it emulates; all return ``(M,)`` float32 at ``out_rate`` for the whole signal.
 """
@@ -32,6 +33,8 @@ MIC_PATHS = {
     "browser-apm": "the page in a browser: WebRTC audio processing at 48 kHz (echo cancellation with the agent as "
                    "far end, noise suppression, high-pass; what Chromium applies with echoCancellation on), then "
                    "the server's 24 kHz path",
+    "daemon-apm": "the microphone daemon: WebRTC audio processing at its 16 kHz process rate (echo cancellation "
+                  "with the agent as far end, noise suppression, high-pass), then the session's soxr LQ",
 }
 DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
 OFFLINE_PATHS = ("soxr-hq",)  # what shards made before the paths existed used
@@ -54,12 +57,14 @@ def _soxr(x: np.ndarray, in_rate: int, out_rate: int, quality: str) -> np.ndarra
     return np.concatenate([rs.process(x), rs.flush()])
 
 
-APM_RATE = 48000
+APM_RATE = 48000  # Chromium runs WebRTC's processing at 48 kHz
+DAEMON_PROCESS_RATE = 16000  # agent.daemon.config.AudioConfig.process_rate
 
 
-def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None) -> np.ndarray:
-    """``(N,)`` float32 at 48 kHz through WebRTC's audio processing as a browser page runs it (``far48``: what
-    the speaker played, the echo canceller's reference) -> ``(N // 480 * 480,)`` float32.
+def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None, rate: int = APM_RATE) -> np.ndarray:
+    """``(N,)`` float32 at ``rate`` (48 kHz in a browser, the daemon's 16 kHz) through WebRTC's audio
+    processing as a browser page runs it (``far48``: what the speaker played, the echo canceller's reference,
+    at the same rate) -> ``(N // (rate / 100) * (rate / 100),)`` float32.
 
     The daemon's :class:`agent.daemon.echo.EchoCanceller` runs the module (livekit's), here with what Chromium
     turns on with ``echoCancellation`` (echo cancellation, noise suppression, high-pass), no warm-up gate,
@@ -75,11 +80,11 @@ def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None) -> np.ndarray:
     config = EchoConfig(aec=True, noise_suppression=True, high_pass_filter=True, auto_gain_control=False,
                         warmup_seconds=0.0, half_duplex=False, stream_delay_ms=0.0)
     try:
-        apm = EchoCanceller(config, rate=APM_RATE)
+        apm = EchoCanceller(config, rate=rate)
     except EchoUnavailable:
-        raise ValueError("The browser-apm microphone path needs WebRTC's audio processing from the livekit "
-                         "package: pip install livekit (or pass --mic-paths without browser-apm).") from None
-    n = APM_RATE // 100
+        raise ValueError("The browser-apm and daemon-apm microphone paths need WebRTC's audio processing from the "
+                         "livekit package: pip install livekit (or pass --mic-paths without them).") from None
+    n = rate // 100
     out = []
     for i in range(0, len(x48) // n * n, n):
         if far48 is not None:
@@ -117,6 +122,12 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.
         y = browser_apm(x48, far48)
         y = np.concatenate([y, x48[len(y):]])  # the last < 10 ms, unprocessed, so the length is kept
         return _server(y, APM_RATE, out_rate)
+    if path == "daemon-apm":
+        x16 = _soxr(x, rate, DAEMON_PROCESS_RATE, "LQ")  # the daemon's edge resampler (a no-op from 16 kHz)
+        far16 = None if far is None else _soxr(np.asarray(far, np.float32), rate, DAEMON_PROCESS_RATE, "LQ")
+        y = browser_apm(x16, far16, DAEMON_PROCESS_RATE)
+        y = np.concatenate([y, x16[len(y):]])
+        return _soxr(y, DAEMON_PROCESS_RATE, out_rate, SESSION_RESAMPLE_QUALITY)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
 
 

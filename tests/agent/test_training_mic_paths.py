@@ -98,6 +98,34 @@ def test_browser_path_runs_webrtc_processing_before_the_server_path(speech, code
     assert browser.shape == server.shape and (browser == server).mean() < 0.8
 
 
+def test_daemon_path_is_the_daemons_echo_canceller_then_the_sessions_resampler(speech, codec):
+    """What the microphone daemon hands the brain: WebRTC's processing at its 16 kHz process rate (the agent's
+    voice as the far end), then the session's soxr LQ. Rebuilt here from the daemon's own parts."""
+    from agent.config import SessionConfig
+    from agent.daemon.config import AudioConfig, EchoConfig
+    from agent.daemon.echo import EchoCanceller
+
+    far = np.roll(speech, RATE) * 0.5
+    path = to_codec_rate(speech, RATE, 8000, "daemon-apm", far=far)
+    assert AudioConfig().process_rate == RATE
+    apm = EchoCanceller(EchoConfig(warmup_seconds=0.0, stream_delay_ms=0.0), rate=RATE)
+    n = RATE // 100
+    heard = []
+    for i in range(0, len(speech) // n * n, n):
+        apm.add_reference(far[i:i + n])
+        heard.append(apm.process(speech[i:i + n]))
+    heard = np.concatenate(heard + [speech[len(speech) // n * n:]])
+    assert abs(len(path) - len(speech) // 2) <= 8 and np.isfinite(path).all()
+    frames = _frames(speech)
+    daemon = _encode_channel(codec, speech, RATE, frames, "daemon-apm", far=far)
+    listener = Listener(codec, RATE, resample_quality=SessionConfig().resample_quality)  # as a session does
+    live = listener.push(heard) + listener.flush()
+    codes = np.array([f.codes for f in live])
+    assert len(codes) >= frames - 1 and (codes[:frames] == daemon[:len(codes)]).all()
+    plain = _encode_channel(codec, speech, RATE, frames, "soxr-lq")
+    assert daemon.shape == plain.shape and (daemon == plain).mean() < 0.8
+
+
 def test_the_paths_give_codec2_different_ids_for_the_same_speech(speech, codec):
     """Why the paths are drawn at all: codec2 700C's ids depend on the resampler's filter."""
     frames = _frames(speech)
