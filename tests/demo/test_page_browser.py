@@ -28,8 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 
 TURNS = ["Hello there, can you hear me?", "What is the weather like today?", "Please tell me a short story.",
          "Wait, I have another question.", "How far away is the moon?", "Okay, thanks a lot."]
-# The page's Turn-taking bias for the run ($DUPLEX_PAGE_PAD_BIAS measures another setting, e.g. 0).
-PAD_BIAS = float(os.environ.get("DUPLEX_PAGE_PAD_BIAS", "-3.0"))
+# The page's Turn-taking bias for the run: the default (0); $DUPLEX_PAGE_PAD_BIAS measures another setting.
+PAD_BIAS = float(os.environ.get("DUPLEX_PAGE_PAD_BIAS", "0"))
 CHROMIUM_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
