@@ -9,7 +9,7 @@ encoded through soxr LQ instead of HQ agrees on only 9-38 % of the ids per codeb
 through HQ. So ``duplex data tokenize`` draws one path per dialogue for the user channel (the agent's own
 channel, the targets, stays on the clean HQ path): the model then hears every serving path's ids. A page in
 a browser puts WebRTC's audio processing (echo cancellation, noise suppression, high-pass) in front of the
-server's path, and that too moves the ids (``browser-apm``, measured in ``browser_apm``); the daemon runs
+server's path, and that too moves the ids (``browser-apm``, measured in ``webrtc_processing``); the daemon runs
 the same processing at its 16 kHz process rate before the session's resampler (``daemon-apm``).
 
 Each path name says what it emulates; all return ``(M,)`` float32 at ``out_rate`` for the whole signal.
@@ -61,16 +61,16 @@ APM_RATE = 48000  # Chromium runs WebRTC's processing at 48 kHz
 DAEMON_PROCESS_RATE = 16000  # agent.daemon.config.AudioConfig.process_rate
 
 
-def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None, rate: int = APM_RATE) -> np.ndarray:
+def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = APM_RATE) -> np.ndarray:
     """``(N,)`` float32 at ``rate`` (48 kHz in a browser, the daemon's 16 kHz) through WebRTC's audio
-    processing as a browser page runs it (``far48``: what the speaker played, the echo canceller's reference,
+    processing as a browser page runs it (``far``: what the speaker played, the echo canceller's reference,
     at the same rate) -> ``(N // (rate / 100) * (rate / 100),)`` float32.
 
     The daemon's :class:`agent.daemon.echo.EchoCanceller` runs the module (livekit's), here with what Chromium
     turns on with ``echoCancellation`` (echo cancellation, noise suppression, high-pass), no warm-up gate,
     and the far end fed one 10 ms frame ahead of each microphone frame.
 
-    Why a path of its own: measured on the shipped default and the page's own recordings, Chromium's
+    Why a path of its own: measured on the stage-3 default and the page's own recordings, Chromium's
     processing (mostly its band-split filters and high-pass, not the level: -0.4 dB) changes codec2 700C's
     ids enough that the model waited a median 491 ms after the user's end instead of 340 ms on the same
     audio unprocessed; this module reproduces it offline."""
@@ -86,10 +86,10 @@ def browser_apm(x48: np.ndarray, far48: np.ndarray | None = None, rate: int = AP
                          "livekit package: pip install livekit (or pass --mic-paths without them).") from None
     n = rate // 100
     out = []
-    for i in range(0, len(x48) // n * n, n):
-        if far48 is not None:
-            apm.add_reference(np.pad(far48[i:i + n], (0, max(0, i + n - len(far48)))))
-        out.append(apm.process(x48[i:i + n]))
+    for i in range(0, len(x) // n * n, n):
+        if far is not None:
+            apm.add_reference(np.pad(far[i:i + n], (0, max(0, i + n - len(far)))))
+        out.append(apm.process(x[i:i + n]))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -119,13 +119,13 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.
     if path == "browser-apm":
         x48 = _soxr(x, rate, APM_RATE, "HQ")
         far48 = None if far is None else _soxr(np.asarray(far, np.float32), rate, APM_RATE, "HQ")
-        y = browser_apm(x48, far48)
+        y = webrtc_processing(x48, far48)
         y = np.concatenate([y, x48[len(y):]])  # the last < 10 ms, unprocessed, so the length is kept
         return _server(y, APM_RATE, out_rate)
     if path == "daemon-apm":
         x16 = _soxr(x, rate, DAEMON_PROCESS_RATE, "LQ")  # the daemon's edge resampler (a no-op from 16 kHz)
         far16 = None if far is None else _soxr(np.asarray(far, np.float32), rate, DAEMON_PROCESS_RATE, "LQ")
-        y = browser_apm(x16, far16, DAEMON_PROCESS_RATE)
+        y = webrtc_processing(x16, far16, DAEMON_PROCESS_RATE)
         y = np.concatenate([y, x16[len(y):]])
         return _soxr(y, DAEMON_PROCESS_RATE, out_rate, SESSION_RESAMPLE_QUALITY)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
