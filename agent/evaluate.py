@@ -33,6 +33,7 @@ import numpy as np
 from agent.config import SessionConfig
 from agent.models import codec_for_layout, resolve_model
 from agent.session import Session
+from agent.training.mic_paths import check_paths, to_codec_rate
 from listen.wavio import read_wav
 from streaming.clock import FrameClock
 from think.device import resolve_device
@@ -100,8 +101,6 @@ async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig,
     audio, rate = read_wav(wav)
     user = audio[:, 0]
     if mic_path:  # the live path's own resampling (and processing) replaces the session's
-        from agent.training.mic_paths import to_codec_rate
-
         user = to_codec_rate(user, rate, codec.spec.sample_rate, mic_path, far=audio[:, 1])
         rate = codec.spec.sample_rate
     session = Session(backend.open_session(cfg.sampling, cfg.system_prompt), codec, backend.tokenizer, cfg,
@@ -255,25 +254,30 @@ def _plot(scores: list[DialogueScore], path: Path) -> None:
     plt.close(fig)
 
 
+def held_out_records(data: Path, split: str, limit: int = 0) -> list[tuple[Path, dict]]:
+    """``(wav, record)`` of a split's dialogues in ``data``, in the order eval scores them (by file name), at
+    most ``limit`` (0 = all)."""
+    records = []
+    for p in sorted(Path(data).glob("*.json")):
+        if p.name in ("manifest.json", "shards.json"):
+            continue
+        r = json.loads(p.read_text())
+        if r.get("split") == split:
+            records.append((p.with_suffix(".wav"), r))
+            if limit and len(records) >= limit:
+                break
+    return records
+
+
 def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: SessionConfig | None = None,
              progress: bool = True) -> dict:
     from tqdm import tqdm
 
     data = Path(cfg.data)
-    records = []
-    for p in sorted(data.glob("*.json")):
-        if p.name in ("manifest.json", "shards.json"):
-            continue
-        r = json.loads(p.read_text())
-        if r.get("split") == cfg.split:
-            records.append((p.with_suffix(".wav"), r))
+    records = held_out_records(data, cfg.split, cfg.limit)
     if not records:
         raise FileNotFoundError(f"No {cfg.split!r} dialogues in {data}; make them with `duplex data synth`.")
-    if cfg.limit:
-        records = records[: cfg.limit]
     if cfg.mic_path:
-        from agent.training.mic_paths import check_paths
-
         check_paths([cfg.mic_path])
     session_cfg = session_cfg or SessionConfig()
     backend = TransformersBackend.from_dir(resolve_model(model), device=str(resolve_device(cfg.device)))

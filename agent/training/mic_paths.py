@@ -93,6 +93,15 @@ def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = 
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def _processed(x: np.ndarray, far: np.ndarray | None, rate: int, apm_rate: int, quality: str) -> np.ndarray:
+    """``x`` (and the far end) resampled to ``apm_rate`` at ``quality``, then through :func:`webrtc_processing`;
+    the last < 10 ms passes unprocessed, so the length is kept."""
+    xa = _soxr(x, rate, apm_rate, quality)
+    fa = None if far is None else _soxr(np.asarray(far, np.float32), rate, apm_rate, quality)
+    y = webrtc_processing(xa, fa, apm_rate)
+    return np.concatenate([y, xa[len(y):]])
+
+
 def _server(x: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
     """The client's PCM16 wire at the server's default rate, then what the server does with it: its integer
     decimator where the ratio allows (24 -> 8 kHz), otherwise the listener's soxr at the session default."""
@@ -117,16 +126,9 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.
     if path == "decimate-24k":
         return _server(x, rate, out_rate)
     if path == "browser-apm":
-        x48 = _soxr(x, rate, APM_RATE, "HQ")
-        far48 = None if far is None else _soxr(np.asarray(far, np.float32), rate, APM_RATE, "HQ")
-        y = webrtc_processing(x48, far48)
-        y = np.concatenate([y, x48[len(y):]])  # the last < 10 ms, unprocessed, so the length is kept
-        return _server(y, APM_RATE, out_rate)
-    if path == "daemon-apm":
-        x16 = _soxr(x, rate, DAEMON_PROCESS_RATE, "LQ")  # the daemon's edge resampler (a no-op from 16 kHz)
-        far16 = None if far is None else _soxr(np.asarray(far, np.float32), rate, DAEMON_PROCESS_RATE, "LQ")
-        y = webrtc_processing(x16, far16, DAEMON_PROCESS_RATE)
-        y = np.concatenate([y, x16[len(y):]])
+        return _server(_processed(x, far, rate, APM_RATE, "HQ"), APM_RATE, out_rate)
+    if path == "daemon-apm":  # the daemon's edge resampler is soxr LQ (a no-op from 16 kHz)
+        y = _processed(x, far, rate, DAEMON_PROCESS_RATE, "LQ")
         return _soxr(y, DAEMON_PROCESS_RATE, out_rate, SESSION_RESAMPLE_QUALITY)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
 

@@ -3,15 +3,14 @@
     python docs/recipes/pack_eval_data.py pack DATA OUT [--split test] [--limit 20] [--max-mb 12]
     python docs/recipes/pack_eval_data.py unpack PACKED OUT
 
-Packing keeps the first ``--limit`` dialogues of a split in the order `duplex eval` reads them (sorted by
-file name, so `duplex eval --limit N` here scores the same dialogues), each as its JSON and its two-channel
+Packing keeps the first ``--limit`` dialogues of a split as `duplex eval` picks them
+(``agent.evaluate.held_out_records``, so `duplex eval --limit N` here scores the same dialogues), each as its JSON and its two-channel
 audio losslessly in FLAC (about half a WAV's size). Unpacking writes the WAVs `duplex eval` reads back.
 Refuses to write more than --max-mb.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,14 +19,9 @@ import soundfile as sf
 
 
 def pack(src: Path, out: Path, split: str, limit: int, max_mb: float) -> int:
-    picked = []
-    for p in sorted(src.glob("*.json")):
-        if p.name in ("manifest.json", "shards.json"):
-            continue
-        if json.loads(p.read_text()).get("split") == split:
-            picked.append(p)
-        if limit and len(picked) >= limit:
-            break
+    from agent.evaluate import held_out_records
+
+    picked = [wav.with_suffix(".json") for wav, _ in held_out_records(src, split, limit)]
     if not picked:
         print(f"no {split!r} dialogues in {src}", file=sys.stderr)
         return 1
