@@ -34,6 +34,7 @@ from think.transformers_backend import TransformersBackend
 
 AUTO_TAIL_MAX_SECONDS = 10.0  # an agent that babbles on does not keep an offline run going for ever
 AUTO_TAIL_QUIET_SECONDS = 1.5  # the agent's silence that ends the tail (the eval's take-over window is 2 s)
+MAX_TAIL_SECONDS = 86400.0  # a day of silence; more is a typo (and 1e308 s would overflow the frame count)
 
 
 @dataclass
@@ -68,8 +69,10 @@ class ChatConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.tail_seconds is not None and not (math.isfinite(self.tail_seconds) and self.tail_seconds >= 0):
-            raise ValueError(f"--tail must be 'auto' or a number of seconds >= 0, got {self.tail_seconds}.")
+        t = self.tail_seconds
+        if t is not None and not (math.isfinite(t) and 0 <= t <= MAX_TAIL_SECONDS):
+            raise ValueError(f"--tail must be 'auto' or a number of seconds from 0 to {MAX_TAIL_SECONDS:.0f}, "
+                             f"got {self.tail_seconds}.")
         if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
             raise ValueError(f"--max-seconds must be a number of seconds > 0, got {self.max_seconds}.")
         if self.out_rate is not None and not (isinstance(self.out_rate, int) and self.out_rate > 0):
@@ -95,6 +98,15 @@ class ChatConfig:
         if out.exists() and Path(self.input).exists() and os.path.samefile(out, self.input):
             raise ValueError(f"--out {out} is the input file; writing it would destroy the input. "
                              f"Pass another name.")
+        # Made now, before the model loads: a file in the way fails here, in one sentence, not after the load.
+        for parent in (out.parent, *out.parent.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"--out {out}: {parent} is a file, not a directory; pass another path.")
+                break
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise ValueError(f"--out {out}: the directory {out.parent} is not writable; pass another path.")
 
 
 def _side_path(output: Path, suffix: str) -> Path:
@@ -143,7 +155,8 @@ async def _feed(session: Session, cfg: ChatConfig, rate: int) -> None:
         for block in iter_wav_blocks(cfg.input, block_seconds=block_seconds):
             if cfg.max_seconds is not None and fed >= cfg.max_seconds:
                 break
-            if cfg.max_seconds is not None:
+            if cfg.max_seconds is not None and (cfg.max_seconds - fed) * rate < len(block):
+                # compared first: a huge --max-seconds (1e308) times the rate is inf, which int() refuses
                 block = block[: max(0, int(round((cfg.max_seconds - fed) * rate)))]
             await session.push_audio(block)
             fed += len(block) / rate
@@ -171,7 +184,6 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
     model_session = backend.open_session(session_config.sampling, session_config.system_prompt)
     session = Session(model_session, codec, backend.tokenizer, session_config, input_rate=info.rate,
                       realtime=cfg.realtime)
-    cfg.output.parent.mkdir(parents=True, exist_ok=True)
     spec = codec.spec
     input_seconds = info.duration if cfg.max_seconds is None else min(info.duration, cfg.max_seconds)
     tail_frames, tail_quiet = cfg.tail_frames(spec.frame_ms)
@@ -208,6 +220,10 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
             feeder.cancel()
         writer.close()
         await session.close()
+        # Written also when the run stops early (Ctrl-C, a corrupt block further in): the transcript so far
+        # stays beside the partial WAV instead of being lost.
+        _side_path(cfg.output, ".txt").write_text(session.text.text.strip() + "\n")
+        _side_path(cfg.output, ".transcript.json").write_text(json.dumps(transcript, indent=1) + "\n")
     wall = time.perf_counter() - t_start
     summary = session.latency.summary()
     summary.update({
@@ -217,9 +233,6 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
         "user_underruns": session.user_underruns, "nonfinite_input_samples": session.listener.nonfinite_samples,
         "agent_speaking_at_end": bool(session.policy.agent_talking),
     })
-    text = session.text.text
-    _side_path(cfg.output, ".txt").write_text(text.strip() + "\n")
-    _side_path(cfg.output, ".transcript.json").write_text(json.dumps(transcript, indent=1) + "\n")
     report = session.latency.report()
     report["summary"] = summary
     _side_path(cfg.output, ".latency.json").write_text(json.dumps(report) + "\n")

@@ -37,7 +37,7 @@ def _add_session_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _session_config(args: argparse.Namespace):
-    from agent.config import resolve_session_config
+    from agent.config import SessionConfig, apply_overrides, check_types, from_dict, load_yaml
 
     overrides = list(args.overrides)
     if args.system_prompt is not None:
@@ -49,8 +49,10 @@ def _session_config(args: argparse.Namespace):
     if args.no_barge_in:
         overrides.append("policy.barge_in=false")
     overrides = [_typed_override(item) for item in overrides]
+    data = apply_overrides(load_yaml(args.config) if args.config else {}, overrides)
+    check_types(SessionConfig, data)  # names a wrong-typed setting (e.g. seed: 1.5) before a component trips on it
     try:
-        config = resolve_session_config(args.config, overrides)
+        config = from_dict(SessionConfig, data)
     except TypeError as e:  # a --config file value of the wrong type reached a component's checks
         raise ValueError(f"A setting in {args.config or 'the configuration'} has the wrong type ({e}).") from e
     import dataclasses
@@ -64,9 +66,10 @@ def _session_config(args: argparse.Namespace):
     return config
 
 
-def _typed_override(item: str) -> str:
-    """Check a ``key.sub=value`` override's value against the setting's type; returns the override
-    (a text setting gets its value quoted, so ``--set system_prompt=42`` means the text "42").
+def _typed_override(item: str, root: type | None = None) -> str:
+    """Check a ``key.sub=value`` override's value against the setting's type in ``root`` (default:
+    SessionConfig); returns the override (a text setting gets its value quoted, so ``--set
+    system_prompt=42`` means the text "42").
 
     Unknown keys pass through: ``resolve_session_config`` names them with the known ones."""
     import dataclasses
@@ -79,7 +82,7 @@ def _typed_override(item: str) -> str:
     if "=" not in item:
         return item
     key, raw = item.split("=", 1)
-    cls: typing.Any = SessionConfig
+    cls: typing.Any = root or SessionConfig
     parts = key.strip().split(".")
     for i, part in enumerate(parts):
         if not (dataclasses.is_dataclass(cls) and part in {f.name for f in dataclasses.fields(cls)}):
@@ -96,13 +99,13 @@ def _typed_override(item: str) -> str:
     allowed = typing.get_args(cls) or (cls,)
     if value is None and type(None) in allowed:
         return item
-    if str in allowed:
-        return item if isinstance(value, str) else f"{key}={json.dumps(raw)}"
     ok = (
         (bool in allowed and isinstance(value, bool))
         or (int in allowed and isinstance(value, int) and not isinstance(value, bool))
         or (float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
     )
+    if str in allowed and not ok:  # text, or a number where a setting also takes one (audio.latency=0.05)
+        return item if isinstance(value, str) else f"{key}={json.dumps(raw)}"
     if not ok:
         kinds = " or ".join({bool: "true/false", int: "an integer", float: "a number"}.get(t, "null" if t is type(None)
                             else getattr(t, "__name__", str(t))) for t in allowed)
@@ -467,8 +470,23 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         if args.verbose:
             raise
-        print(f"duplex: error: {e}", file=sys.stderr)
+        print(f"duplex: error: {_error_sentence(e)}", file=sys.stderr)
         return 2
+
+
+def _error_sentence(e: Exception) -> str:
+    """One sentence for an error; a bare OSError ("[Errno 20] Not a directory: 'x'") names its path and cause."""
+    import errno
+    import os
+
+    if not isinstance(e, OSError) or e.strerror is None:
+        return str(e)  # our own messages are already sentences
+    path = e.filename
+    if path is None:
+        return f"{e.strerror}."
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file, but a directory is needed there; pass another path."
+    return f"{e.strerror}: {path}."
 
 
 if __name__ == "__main__":

@@ -76,6 +76,45 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+_INT_LIMIT = 2 ** 63  # no setting needs more; beyond it torch (seeds) and C code overflow
+
+
+def check_types(cls: type, data: dict | None, where: str = "") -> None:
+    """Check a (nested) settings dict against ``cls``'s field types before building it, so a wrong
+    type is named (``sampling.seed must be an integer or null, got 1.5``) instead of failing later
+    inside a component. Only plain types (bool, int, float, str and unions with None) are checked;
+    unknown keys are left to :func:`from_dict`."""
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        name = f"{where}{key}"
+        if dataclasses.is_dataclass(hint):
+            if isinstance(value, dict):
+                check_types(hint, value, f"{name}.")
+            else:
+                raise ValueError(f"{name} must be a section of settings (a mapping), got {value!r:.80}.")
+            continue
+        allowed = typing.get_args(hint) or (hint,)
+        if not all(t in (bool, int, float, str, type(None)) for t in allowed):
+            continue
+        ok = ((value is None and type(None) in allowed) or (isinstance(value, str) and str in allowed)
+              or (isinstance(value, bool) and bool in allowed)
+              or (not isinstance(value, bool) and isinstance(value, int) and (int in allowed or float in allowed)
+                  and abs(value) < _INT_LIMIT)
+              or (isinstance(value, float) and float in allowed))
+        if not ok:
+            kinds = " or ".join(dict.fromkeys({bool: "true/false", int: "an integer", float: "a number", str: "text",
+                                               type(None): "null"}[t] for t in allowed))
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+                kinds += f" below {_INT_LIMIT:.1e}"
+            quote = " (quote it to make it text)" if str in allowed and isinstance(value, (int, float)) else ""
+            raise ValueError(f"{name} must be {kinds}{quote}, got {value!r:.80}.")
+
+
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -109,7 +148,14 @@ def load_yaml(path_or_preset: str | Path) -> dict:
             names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
             raise FileNotFoundError(f"No config file or preset named {path_or_preset!r}; presets: {', '.join(names)}.")
         path = preset
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file of settings.") from None
+    except yaml.YAMLError as e:  # one line, not the parser's multi-line report
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of settings.")
     return data

@@ -52,10 +52,11 @@ def is_control_event(raw: str | bytes) -> bool:
     if not isinstance(raw, str) or len(raw) > _CONTROL_MAX_BYTES:
         return False
     try:
-        kind = json.loads(raw).get("type")
-    except (ValueError, AttributeError):
+        event = json.loads(raw)
+    except (ValueError, RecursionError):
         return False
-    return kind in CONTROL_EVENTS
+    kind = event.get("type") if isinstance(event, dict) else None
+    return isinstance(kind, str) and kind in CONTROL_EVENTS  # a list "type" is unhashable
 
 
 class TokenBucket:
@@ -78,7 +79,8 @@ class TokenBucket:
 class _Response:
     id: str
     item_id: str
-    samples: int = 0
+    samples: int = 0  # at the current output rate
+    earlier_ms: float = 0.0  # audio sent before the client changed the output rate mid-response
     frames: int = 0
     quiet: int = 0
     transcript: list[str] = field(default_factory=list)
@@ -260,11 +262,13 @@ class RealtimeConnection:
                 except Exception as e:  # a bug handling one event must not end the conversation
                     log.exception("handling an event on %s", self.id)
                     self._emit(error_event("server_error", f"The server failed on this event: {type(e).__name__}.",
+                                           event_id=event.get("event_id") if event else None,
                                            error_type="server_error"))
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.request_close(1006, "receive failed")
+            log.exception("reading from %s", self.id)
+            self.request_close(1011, "receive failed")  # 1006 is reserved: it cannot be sent in a close frame
 
     async def _watchdog(self) -> None:
         idle = self.cfg.idle_timeout_seconds
@@ -317,7 +321,7 @@ class RealtimeConnection:
     async def _on_truncate(self, event: dict) -> None:
         item = event["item_id"]
         r = self.response
-        sent = r.samples * 1000 // self.settings.output_rate if r is not None and r.item_id == item else self.items.get(item)
+        sent = self._sent_ms(r) if r is not None and r.item_id == item else self.items.get(item)
         if sent is None:
             raise EventError("item_not_found", f"No agent audio item {item!r} in this conversation.", param="item_id")
         if event["content_index"] != 0:
@@ -352,12 +356,13 @@ class RealtimeConnection:
     async def _on_session_update(self, event: dict) -> None:
         old = self.settings
         new = parse_session_update(event["session"], old, self.registry.names)
-        if new.identity != old.identity:
-            if self.session is not None:
-                which = [n for n, a, b in zip(("x_duplex.model", "x_duplex.adapter", "instructions"), new.identity,
-                                              old.identity) if a != b]
-                raise EventError("session_already_started", f"{', '.join(which)} can only change before the first "
-                                 f"audio; reconnect to change it.", param=f"session.{which[0]}")
+        if new.identity != old.identity and self.session is not None:
+            which = [n for n, a, b in zip(("x_duplex.model", "x_duplex.adapter", "instructions"), new.identity,
+                                          old.identity) if a != b]
+            raise EventError("session_already_started", f"{', '.join(which)} can only change before the first "
+                             f"audio; reconnect to change it.", param=f"session.{which[0]}")
+        # The seed seeds the backend session when it opens: before the clock starts, a new one reopens it.
+        if self.session is None and (new.identity != old.identity or new.sampling.seed != old.sampling.seed):
             self.settings = new
             try:
                 await self._open_model()
@@ -365,6 +370,9 @@ class RealtimeConnection:
                 self.settings = old
                 raise EventError("invalid_session", f"Cannot use that model/adapter: {e}",
                                  param="session.x_duplex") from None
+            except BaseException:
+                self.settings = old  # still the session that is open (a busy engine, a failed load)
+                raise
         # Everything is valid: apply.
         self.settings = new
         live = self.session.model if self.session is not None else self.model_session
@@ -374,6 +382,10 @@ class RealtimeConnection:
             self._plumb_input()
         if new.output_rate != old.output_rate and self.session is not None:
             self.out_resampler = OutputResampler(self.entry.codec.spec.sample_rate, new.output_rate)
+            r = self.response
+            if r is not None:  # what was sent so far counts at the rate it was sent at
+                r.earlier_ms += r.samples * 1000 / old.output_rate
+                r.samples = 0
         self._emit(server_event(ev.SESSION_UPDATED, session=self.session_view()))
 
     async def _open_model(self) -> None:
@@ -503,11 +515,17 @@ class RealtimeConnection:
 
     def _barge_in(self, out: FrameOutput) -> None:
         r = self.response
-        audio_end_ms = r.samples * 1000 // self.settings.output_rate if r is not None else None
+        audio_end_ms = self._sent_ms(r) if r is not None else None
         self._emit(ev.barge_in_event(out.index, "turn_detected", r.id if r else None, audio_end_ms))
         if r is not None:
             self._finish_response("cancelled", "turn_detected")
         self.out_resampler.reset()  # drop the cut speech the resampler still holds
+
+    def _sent_ms(self, r: _Response) -> int:
+        """Milliseconds of agent audio sent for response ``r``."""
+        if not r.earlier_ms:
+            return r.samples * 1000 // self.settings.output_rate
+        return int(r.earlier_ms + r.samples * 1000 / self.settings.output_rate)
 
     def _open_response(self) -> None:
         self.response = r = _Response(ev.new_id("resp"), ev.new_id("item"))
@@ -523,7 +541,7 @@ class RealtimeConnection:
         ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
         self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_DONE, **ids))
         self._emit(server_event(ev.RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE, **ids, transcript=text))
-        audio_ms = r.samples * 1000 // self.settings.output_rate
+        audio_ms = self._sent_ms(r)
         item = {"id": r.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
                 "status": "completed" if status == "completed" else "incomplete",
                 "content": [{"type": "output_audio", "transcript": text}]}

@@ -16,6 +16,11 @@ from streaming.events import EventError
 from think.sampling import SamplingConfig
 
 X_FIELDS = ("model", "adapter", "sampling", "events")
+# Tokenizing the instructions runs on the event loop every conversation shares (~1 s per MB): bound it.
+MAX_INSTRUCTIONS_CHARS = 32768
+# Below this a temperature divides float32 logits into inf (the sampler then fails and the session ends).
+MIN_TEMPERATURE = 0.01
+SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)  # what a backend's generator accepts
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class SessionSettings:
 def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -> SessionSettings:
     """The settings after applying the client's ``session`` object ``s`` to ``current``."""
     audio = ev.parse_session_audio(s)
-    x = s.get("x_duplex") or {}
+    x = s.get("x_duplex")
+    x = {} if x is None else x
     if not isinstance(x, dict):
         raise EventError("invalid_field", "session.x_duplex must be an object.", param="session.x_duplex")
     unknown = sorted(set(x) - set(X_FIELDS))
@@ -78,8 +84,14 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
                              '"latency": true}.', param="session.x_duplex.events")
         events.update(x["events"])
     turn_type, silence_ms = _parse_turn_detection(s, current)
+    instructions = s.get("instructions", current.instructions)
+    if not isinstance(instructions, str):
+        raise EventError("invalid_field", "session.instructions must be a string.", param="session.instructions")
+    if len(instructions) > MAX_INSTRUCTIONS_CHARS:
+        raise EventError("invalid_field", f"session.instructions is {len(instructions)} characters; at most "
+                         f"{MAX_INSTRUCTIONS_CHARS} are accepted.", param="session.instructions")
     return dataclasses.replace(
-        current, model=model, adapter=adapter or None, instructions=s.get("instructions", current.instructions),
+        current, model=model, adapter=adapter or None, instructions=instructions,
         sampling=sampling, events=events, silence_ms=silence_ms, turn_type=turn_type,
         input_rate=audio.input_rate or current.input_rate, output_rate=audio.output_rate or current.output_rate)
 
@@ -88,6 +100,11 @@ def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
     if not isinstance(value, dict):
         raise EventError("invalid_field", "session.x_duplex.sampling must be an object.",
                          param="session.x_duplex.sampling")
+    known = [f.name for f in dataclasses.fields(SamplingConfig)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise EventError("invalid_field", f"Unknown session.x_duplex.sampling field(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(known)}.", param=f"session.x_duplex.sampling.{unknown[0]}")
     try:
         sampling = SamplingConfig(**{**dataclasses.asdict(current), **value})
         _check_sampling_types(sampling)
@@ -112,7 +129,11 @@ def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None
             raise EventError("invalid_field", "silence_duration_ms must be an integer from 0 to 10000.",
                              param="session.audio.input.turn_detection.silence_duration_ms")
         silence_ms = float(v)
-    return td.get("type", current.turn_type), silence_ms
+    kind = td.get("type", current.turn_type or "server_vad")
+    if kind != "server_vad":  # session.updated echoes it: an unknown type would break clients' schemas
+        raise EventError("invalid_field", f"turn_detection.type {kind!r} is not supported; use \"server_vad\" or "
+                         f"turn_detection null.", param="session.audio.input.turn_detection.type")
+    return kind, silence_ms
 
 
 def _check_sampling_types(s: SamplingConfig) -> None:
@@ -120,12 +141,16 @@ def _check_sampling_types(s: SamplingConfig) -> None:
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError(f"{name} must be a number.")
+    for name in ("text_temperature", "audio_temperature"):
+        if 0 < getattr(s, name) < MIN_TEMPERATURE:
+            raise ValueError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {getattr(s, name)}.")
     for name in ("text_top_k", "audio_top_k"):
         v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{name} must be an integer.")
-    if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)):
-        raise ValueError("seed must be an integer or null.")
+        if isinstance(v, bool) or not isinstance(v, int) or v >= 2 ** 31:  # backends hold it in an int32
+            raise ValueError(f"{name} must be an integer below 2**31.")
+    if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)
+                               or not SEED_RANGE[0] <= s.seed <= SEED_RANGE[1]):
+        raise ValueError("seed must be a 64-bit signed integer or null.")
 
 
 def session_view(settings: SessionSettings, session_id: str, models: list[str], adapters: list[str],

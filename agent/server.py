@@ -269,7 +269,8 @@ async def _send_and_close(ws, event: dict, code: int) -> None:
 def create_app(server: RealtimeServer):
     """The FastAPI app with the Realtime route (the demo mounts its page on the same app)."""
     from fastapi import FastAPI
-    from starlette.routing import WebSocketRoute
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route, WebSocketRoute
 
     app = FastAPI(title="duplex-agent realtime", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.duplex = server
@@ -283,9 +284,15 @@ def create_app(server: RealtimeServer):
     async def healthz() -> dict:
         return server.health()
 
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": server.registry.describe()}
+    async def models(request) -> JSONResponse:
+        # The list names the server's model directories: behind the same token as the conversations.
+        if not server.authorized(server._client_token(request)[0]):
+            return JSONResponse({"error": {"type": "authentication_error", "code": "invalid_api_key", "param": None,
+                                           "message": "Missing or wrong token: send 'Authorization: Bearer <token>' "
+                                                      "or add ?token=<token> to the URL."}}, status_code=401)
+        return JSONResponse({"object": "list", "data": server.registry.describe()})
+
+    app.router.routes.append(Route("/v1/models", models, methods=["GET"]))
 
     return app
 

@@ -35,7 +35,11 @@ def add_daemon_command(sub: argparse._SubParsersAction) -> None:
 
 
 def daemon_overrides(args: argparse.Namespace) -> list[str]:
-    o = list(args.overrides)
+    from agent.cli import _typed_override
+    from agent.daemon.config import DaemonConfig
+
+    # --set mqtt.password=123456 means the text "123456" (YAML would read an int); wrong types are named.
+    o = [_typed_override(item, DaemonConfig) for item in args.overrides]
     flags = [("device_id", args.device_id), ("audio.input_device", args.input_device),
              ("audio.output_device", args.output_device), ("audio.backend", args.audio),
              ("mqtt.host", args.mqtt_host), ("mqtt.port", args.mqtt_port), ("mqtt.username", args.mqtt_username),
@@ -63,7 +67,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if args.list_devices:
         from agent.daemon.audio_io import list_devices
 
-        for d in list_devices():
+        try:
+            devices = list_devices()
+        except RuntimeError as e:  # AudioDeviceError: PortAudio or sounddevice missing
+            print(f"duplex: error: {e}", file=sys.stderr)
+            return 2
+        if not devices:  # say so, rather than print nothing
+            print("duplex: PortAudio sees no audio devices (no sound card or sound server reachable).",
+                  file=sys.stderr)
+        for d in devices:
             print(f"{d['index']:3d}  {d['name']:40s} in {d['max_input_channels']:2d}  out {d['max_output_channels']:2d}  "
                   f"{d['default_samplerate']:.0f} Hz")
         return 0

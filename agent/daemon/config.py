@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import SessionConfig, apply_overrides, from_dict, load_yaml
+from agent.config import SessionConfig, apply_overrides, check_types, from_dict, load_yaml
 
 AEC_RATES = (8000, 16000, 32000, 48000)
 
@@ -59,6 +59,14 @@ class AudioConfig:
                 raise ValueError(f"audio.{name} must be a rate in Hz (4000-384000) or null, got {v!r}.")
         if not (0 < self.retry_initial_s <= self.retry_max_s):
             raise ValueError("audio.retry_initial_s must be > 0 and <= audio.retry_max_s.")
+        if not (0 < self.playout_max_seconds <= 600):
+            raise ValueError(f"audio.playout_max_seconds must be > 0 and <= 600, got {self.playout_max_seconds!r}.")
+        if not (0 < self.stall_timeout_s <= 600):
+            raise ValueError(f"audio.stall_timeout_s must be > 0 and <= 600, got {self.stall_timeout_s!r}.")
+        if isinstance(self.latency, str) and self.latency not in ("low", "high"):
+            raise ValueError(f"audio.latency must be low, high or seconds, got {self.latency!r}.")
+        if not isinstance(self.latency, str) and not (0 <= self.latency <= 10):
+            raise ValueError(f"audio.latency in seconds must be between 0 and 10, got {self.latency!r}.")
 
 
 @dataclass
@@ -94,6 +102,10 @@ class EchoConfig:
             raise ValueError("echo.stream_delay_ms must be between 0 and 1000 or null.")
         if not (0 <= self.warmup_seconds <= 60):
             raise ValueError("echo.warmup_seconds must be between 0 and 60.")
+        if not (0 <= self.half_duplex_tail_ms <= 10000):
+            raise ValueError(f"echo.half_duplex_tail_ms must be between 0 and 10000, got {self.half_duplex_tail_ms!r}.")
+        if not (0 <= self.reference_threshold <= 1):
+            raise ValueError(f"echo.reference_threshold must be between 0 and 1, got {self.reference_threshold!r}.")
 
 
 @dataclass
@@ -148,6 +160,20 @@ class MqttConfig:
             raise ValueError(f"mqtt.prefix {self.prefix!r} must be a topic path without wildcards.")
         if not (0 < self.reconnect_initial_s <= self.reconnect_max_s):
             raise ValueError("mqtt.reconnect_initial_s must be > 0 and <= mqtt.reconnect_max_s.")
+        # 0 would make the metrics loop spin, publishing as fast as the CPU allows.
+        if not (0.05 <= self.metrics_interval_s <= 3600):
+            raise ValueError(f"mqtt.metrics_interval_s must be between 0.05 and 3600, got {self.metrics_interval_s!r}.")
+        if not (0 <= self.state_interval_s <= 86400):
+            raise ValueError(f"mqtt.state_interval_s must be between 0 (only on changes) and 86400, "
+                             f"got {self.state_interval_s!r}.")
+        if not (0 <= self.keepalive <= 65535):
+            raise ValueError(f"mqtt.keepalive must be 0-65535 seconds, got {self.keepalive!r}.")
+        if not (1 <= self.max_payload_bytes <= 1 << 28):
+            raise ValueError(f"mqtt.max_payload_bytes must be 1 to {1 << 28}, got {self.max_payload_bytes!r}.")
+        if not (1 <= self.outbox <= 100000):
+            raise ValueError(f"mqtt.outbox must be 1 to 100000 messages, got {self.outbox!r}.")
+        if not (4000 <= self.audio_in_rate <= 384000):
+            raise ValueError(f"mqtt.audio_in_rate must be a rate in Hz (4000-384000), got {self.audio_in_rate!r}.")
 
 
 @dataclass
@@ -181,6 +207,10 @@ class BrainConfig:
             raise ValueError(f"brain.mode must be local or remote, got {self.mode!r}.")
         if self.mode == "remote" and not re.match(r"^wss?://", str(self.url)):
             raise ValueError(f"brain.url must start with ws:// or wss://, got {self.url!r}.")
+        if self.engine not in ("auto", "lean", "hf"):
+            raise ValueError(f"brain.engine must be auto, lean or hf, got {self.engine!r}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"brain.threads must be >= 1 or null, got {self.threads!r}.")
 
 
 @dataclass
@@ -210,6 +240,8 @@ class DaemonConfig:
             raise ValueError(f"device_id {self.device_id!r} must be 1-64 letters, digits, '-', '_' or '.'.")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text.")
+        if str(self.log_level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}.")
         if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
             raise ValueError("max_seconds must be > 0 or null.")
 
@@ -218,6 +250,9 @@ def resolve_daemon_config(config: str | Path | None = None, overrides: list[str]
     """YAML file or preset (default: the ``daemon`` preset) + ``key.sub=value`` overrides."""
     data = load_yaml(config or "daemon")
     data = apply_overrides(data, overrides or [])
+    # Types first, by name: a YAML ``password: 1234`` (an int) or ``outbox: many`` would otherwise be
+    # accepted here and fail later, inside the MQTT client or the event loop.
+    check_types(DaemonConfig, data)
     try:
         cfg = from_dict(DaemonConfig, data)
     except TypeError as e:

@@ -320,12 +320,19 @@ class Daemon:
             tasks["mqtt"] = asyncio.create_task(self.mqtt.run())
             tasks["control"] = asyncio.create_task(self._control_loop())
         tasks["brain"] = asyncio.create_task(self.brain.run())
+        load_error: BaseException | None = None
         if hasattr(self.brain, "load"):
             load = asyncio.create_task(self.brain.load())
-            done, _ = await asyncio.wait({load, tasks["brain"]}, return_when=asyncio.FIRST_COMPLETED)
-            if load in done and load.exception() is not None:
+            # brain.run() loads too and fails with the same error: read both, so asyncio does not log a
+            # "Task exception was never retrieved" traceback after our one-line error.
+            load.add_done_callback(lambda t: t.cancelled() or t.exception())
+            await asyncio.wait({load, tasks["brain"]}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (load, tasks["brain"]):
+                if load_error is None and t.done() and not t.cancelled() and t.exception() is not None:
+                    load_error = t.exception()
+            if load_error is not None:
                 self._stop.set()
-                log.error("cannot load the model: %s", load.exception())
+                log.error("cannot load the model: %s", load_error)
         if self.audio is not None and not self._stop.is_set():
             tasks["audio"] = asyncio.create_task(self.audio.run())
         if self.config.audio.backend == "mqtt":
@@ -337,7 +344,9 @@ class Daemon:
             stop_wait = asyncio.create_task(self._stop.wait())
             watch = [stop_wait, tasks["brain"]]
             done, _ = await asyncio.wait(watch, timeout=self.config.max_seconds, return_when=asyncio.FIRST_COMPLETED)
-            if tasks["brain"] in done and tasks["brain"].exception() is not None:
+            if load_error is not None:
+                rc = 2  # a setting to fix (a missing or broken model directory), like the other commands
+            elif tasks["brain"] in done and tasks["brain"].exception() is not None:
                 log.error("the brain stopped: %s", tasks["brain"].exception())
                 rc = 1
             stop_wait.cancel()

@@ -10,7 +10,8 @@ answers every malformed payload (the daemon never crashes on one). Topics and sc
 - ``transcript``, ``metrics``, ``events`` (QoS 0): streams, dropped (and counted) while disconnected.
 - ``error`` (QoS 1): ``{"code", "message", "topic", "request_id", "payload_excerpt", "ts"}``.
 - ``control`` (subscribed, QoS 1): ``{"command": NAME, "request_id"?: str|int, ...args}``; or
-  ``control/<NAME>`` with an optional JSON object of args. Answered on ``ack`` (QoS 1).
+  ``control/<NAME>`` with an optional JSON object of args. Answered on ``ack`` (QoS 1). Retained control
+  messages are refused (``retained_control``): the broker would replay them on every reconnect.
 - ``audio/in`` (subscribed when ``mqtt.audio_in``, QoS 0): a remote microphone, WAV or raw PCM16 LE
   mono payloads; ``audio/out`` (published when ``mqtt.audio_out``): the agent's PCM16 at the process rate.
 
@@ -151,7 +152,8 @@ def parse_audio(payload: bytes, default_rate: int, max_bytes: int = 1 << 20) -> 
             data, rate = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
         except Exception as e:
             raise ControlError("invalid_audio", f"The WAV payload cannot be read ({e}).") from None
-        return data.mean(axis=1).astype(np.float32), int(rate)
+        # A float WAV may hold NaN/Inf: zeroed here, before they reach the echo canceller's PCM16 conversion.
+        return np.nan_to_num(data.mean(axis=1), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32), int(rate)
     if len(payload) % 2:
         raise ControlError("invalid_audio", f"Raw PCM16 needs an even number of bytes, got {len(payload)}.")
     return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0, default_rate
@@ -187,6 +189,7 @@ class MqttBridge:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._client = None
+        self._tls = self._tls_context() if config.tls else None
         self.connected = False
         self.connects = 0
         self.dropped_stream_messages = 0
@@ -257,15 +260,27 @@ class MqttBridge:
         kw: dict = dict(port=c.port, username=c.username, password=c.password, keepalive=c.keepalive,
                         identifier=c.client_id or f"duplex-{self.device_id}", clean_session=False,
                         will=aiomqtt.Will(self.topic("state"), offline, qos=1, retain=True), timeout=5)
-        if c.tls:
+        if self._tls is not None:
+            kw["tls_context"] = self._tls
+        return kw
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Built once, at start: a missing or unreadable PEM file is a setting to fix (ValueError), not a
+        traceback logged on every reconnect attempt."""
+        c = self.config
+        try:
             ctx = ssl.create_default_context(cafile=c.ca_certs)
             if c.certfile:
                 ctx.load_cert_chain(c.certfile, c.keyfile)
-            if c.tls_insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            kw["tls_context"] = ctx
-        return kw
+        except OSError as e:  # FileNotFoundError, ssl.SSLError (not PEM)
+            files = ", ".join(f"mqtt.{k}={v}" for k, v in (("ca_certs", c.ca_certs), ("certfile", c.certfile),
+                                                          ("keyfile", c.keyfile)) if v)
+            raise ValueError(f"The MQTT TLS files cannot be used ({files or 'system CA store'}): "
+                             f"{getattr(e, 'strerror', None) or e}.") from None
+        if c.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     async def run(self) -> None:
         import aiomqtt
@@ -354,6 +369,12 @@ class MqttBridge:
             payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload or "").encode()
             payload = bytes(payload)
             try:
+                if msg.retain and topic != audio_in:
+                    # A retained command is replayed on every (re)connect and would undo later ones (a
+                    # retained volume 0.2 comes back after each broker restart): refuse it, say how to clear.
+                    raise ControlError("retained_control", "Control messages must not be retained (the broker "
+                                       "replays them on every reconnect); this one was ignored. Clear it with "
+                                       f"an empty retained message: mosquitto_pub -r -n -t {topic}")
                 if topic == audio_in:
                     pcm, rate = parse_audio(payload, self.config.audio_in_rate)
                     if self.on_audio is not None:

@@ -5,6 +5,7 @@
 // filled in by demo/app.py.
 const CONFIG = __DUPLEX_CONFIG__;
 const WORKLET_SOURCE = __DUPLEX_WORKLET__;
+const SETUP_EVENT = "page_setup"; // event_id of the page's first session.update: its error ends the start
 
 function b64FromInt16(a) {
   const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
@@ -243,7 +244,7 @@ class DuplexPage {
         const s = this.settings;
         const x = { sampling: s.sampling };
         if (s.adapter) x.adapter = s.adapter;
-        this.send({ type: "session.update", session: {
+        this.send({ type: "session.update", event_id: SETUP_EVENT, session: {
           audio: { input: { format: { type: "audio/pcm", rate: this.rate } },
                    output: { format: { type: "audio/pcm", rate: this.rate } } },
           x_duplex: x } });
@@ -333,7 +334,10 @@ class DuplexPage {
       case "error":
         this.counts.errors++;
         this.root.dataset.errors = this.counts.errors;
-        this.status(`server: ${e.error.code}: ${e.error.message}`);
+        // The page's own setup was refused (say, an adapter the server cannot load): stop rather than
+        // hold the microphone in "connecting" for ever.
+        if (!this.ready && e.error.event_id === SETUP_EVENT) this.fail(`server: ${e.error.code}: ${e.error.message}`);
+        else this.status(`server: ${e.error.code}: ${e.error.message}`);
         break;
     }
   }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -409,6 +410,7 @@ def test_damaged_weights_are_a_clear_error(run_cli, nano_model, question_wav, tm
     ("sampling=3", ["sampling", "is a section"]),
     ("vad_aggressiveness=7", ["vad_aggressiveness"]),
     ("no-equals-sign", ["key.sub=value"]),
+    ("sampling.seed=99999999999999999999999", ["sampling.seed", "integer"]),  # was torch's "Overflow ... long long"
 ])
 def test_bad_set_override_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, override, words):
     out = tmp_path / "o.wav"
@@ -428,6 +430,7 @@ def test_text_setting_takes_any_value_as_text(run_cli, nano_model, question_wav,
     (["--tail", "nan"], ["--tail"]),
     (["--tail", "inf"], ["--tail"]),
     (["--tail", "soon"], ["--tail"]),
+    (["--tail", "1e308"], ["--tail"]),  # was an OverflowError traceback after the model loaded
     (["--max-seconds", "0"], ["--max-seconds"]),
     (["--max-seconds", "nan"], ["--max-seconds"]),
     (["--out-rate", "-5"], ["--out-rate"]),
@@ -447,10 +450,62 @@ def test_output_onto_the_input_is_refused_and_input_kept(run_cli, nano_model, qu
 
 
 @pytest.mark.parametrize("name, words", [("adir", ["is a directory"]), ("dialogue.xyz", ["must name a .wav"]),
-                                         ("dialogue", ["must name a .wav"])])
+                                         ("dialogue", ["must name a .wav"]),
+                                         ("afile/o.wav", ["afile is a file, not a directory"]),
+                                         ("afile/sub/o.wav", ["afile is a file, not a directory"])])
 def test_unwritable_output_name_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, name, words):
     (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("in the way")
     _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / name), *words)
+
+
+def test_read_only_output_directory_is_a_clear_error_before_the_model_loads(run_cli, nano_model, question_wav,
+                                                                             tmp_path, monkeypatch):
+    """Was a libsndfile RuntimeError traceback when the WAV was opened, after the model had loaded."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anyway; answer as the mode bits say, as for any other user
+        monkeypatch.setattr("agent.chat.os.access", lambda p, mode: bool(os.stat(p).st_mode & 0o222))
+    try:
+        _assert_clean_error(_chat(run_cli, nano_model, question_wav, ro / "o.wav"), "not writable", str(ro))
+    finally:
+        ro.chmod(0o755)
+    assert not any(ro.iterdir())
+
+
+def test_interrupted_chat_keeps_the_audio_and_transcript_so_far(nano_model, question_wav, tmp_path):
+    """Ctrl-C after 10 frames: the WAV was kept but the transcript files were never written."""
+    import asyncio
+
+    from agent.chat import ChatConfig, run_chat
+
+    def progress(done: int, total: int) -> None:
+        if done == 10:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "o.wav"
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(run_chat(ChatConfig(input=question_wav, output=out, model=nano_model, tail_seconds=0.0),
+                             progress=progress))
+    assert abs(sf.info(str(out)).duration - 10 * FRAME_S) <= FRAME_S
+    assert _side(out, ".txt").is_file()
+    assert isinstance(json.loads(_side(out, ".transcript.json").read_text()), list)
+
+
+def test_output_in_a_new_directory_is_created(run_cli, nano_model, question_wav, tmp_path):
+    out = tmp_path / "new" / "deeper" / "o.wav"
+    res = _chat(run_cli, nano_model, question_wav, out, "--max-seconds", "0.5")
+    assert res.rc == 0, res.err
+    assert out.is_file() and _side(out, ".latency.json").is_file()
+
+
+def test_huge_max_seconds_plays_the_whole_input(run_cli, nano_model, question_wav, tmp_path):
+    """--max-seconds 1e308 was an OverflowError traceback (1e308 s x the rate is inf); it means 'all of it'."""
+    out = tmp_path / "o.wav"
+    res = _chat(run_cli, nano_model, question_wav, out, "--max-seconds", "1e308")
+    assert res.rc == 0, res.err
+    assert abs(sf.info(str(out)).duration - wav_info(question_wav).duration) <= FRAME_S
 
 
 @pytest.mark.parametrize("name, subtype", [("u8.wav", "PCM_U8"), ("f64.wav", "DOUBLE"), ("in.flac", None),
@@ -493,13 +548,20 @@ def test_file_corrupt_in_the_middle_is_a_clear_error_not_a_hang(run_cli, nano_mo
 
 @pytest.mark.parametrize("yaml_text, words", [
     ("sampling: 3\n", ["sampling", "must be a section"]),
-    ("sampling:\n  text_temperature: abc\n", ["wrong type"]),
+    ("sampling:\n  text_temperature: abc\n", ["sampling.text_temperature", "must be a number"]),
     ("nosuch: 1\n", ["unknown setting", "nosuch"]),
     ("- a list\n", ["must hold a mapping"]),
-], ids=["scalar-section", "wrong-type", "unknown-key", "not-a-mapping"])
+    # These were tracebacks: the YAML parser's report, torch's manual_seed, the tokenizer.
+    ("sampling: [1,\n", ["bad.yaml", "not valid YAML"]),
+    ("sampling:\n  seed: 1.5\n", ["sampling.seed", "integer or null"]),
+    ("system_prompt: 42\n", ["system_prompt", "must be text", "quote"]),
+    ("policy:\n  barge_in: sometimes\n", ["policy.barge_in", "true/false"]),
+    (b"\xff\xfe\x00sampling: 1\n", ["bad.yaml", "UTF-8"]),
+], ids=["scalar-section", "wrong-type", "unknown-key", "not-a-mapping", "broken-yaml", "float-seed", "int-text",
+        "word-bool", "not-utf8"])
 def test_bad_config_file_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, yaml_text, words):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml_text)
+    config.write_bytes(yaml_text if isinstance(yaml_text, bytes) else yaml_text.encode())
     _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / "o.wav", "--config", config), *words)
 
 

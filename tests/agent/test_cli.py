@@ -107,3 +107,17 @@ def test_installed_entry_point_prints_one_line_error_without_traceback(tmp_path)
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"duplex: error: Audio file not found: {tmp_path / 'nowhere.wav'}."]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["model", "init", "{afile}", "--preset", "nano"],
+                                  ["model", "export", "{model}", "{afile}"],
+                                  ["data", "synth", "--out", "{afile}", "--count", "1"]],
+                         ids=["model-init", "model-export", "data-synth"])
+def test_output_directory_that_is_a_file_is_one_sentence(run_cli, nano_model, tmp_path, argv):
+    """Was "[Errno 20] Not a directory: '...'" / "[Errno 17] File exists: '...'" (synth: the same for a file)."""
+    afile = tmp_path / "afile"
+    afile.write_text("in the way")
+    res = run_cli(*[a.format(afile=afile, model=nano_model) for a in argv])
+    assert res.rc == 2 and "Traceback" not in res.err
+    assert res.error_lines == [f"duplex: error: {afile} is a file, but a directory is needed there; pass another path."]
+    assert afile.read_text() == "in the way"

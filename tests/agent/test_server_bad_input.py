@@ -102,6 +102,15 @@ async def _flood_unknown(c: Client) -> None:
         await c.ws.send(json.dumps({"type": "no.such.event", "event_id": f"e{i}"}))
 
 
+async def _flood_then_list_type(c: Client) -> None:
+    """A flood spends the event budget; then an event whose "type" is a list (unhashable) is sniffed
+    for a control type."""
+    msg = _append(pcm16_b64(TONE[:600]))
+    for _ in range(600):  # well over the 400-event burst, sent at once
+        await c.ws.send(msg)
+    await c.ws.send('{"type": []}')
+
+
 async def _audio_burst(c: Client) -> None:
     """10 s of audio sent at once: more than 2 s ahead of real time."""
     chunk = _append(pcm16_b64(np.tile(TONE, 10)))  # 0.4 s each
@@ -159,7 +168,22 @@ CASES = {
                                                audio_end_ms=-5), "invalid_field", None),
     "cancel_without_response": (lambda c: c.send("response.cancel"), "response_cancel_not_active", None),
     "disconnect_mid_response": (_disconnect_mid_response, None, "abort"),
+    "flood_then_list_as_type": (_flood_then_list_type, "rate_limited", None),
+    "temperature_that_overflows_the_sampler": (lambda c: c.send("session.update", session={"x_duplex": {"sampling": {
+        "text_temperature": 1e-300}}}), "invalid_field", None),
+    "seed_beyond_64_bits": (lambda c: c.send("session.update", session={"x_duplex": {"sampling": {"seed": 2 ** 80}}}),
+                            "invalid_field", None),
+    "x_duplex_false_not_an_object": (lambda c: c.send("session.update", session={"x_duplex": False}),
+                                     "invalid_field", None),
+    "unsupported_turn_detection_type": (lambda c: c.send("session.update", session={"audio": {"input": {
+        "turn_detection": {"type": 5}}}}), "invalid_field", None),
+    "instructions_beyond_the_limit": (lambda c: c.send("session.update", session={"instructions": "hi " * 12000}),
+                                      "invalid_field", None),
+    "instructions_not_a_string": (lambda c: c.send("session.update", session={"instructions": 5}),
+                                  "invalid_field", None),
 }
+FLOODS = ("flood_1000_events_per_second", "error_storm_of_unknown_events", "audio_far_ahead_of_real_time",
+          "flood_then_list_as_type")
 
 
 async def _until_answered(c: Client, retry_every: float, timeout: float = 10.0) -> None:
@@ -200,6 +224,40 @@ def test_control_events_are_recognised_cheaply_and_strictly():
     assert not is_control_event(json.dumps({"type": "session.update", "pad": "x" * 5000}))  # too big to sniff
     assert not is_control_event(b'{"type": "response.cancel"}')  # binary frames are not events
     assert not is_control_event("[1, 2]") and not is_control_event("{not json")
+    assert not is_control_event('{"type": []}') and not is_control_event('{"type": {"a": 1}}')  # unhashable
+    assert not is_control_event("[" * 2000 + "]" * 2000)  # small, but deeper than the JSON parser recurses
+
+
+async def test_tiny_temperature_is_refused_and_the_conversation_keeps_running(server):
+    """A temperature near 0 but not 0 turns float32 logits into inf; it used to end the session (1011)."""
+    c = await Client.connect(server.ws_url)
+    try:
+        await c.until("session.created")
+        await c.send("session.update", session={"x_duplex": {"sampling": {"text_temperature": 1e-300,
+                                                                          "audio_temperature": 1e-300}}})
+        err = await c.error()
+        assert err["error"]["code"] == "invalid_field" and "greedy" in err["error"]["message"]
+        await c.stream(np.tile(TONE, 15), 24000)  # 0.6 s of audio: the clock runs on the old sampling
+        await c.until("x_duplex.frame", timeout=10)
+        await c.drain(0.5)
+        assert not [e for e in c.of("error") if e["error"]["code"] == "server_error"]
+        assert c.ws.close_code is None
+    finally:
+        await c.close()
+
+
+async def test_unknown_sampling_field_is_named_in_one_sentence(server):
+    c = await Client.connect(server.ws_url)
+    try:
+        await c.until("session.created")
+        await c.send("session.update", event_id="ev1", session={"x_duplex": {"sampling": {"temprature": 0.5}}})
+        err = (await c.error())["error"]
+        assert err["code"] == "invalid_field" and err["event_id"] == "ev1"
+        assert err["param"] == "session.x_duplex.sampling.temprature"
+        assert "temprature" in err["message"] and "text_temperature" in err["message"]
+        assert "__init__" not in err["message"]  # no Python internals
+    finally:
+        await c.close()
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -211,7 +269,7 @@ async def test_bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_ser
         await c.until("session.created")
         await action(c)
         if code is not None:
-            flood = kind in ("flood_1000_events_per_second", "error_storm_of_unknown_events", "audio_far_ahead_of_real_time")
+            flood = kind in FLOODS
             err = await c.until("error", timeout=10, where=(lambda e: e["error"]["code"] == code) if flood else None)
             assert err["error"]["code"] == code, err
             assert err["error"]["message"] and err["error"]["type"]

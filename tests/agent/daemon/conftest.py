@@ -135,12 +135,12 @@ class MqttWatcher:
                 self._client = None
                 await asyncio.sleep(0.2)
 
-    async def publish(self, topic: str, payload, qos: int = 1, retries: int = 50) -> None:
+    async def publish(self, topic: str, payload, qos: int = 1, retries: int = 50, retain: bool = False) -> None:
         for _ in range(retries):
             c = self._client
             if c is not None:
                 try:
-                    await c.publish(topic, payload, qos=qos)
+                    await c.publish(topic, payload, qos=qos, retain=retain)
                     return
                 except Exception:
                     pass

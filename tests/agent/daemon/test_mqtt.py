@@ -145,6 +145,8 @@ MALFORMED = [  # (topic suffix, payload, expected error code)
     ("control", b'{"command": "sampling", "sampling": "hot"}', "invalid_field"),
     ("control", b'{"command": "sampling", "sampling": {"warmth": 1}}', "invalid_field"),
     ("control", b'{"command": "sampling", "sampling": {"text_temperature": -1}}', "invalid_field"),
+    # torch seeds are 64-bit: this one was acked, then failed every session the brain opened.
+    ("control", b'{"command": "sampling", "sampling": {"seed": 1180591620717411303424}}', "invalid_field"),
     ("control", b'{"command": "adapter", "adapter": 123}', "invalid_field"),
     ("control", b'{"command": "ping", "request_id": {"a": 1}}', "invalid_field"),
     ("control", b'{"command": "mute", "extra": 1}', "invalid_field"),
@@ -285,3 +287,89 @@ async def test_daemon_process_sigterm_publishes_offline_and_kill_fires_the_will(
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait(10)
+
+
+class IdleBrain:
+    """A brain that hears and says nothing (the control plane alone, no model to load)."""
+
+    mode = "idle"
+    output_rate = RATE
+
+    def __init__(self) -> None:
+        self.on_output = self.on_state = self.on_error = lambda *a: None
+        self.stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.stopped.wait()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    async def push_audio(self, pcm) -> int:
+        return 0
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "connected": True}
+
+    def cancel(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+async def test_retained_control_is_refused_not_replayed(mosquitto, watcher_factory):
+    """A retained command sat on the broker was carried out at start and again at every reconnect (the
+    broker replays it on each subscribe), undoing the commands sent since."""
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w:
+        await w.publish("duplex/t1/control", json.dumps({"command": "volume", "volume": 0.2}), retain=True)
+        await w.publish("duplex/t1/control/mute", b"{}", retain=True)  # (empty would delete it)
+        d = Daemon(make_config(mosquitto.port), brain=IdleBrain(), audio=None)
+        task = asyncio.create_task(d.run())
+        try:
+            errs = []
+            for topic in ("duplex/t1/control", "duplex/t1/control/mute"):
+                errs.append(await w.wait_for("error", lambda m, t=topic: m.get("topic") == t, timeout=15))
+            assert all(e["code"] == "retained_control" and "mosquitto_pub -r -n" in e["message"] for e in errs), errs
+            await w.publish("duplex/t1/control", json.dumps({"command": "volume", "volume": 0.5, "request_id": "v"}))
+            await w.wait_for("ack", lambda m: m.get("request_id") == "v")
+            assert d.volume == 0.5 and not d.muted
+        finally:
+            d.stop()
+            await asyncio.wait_for(task, 20)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def test_sampling_with_a_non_number_pad_bias_names_it():
+    from agent.daemon.mqtt import ControlError, validate_control
+
+    with pytest.raises(ControlError) as e:
+        validate_control({"command": "sampling", "sampling": {"pad_bias": "high"}})
+    assert e.value.code == "invalid_field" and "pad_bias" in e.value.message  # was "'<=' not supported ..."
+
+
+def test_float_wav_with_nan_on_audio_in_is_cleaned():
+    import io
+
+    import soundfile as sf
+
+    from agent.daemon.mqtt import parse_audio
+
+    x = np.full(160, 0.1, np.float32)
+    x[10], x[20], x[30] = np.nan, np.inf, -np.inf
+    buf = io.BytesIO()
+    sf.write(buf, x, RATE, format="WAV", subtype="FLOAT")
+    pcm, rate = parse_audio(buf.getvalue(), RATE)
+    assert rate == RATE and np.isfinite(pcm).all() and pcm[10] == 0.0 and pcm[0] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("pem", [None, b"not a certificate\n"], ids=["missing", "not-pem"])
+def test_unusable_tls_files_are_a_setting_error_at_start(tmp_path, pem):
+    """Was a traceback logged on every reconnect attempt, forever, with the daemon otherwise running."""
+    from agent.daemon.mqtt import MqttBridge
+
+    ca = tmp_path / "ca.pem"
+    if pem is not None:
+        ca.write_bytes(pem)
+    with pytest.raises(ValueError, match=r"MQTT TLS files cannot be used \(mqtt.ca_certs=.*ca.pem\)"):
+        MqttBridge(MqttConfig(tls=True, ca_certs=str(ca)), "t1")
