@@ -84,6 +84,10 @@ async def _run(backend: TransformersBackend, frames: int, warmup: int) -> dict:
 def bench_step(model: str | None = None, preset: str = "tiny", codec: str = "codec2", frames: int = 300,
                warmup: int = 20, engine: str = "auto", threads: int | None = None) -> dict:
     """Benchmark one session's frame step; builds a random model of ``preset`` unless ``model`` is given."""
+    if frames < 1 or warmup < 0:  # no timed frame: the percentiles of nothing were an IndexError
+        raise ValueError(f"--frames must be >= 1 (got {frames}) and --warmup >= 0 (got {warmup}).")
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be a positive number of torch threads, got {threads}.")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(model) if model else init_model(Path(tmp) / "model", preset=preset, codec=codec)
         t0 = time.perf_counter()

@@ -38,6 +38,10 @@ def bench_train(preset: str = "tiny", codec: str = "codec2", window_frames: int 
     from agent.training.train import TrainConfig, _device, forward_loss
     from think.checkpoint import load_checkpoint
 
+    if steps < 1 or warmup < 0:  # no timed step: the median of nothing was an IndexError
+        raise ValueError(f"--steps must be >= 1 (got {steps}) and warm-up steps >= 0 (got {warmup}).")
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be a positive number of torch threads, got {threads}.")
     if threads:
         torch.set_num_threads(threads)
     results = {}

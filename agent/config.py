@@ -98,6 +98,8 @@ def check_types(cls: type, data: dict | None, where: str = "") -> None:
             else:
                 raise ValueError(f"{name} must be a section of settings (a mapping), got {value!r:.80}.")
             continue
+        if typing.get_origin(hint) in (list, tuple, dict, set):  # list[str] etc.: the dataclass checks those
+            continue
         allowed = typing.get_args(hint) or (hint,)
         if not all(t in (bool, int, float, str, type(None)) for t in allowed):
             continue

@@ -257,12 +257,18 @@ def _plot(scores: list[DialogueScore], path: Path) -> None:
 def held_out_records(data: Path, split: str, limit: int = 0) -> list[tuple[Path, dict]]:
     """``(wav, record)`` of a split's dialogues in ``data``, in the order eval scores them (by file name), at
     most ``limit`` (0 = all)."""
+    from agent.training.tokenize import read_record
+
+    if limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0 = every dialogue), got {limit}.")
     records = []
     for p in sorted(Path(data).glob("*.json")):
         if p.name in ("manifest.json", "shards.json"):
             continue
-        r = json.loads(p.read_text())
+        r = read_record(p)  # a malformed dialogue is named, never scored as one with no turns
         if r.get("split") == split:
+            if not p.with_suffix(".wav").is_file():  # found now, not after the dialogues before it were scored
+                raise FileNotFoundError(f"{p} has no audio file {p.with_suffix('.wav').name}.")
             records.append((p.with_suffix(".wav"), r))
             if limit and len(records) >= limit:
                 break
@@ -280,6 +286,8 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     if cfg.mic_path:
         check_paths([cfg.mic_path])
     session_cfg = session_cfg or SessionConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out must not cost the whole evaluation
     backend = TransformersBackend.from_dir(resolve_model(model), device=str(resolve_device(cfg.device)))
     codec = codec_for_layout(backend.layout)
     lay = backend.layout
@@ -295,8 +303,6 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
         from agent.codec_eval import Recognizer
 
         summary.update(intelligibility(Recognizer(), scores, runs))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"summary": summary, "config": asdict(cfg), "model": str(backend.loaded.path),
               "dialogues": [asdict(s) for s in scores]}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -269,6 +269,8 @@ def synth(out: str | Path, count: int | None = None, preset: str | None = "data-
         cfg.count = int(count)
     if cfg.count < 1:
         raise ValueError("--count must be at least 1.")
+    if seed < 0:  # numpy's generators take no negative seed; it failed inside the first dialogue
+        raise ValueError(f"--seed must be >= 0, got {seed}.")
     check_tts(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

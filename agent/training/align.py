@@ -20,7 +20,6 @@ dialogue id of each sequence), ``dialogues`` (the shard's source dialogues, for 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -125,7 +124,9 @@ def save_align_shard(path: Path, items: list[tuple[str, int, np.ndarray]], dialo
 
 
 def shard_counts(path: Path) -> dict:
-    z = np.load(path)
+    from agent.training.tokenize import load_npz
+
+    z = load_npz(path, ("kinds", "offsets"))
     kinds = z["kinds"]
     return {"file": path.name, "sequences": int(len(kinds)), "listen": int((kinds == LISTEN).sum()),
             "speak": int((kinds == SPEAK).sum()), "ids": int(z["offsets"][-1])}
@@ -133,13 +134,15 @@ def shard_counts(path: Path) -> dict:
 
 def load_align(shard_dir: str | Path, split: str) -> dict[int, list[np.ndarray]]:
     """The alignment sequences of one split by kind: ``{LISTEN: [...], SPEAK: [...]}`` (each ``(n,)`` int32)."""
+    from agent.training.tokenize import load_npz, read_index
+
     shard_dir = Path(shard_dir)
-    index = json.loads((shard_dir / "shards.json").read_text())
+    index = read_index(shard_dir)
     out: dict[int, list[np.ndarray]] = {LISTEN: [], SPEAK: []}
     for s in index.get("align_shards", []):
         if s["split"] != split:
             continue
-        z = np.load(shard_dir / s["file"])
+        z = load_npz(shard_dir / s["file"], ("ids", "offsets", "kinds"))
         ids, offsets, kinds = z["ids"], z["offsets"], z["kinds"]
         for i, kind in enumerate(kinds.tolist()):
             out[int(kind)].append(ids[offsets[i]:offsets[i + 1]])

@@ -44,7 +44,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agent.config import apply_overrides, from_dict, load_yaml
+    from agent.config import apply_overrides, check_types, from_dict, load_yaml
     from agent.training.train import TrainConfig, train
 
     data = load_yaml(args.preset if args.preset.endswith(".yaml") else f"train-{args.preset}")
@@ -52,9 +52,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             data[key] = str(value) if key in ("shards", "out", "init") else value
-    cfg = from_dict(TrainConfig, apply_overrides(data, args.overrides))
+    data = apply_overrides(data, args.overrides)
+    # --set steps=abc: named here, not a TypeError inside the checks. check_types reads list[str] / dict[str, float]
+    # as "text", so those two are left to TrainConfig's own checks.
+    check_types(TrainConfig, {k: v for k, v in data.items() if k not in ("lora_targets", "mix")})
+    cfg = from_dict(TrainConfig, data)
     if not cfg.shards or not cfg.out:
         raise ValueError("--shards and --out are required.")
+    out = Path(cfg.out)
+    if not args.resume and not args.force and any((out / f).is_file() for f in ("last/trainer_state.pt",
+                                                                                  "final_metrics.json")):
+        # Starting over replaces the run's resumable state at its first save and its weights at the end.
+        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it, --force to "
+                              "start it over, or another --out.")
     final = train(cfg, resume=args.resume, progress=not args.quiet)
     print(json.dumps(final, indent=2))
     print(f"wrote {Path(cfg.out)} ({'adapter/' if cfg.mode == 'lora' else 'checkpoint'}, metrics.jsonl, loss.png)")
@@ -108,6 +118,7 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--steps", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
+    p.add_argument("--force", action="store_true", help="start over in an OUT that already holds a run (replaces it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -18,7 +18,6 @@ Shards: ``text-<split>-NNNN.npz`` with ``ids`` (concatenated, int32), ``offsets`
 """
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
 
@@ -120,13 +119,15 @@ def write_text_shards(out_dir: str | Path, tokenizer, template: str, conversatio
 
 def load_text(shard_dir: str | Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(ids, mask)`` pairs of one split (each ``(n,)``); empty if the shards have no text data."""
+    from agent.training.tokenize import load_npz, read_index
+
     shard_dir = Path(shard_dir)
-    index = json.loads((shard_dir / "shards.json").read_text())
+    index = read_index(shard_dir)
     out = []
     for s in index.get("text_shards", []):
         if s["split"] != split:
             continue
-        z = np.load(shard_dir / s["file"])
+        z = load_npz(shard_dir / s["file"], ("ids", "mask", "offsets"))
         ids, mask, offsets = z["ids"], z["mask"], z["offsets"]
         out.extend((ids[offsets[i]:offsets[i + 1]], mask[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1))
     return out

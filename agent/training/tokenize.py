@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -119,16 +120,86 @@ def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayo
     return dialogue, dialogue_alignments(record, user_ids, agent_ids, layout, tokenizer)
 
 
+def read_record(path: Path) -> dict:
+    """One dialogue's JSON, checked for what tokenizing and scoring read (a clear error naming the file
+    instead of a KeyError deep inside, or a dialogue silently scored as having no turns)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid dialogue JSON file ({e}); remake it with `duplex data synth`.") from None
+    problem = None
+    if not isinstance(record, dict):
+        problem = "it does not hold a JSON object"
+    elif "id" not in record or not isinstance(record.get("turns"), list):
+        problem = "it has no " + ("id" if "id" not in record else "list of turns")
+    else:
+        for turn in record["turns"]:
+            if not isinstance(turn, dict) or not {"speaker", "start", "end"} <= set(turn):
+                problem = "a turn lacks its speaker, start or end"
+            elif not all(isinstance(w, dict) and {"word", "start"} <= set(w) for w in turn.get("words") or []):
+                problem = "a word lacks its word or start"
+            if problem:
+                break
+    if problem:
+        raise ValueError(f"{path} is not a dialogue made by `duplex data synth`: {problem}.")
+    return record
+
+
 def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
     records = sorted(p for p in data_dir.glob("*.json") if p.name not in ("manifest.json", SHARD_INDEX))
     if not records:
         raise FileNotFoundError(f"No dialogues (*.json + *.wav) in {data_dir}; make them with `duplex data synth`.")
     for path in records:
-        record = json.loads(path.read_text())
+        record = read_record(path)
         wav = path.with_suffix(".wav")
         if not wav.is_file():
             raise FileNotFoundError(f"{path} has no audio file {wav.name}.")
         yield wav, record
+
+
+def load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``keys`` of a shard, or one clear error when it is missing, truncated (an interrupted copy) or not a shard."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in keys}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Shard {path} is missing; run `duplex data tokenize` again into "
+                                f"{path.parent}.") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"Shard {path} is corrupt or incomplete ({type(e).__name__}); delete it and run "
+                         f"`duplex data tokenize` again into {path.parent}.") from None
+
+
+def read_index(shard_dir: str | Path) -> dict:
+    """``shards.json`` of a shard directory, checked (a clear error for a missing, corrupt or unfinished one)."""
+    path = Path(shard_dir) / SHARD_INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"No {SHARD_INDEX} in {shard_dir}; make shards with `duplex data tokenize`.")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        index = None
+    if not isinstance(index, dict) or not isinstance(index.get("layout"), dict) or not isinstance(
+            index.get("shards"), list):
+        raise ValueError(f"{path} is corrupt (not a shard index); delete {shard_dir} and run `duplex data tokenize` "
+                         "again.")
+    return index
+
+
+def _write_index(path: Path, index: dict) -> None:
+    tmp = path.with_suffix(".tmp")  # atomic: an interrupted write never leaves a half index
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _shard_names(path: Path, key: str) -> list[str] | None:
+    """The names a shard written earlier holds (None when it is missing or unreadable: it is written again)."""
+    if not path.is_file():
+        return None
+    try:
+        return list(load_npz(path, (key,))[key])
+    except ValueError:
+        return None
 
 
 def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
@@ -147,12 +218,14 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     from agent.training.align import save_align_shard, shard_counts
 
     mic_paths = check_paths(mic_paths)
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1 dialogue, got {shard_size}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / SHARD_INDEX
     old: dict = {}
     if index_path.is_file():
-        old = json.loads(index_path.read_text())
+        old = read_index(out_dir)
         if DuplexLayout.from_dict(old["layout"]) != layout:
             raise ValueError(f"{out_dir} holds shards of another layout; use a new --out directory.")
         old_paths = tuple(old.get("mic_paths", OFFLINE_PATHS))
@@ -162,6 +235,11 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     by_split: dict[str, list[tuple[Path, dict]]] = {}
     for wav, record in iter_dialogues(data_dir):
         by_split.setdefault(record.get("split", "train"), []).append((wav, record))
+    # Claim the directory for this layout before the first shard: a run stopped half-way (Ctrl-C) and run again
+    # with another --model must be refused, not resumed from shards of the other layout; training refuses an
+    # unfinished index.
+    _write_index(index_path, {**old, "layout": layout.to_dict(), "mic_paths": list(mic_paths),
+                              "shards": old.get("shards", []), "incomplete": True})
     chunks = [(split, n, items[i:i + shard_size]) for split, items in sorted(by_split.items())
               for n, i in enumerate(range(0, len(items), shard_size))]
     shards: list[dict] = []
@@ -172,12 +250,15 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         path = out_dir / f"{split}-{n:04d}.npz"
         align_path = out_dir / f"align-{split}-{n:04d}.npz"
         names = [record["id"] for _, record in chunk]
-        if path.is_file() and list(np.load(path)["names"]) == names and (
-                not align or (align_path.is_file() and list(np.load(align_path)["dialogues"]) == names)):
-            z = np.load(path)  # resumable: this shard was already written from the same dialogues
+        if _shard_names(path, "names") == names and (not align or _shard_names(align_path, "dialogues") == names):
+            z = load_npz(path, ("offsets", "frames"))  # resumable: this shard was already written from the same dialogues
             offsets, frames = z["offsets"], z["frames"]
+            bar.update(len(chunk))
         else:
-            done = [tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths) for wav, record in chunk]
+            done = []
+            for wav, record in chunk:  # the bar moves per dialogue, not per shard of hundreds
+                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths))
+                bar.update(1)
             offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
             tmp = path.with_suffix(".tmp.npz")
@@ -188,7 +269,6 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
                 save_align_shard(align_path, [(d.id, kind, seq) for d, turns in done for kind, seq in turns], names)
         if align:
             align_shards.append({**shard_counts(align_path), "split": split})
-        bar.update(len(chunk))
         shards.append({"file": path.name, "split": split, "dialogues": len(chunk), "ids": int(offsets[-1]),
                        "frames": int(frames.sum())})
         t = totals.setdefault(split, {"dialogues": 0, "frames": 0, "ids": 0})
@@ -214,26 +294,27 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         if not index["text_shards"]:
             raise ValueError("No text-only chats could be made (is chitchat-dataset installed and text_max_ids large "
                              "enough?).")
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    _write_index(index_path, index)
     return index
 
 
 def load_split(shard_dir: str | Path, split: str) -> list[np.ndarray]:
     """All sequences of one split, each ``(1 + frames * slot_size,)`` int32."""
     shard_dir = Path(shard_dir)
-    index = json.loads((shard_dir / SHARD_INDEX).read_text())
+    index = read_index(shard_dir)
     out = []
     for s in index["shards"]:
         if s["split"] != split:
             continue
-        z = np.load(shard_dir / s["file"])
+        z = load_npz(shard_dir / s["file"], ("ids", "offsets"))
         ids, offsets = z["ids"], z["offsets"]
         out.extend(ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))
     return out
 
 
 def shard_layout(shard_dir: str | Path) -> DuplexLayout:
-    path = Path(shard_dir) / SHARD_INDEX
-    if not path.is_file():
-        raise FileNotFoundError(f"No {SHARD_INDEX} in {shard_dir}; make shards with `duplex data tokenize`.")
-    return DuplexLayout.from_dict(json.loads(path.read_text())["layout"])
+    index = read_index(shard_dir)
+    if index.get("incomplete"):
+        raise ValueError(f"{shard_dir} is an unfinished `duplex data tokenize` run (stopped before its end); run it "
+                         "again with the same arguments to finish it.")
+    return DuplexLayout.from_dict(index["layout"])

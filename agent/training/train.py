@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,6 +128,23 @@ class TrainConfig:
             raise ValueError(f"mix weights must be numbers >= 0 with a positive sum, got {self.mix!r}.")
         if self.window_frames < 2 or self.batch_size < 1 or self.steps < 1:
             raise ValueError("window_frames >= 2, batch_size >= 1 and steps >= 1 are required.")
+        if isinstance(self.lora_targets, str):  # --set lora_targets=q_proj: one target, not its letters
+            self.lora_targets = [self.lora_targets]
+        # Each of these would crash mid-run (save_every=0: a modulo by zero), or train silently wrong
+        # (a negative warm-up, eval_every or loss weight), after minutes of loading.
+        limits = {"lr": (self.lr, 0, False), "save_every": (self.save_every, 1, True),
+                  "lora_r": (self.lora_r, 1, True), "grad_clip": (self.grad_clip, 0, False),
+                  "warmup": (self.warmup, 0, True), "eval_every": (self.eval_every, 0, True),
+                  "eval_windows": (self.eval_windows, 1, True), "max_seconds": (self.max_seconds, 0, True),
+                  "weight_decay": (self.weight_decay, 0, True), "pad_weight": (self.pad_weight, 0, True),
+                  "text_weight": (self.text_weight, 0, True), "audio_weight": (self.audio_weight, 0, True),
+                  "lora_alpha": (self.lora_alpha, 0, False), "lora_dropout": (self.lora_dropout, 0, True),
+                  "threads": (0 if self.threads is None else self.threads, 0, True)}
+        for name, (value, low, inclusive) in limits.items():
+            if value < low or (value == low and not inclusive):
+                raise ValueError(f"{name} must be {'>=' if inclusive else '>'} {low}, got {value}.")
+        if self.lora_dropout >= 1:
+            raise ValueError(f"lora_dropout must be below 1, got {self.lora_dropout}.")
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad:
             raise ValueError(f"LoRA may only target attention/MLP projections ({', '.join(LORA_TARGETS)}); "
@@ -437,6 +455,52 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     plt.close(fig)
 
 
+def _check_resume(cfg: TrainConfig, out: Path, layout: DuplexLayout) -> None:
+    """Refuse, before the model is built, a --resume whose settings change what the saved state trains (another
+    mode, shape, adapter or layout): its weights would not fit, or fit and silently mean something else."""
+    try:
+        saved = json.loads((out / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return  # no record of the earlier run: the state's own checks in train() apply
+    if not isinstance(saved, dict):
+        return
+    mine = {**asdict(cfg), "layout": layout.to_dict()}
+    keys = ["mode", "layout"]
+    if cfg.mode != "scratch":
+        keys += ["lora_r", "lora_alpha", "lora_targets"]
+    elif not cfg.init:
+        keys.append("model_preset")  # a scratch run makes OUT/init from it again
+    differ = [k for k in keys if k in saved and saved[k] != mine[k]]
+    if cfg.init and saved.get("init") and Path(saved["init"]).resolve() != Path(cfg.init).resolve():
+        differ.append("init")
+    if differ:
+        was = ", ".join(f"{k} (the run's: {saved[k]!r})" if k != "layout" else "the shards' layout" for k in differ)
+        raise ValueError(f"--resume must continue the run in {out} with its settings, but this one changes {was}; "
+                         "use those settings, or a new --out directory.")
+
+
+def _load_state(state_path: Path, model: Any, opt: torch.optim.Optimizer, trainable: set[str], device) -> dict:
+    """Load a resumable state into ``model`` and ``opt``; one clear error when it is damaged or does not fit."""
+    try:
+        state = torch.load(state_path, weights_only=False, map_location=device)
+    except Exception as e:  # noqa: BLE001 torch raises many kinds for a truncated or foreign file
+        raise ValueError(f"{state_path} is corrupt or incomplete ({type(e).__name__}); start over without --resume "
+                         f"(pass --force), or delete {state_path.parent}.") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "rng"} <= set(state):
+        raise ValueError(f"{state_path} is not a `duplex train` state; start over without --resume (pass --force).")
+    unexpected = set(state["model"]) - trainable
+    try:
+        if unexpected or trainable - set(state["model"]):
+            raise ValueError("other weights")
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"{state_path} holds the state of another kind of run (mode, model shape or LoRA settings: "
+                         f"{str(e).splitlines()[0][:120]}); resume with that run's settings or use a new --out "
+                         "directory.") from None
+    return state
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run training; returns the final metrics."""
     from tqdm import tqdm
@@ -447,6 +511,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     layout = shard_layout(cfg.shards)
+    state_path = out / "last" / "trainer_state.pt"
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"Nothing to resume in {out} (no last/trainer_state.pt).")
+        _check_resume(cfg, out, layout)
     model = _build_model(cfg, layout).to(_device(cfg))
     train_s = build_sampler(cfg, layout, "train", cfg.seed)
     val_s = build_sampler(cfg, layout, "val", cfg.seed + 1) or build_sampler(cfg, layout, "test", cfg.seed + 1)
@@ -455,15 +524,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     step, seconds_before = 0, 0.0  # seconds_before: wall-clock of earlier runs (max_seconds spans resumes)
-    state_path = out / "last" / "trainer_state.pt"
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"Nothing to resume in {out} (no last/trainer_state.pt).")
-        state = torch.load(state_path, weights_only=False, map_location=_device(cfg))
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
+        state = _load_state(state_path, model, opt, trainable, _device(cfg))
         step, seconds_before = state["step"], float(state.get("seconds", 0.0))
         train_s.rng.bit_generator.state = state["rng"]
+        if run_progress(step, cfg.steps, seconds_before, cfg.max_seconds) >= 1.0 and (out / "final_metrics.json").is_file():
+            # Nothing left to train: going on would only overwrite the finished run's metrics with an empty row.
+            raise ValueError(f"The run in {out} has already finished ({step} of {cfg.steps} steps"
+                             f"{f', max_seconds={cfg.max_seconds}' if cfg.max_seconds else ''}); raise --steps"
+                             f"{' or max_seconds' if cfg.max_seconds else ''} to train on.")
     (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "layout": layout.to_dict()}, indent=2) + "\n")
     metrics_path = out / "metrics.jsonl"
     if not resume and metrics_path.exists():
@@ -473,36 +542,53 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     best: tuple[float, int, dict] | None = None  # (val loss, step, weights on the CPU) for keep_best
     t0 = time.perf_counter() - seconds_before
     done = run_progress(step, cfg.steps, seconds_before, cfg.max_seconds)
-    while done < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg, done)
-        t_step = time.perf_counter()
-        x, y, w, r = train_s.batch(cfg.batch_size)
-        loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast, roles=r)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        done = run_progress(step, cfg.steps, time.perf_counter() - t0, cfg.max_seconds)
-        last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6),
-                "step_s": round(time.perf_counter() - t_step, 3), **parts}
-        if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done >= 1.0):
-            last.update(evaluate(model, val_s, cfg))
-            if cfg.keep_best and (best is None or last["val_loss"] < best[0]):
-                best = (last["val_loss"], step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(last) + "\n")
-        bar.set_postfix(loss=last["loss"], text=parts.get("text"), val=last.get("val_loss"))
-        bar.update(1)
-        if step % cfg.save_every == 0 or done >= 1.0:
-            (out / "last").mkdir(exist_ok=True)
-            # Only what trains (the whole model from scratch; adapter + new rows otherwise): resume loads it
-            # over the same --init.
-            torch.save({"model": {k: v for k, v in model.state_dict().items() if k in trainable},
-                        "optimizer": opt.state_dict(),
-                        "step": step, "rng": train_s.rng.bit_generator.state,
-                        "seconds": time.perf_counter() - t0}, state_path)
+    saved_step = step
+
+    def save_state() -> None:
+        (out / "last").mkdir(exist_ok=True)
+        # Only what trains (the whole model from scratch; adapter + new rows otherwise): resume loads it over the
+        # same --init. Written aside and renamed: a kill mid-save keeps the previous state.
+        tmp = state_path.with_suffix(".pt.tmp")
+        torch.save({"model": {k: v for k, v in model.state_dict().items() if k in trainable},
+                    "optimizer": opt.state_dict(),
+                    "step": step, "rng": train_s.rng.bit_generator.state,
+                    "seconds": time.perf_counter() - t0}, tmp)
+        tmp.replace(state_path)
+
+    try:
+        while done < 1.0:
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, cfg, done)
+            t_step = time.perf_counter()
+            x, y, w, r = train_s.batch(cfg.batch_size)
+            loss, parts = forward_loss(model, *_to(cfg, x, y, w), layout, cfg.autocast, roles=r)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            done = run_progress(step, cfg.steps, time.perf_counter() - t0, cfg.max_seconds)
+            last = {"step": step, "loss": round(loss.item(), 4), "lr": round(opt.param_groups[0]["lr"], 6),
+                    "step_s": round(time.perf_counter() - t_step, 3), **parts}
+            if val_s is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or done >= 1.0):
+                last.update(evaluate(model, val_s, cfg))
+                if cfg.keep_best and (best is None or last["val_loss"] < best[0]):
+                    best = (last["val_loss"], step,
+                            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(last) + "\n")
+            bar.set_postfix(loss=last["loss"], text=parts.get("text"), val=last.get("val_loss"))
+            bar.update(1)
+            if step % cfg.save_every == 0 or done >= 1.0:
+                save_state()
+                saved_step = step
+    except KeyboardInterrupt:
+        if step > saved_step:
+            save_state()  # Ctrl-C keeps the steps done since the last save
+        bar.close()
+        print(f"duplex: stopped at step {step} of {cfg.steps}; {state_path.parent} keeps it: run the same command "
+              "with --resume to continue.", file=sys.stderr)
+        raise
     bar.close()
     model.eval()
     if best is not None:

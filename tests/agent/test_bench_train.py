@@ -42,3 +42,13 @@ def test_model_export_halves_the_weights_and_loads_back_close(run_cli, nano_mode
     assert np.array_equal(out.tokenizer.encode("hello").ids, src.tokenizer.encode("hello").ids)
     r = run_cli("model", "export", nano_model, nano_model)
     assert r.rc != 0 and r.error_lines
+
+
+def test_bench_counts_with_nothing_to_time_are_one_clear_error(run_cli):
+    # Zero timed steps or frames used to end in an IndexError traceback from the median of nothing.
+    r = run_cli("bench", "train", "--preset", "nano", "--steps", "0")
+    assert r.rc == 2 and any("--steps must be >= 1" in line for line in r.error_lines), r.err
+    r = run_cli("bench", "step", "--preset", "nano", "--frames", "0")
+    assert r.rc == 2 and any("--frames must be >= 1" in line for line in r.error_lines), r.err
+    r = run_cli("bench", "train", "--preset", "nano", "--steps", "1", "--threads", "-1")
+    assert r.rc == 2 and any("--threads must be a positive" in line for line in r.error_lines), r.err

@@ -209,6 +209,15 @@ def test_a_missing_tts_engine_is_one_clear_error(tmp_path, monkeypatch, capsys):
     assert "pip install piper-tts" in capsys.readouterr().err
 
 
+def test_a_negative_seed_is_refused_before_any_dialogue_is_made(tmp_path, capsys):
+    from agent.cli import main
+
+    # numpy takes no negative seed: it used to fail inside the first dialogue, as a RuntimeError traceback.
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--count", "1", "--seed", "-1", "-q"]) == 2
+    assert "--seed must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # fast checks with a fake voice (no TTS): every phenomenon placed as labelled
 

@@ -11,6 +11,7 @@ from agent.cli import main
 from agent.training.tokenize import load_split, shard_layout, text_track
 from listen.wavio import read_wav
 from tests.conftest import espeak
+from think.layout import DuplexLayout
 from think.tokenizer import default_tokenizer
 
 RATE = 16000
@@ -285,3 +286,158 @@ def test_lora_adapter_trained_by_the_cli_changes_the_persona_and_serves_by_name(
     assert tuned > base + 5.0, (base, tuned)
     with pytest.raises(ValueError):
         backend.open_session(adapter="../lora")
+
+
+def _tokenize(dialogues, model_dir, shards, *args: str) -> int:
+    return main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(model_dir),
+                 "--mic-paths", "soxr-hq", *args, "-q"])
+
+
+def _train(shards, out, model_dir, *args: str) -> int:
+    return main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init", str(model_dir),
+                 *args, "-q"])
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("steps=abc", "steps must be an integer"), ("window_frames=1.5", "window_frames must be an integer"),
+    ("save_every=0", "save_every must be >= 1"), ("lr=-1", "lr must be > 0"), ("threads=-2", "threads must be >= 0"),
+    ("warmup=-5", "warmup must be >= 0"), ("eval_every=-1", "eval_every must be >= 0"),
+])
+def test_train_settings_of_the_wrong_type_or_range_are_one_clear_error(tmp_path, capsys, setting, named):
+    code = main(["train", "--preset", "smoke", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--set", setting, "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()  # refused before anything was made
+
+
+def test_a_finished_run_is_neither_restarted_nor_resumed_by_accident(dialogues, nano_model_dir, tmp_path, capsys):
+    shards, out = tmp_path / "shards", tmp_path / "run"
+    assert _tokenize(dialogues, nano_model_dir, shards) == 0
+    assert _train(shards, out, nano_model_dir, "--steps", "2") == 0
+    kept = {p: p.read_bytes() for p in (out / "final_metrics.json", out / "metrics.jsonl", out / "model.safetensors",
+                                        out / "last" / "trainer_state.pt")}
+    capsys.readouterr()
+    # Without --resume: refused (it used to start over and replace the run's state and weights).
+    assert _train(shards, out, nano_model_dir, "--steps", "2") == 2
+    assert "already holds a training run; pass --resume" in capsys.readouterr().err
+    # --resume with nothing left to train: refused (it used to overwrite final_metrics.json with an empty row).
+    assert _train(shards, out, nano_model_dir, "--steps", "2", "--resume") == 2
+    assert "already finished (2 of 2 steps); raise --steps" in capsys.readouterr().err
+    # --resume as another kind of run: named before the model is built (it used to be a torch traceback).
+    assert main(["train", "--preset", "lora", "--shards", str(shards), "--out", str(out), "--init",
+                 str(nano_model_dir), "--steps", "4", "--resume", "-q"]) == 2
+    assert "changes mode (the run's: 'scratch')" in capsys.readouterr().err
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    # A damaged state (a kill or a copy cut short) is one sentence, not a torch traceback.
+    state = out / "last" / "trainer_state.pt"
+    state.write_bytes(kept[state][:1000])
+    assert _train(shards, out, nano_model_dir, "--steps", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "trainer_state.pt is corrupt or incomplete" in err and "Traceback" not in err
+    # --force starts over on purpose.
+    assert _train(shards, out, nano_model_dir, "--steps", "2", "--force") == 0
+
+
+def test_ctrl_c_during_training_keeps_the_steps_done_for_resume(dialogues, nano_model_dir, tmp_path, capsys,
+                                                               monkeypatch):
+    import torch
+
+    from agent.training import train as train_mod
+
+    shards, out = tmp_path / "shards", tmp_path / "run"
+    assert _tokenize(dialogues, nano_model_dir, shards) == 0
+    real, calls = train_mod.forward_loss, []
+
+    def interrupted_on_the_fourth_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "forward_loss", interrupted_on_the_fourth_step)
+    assert _train(shards, out, nano_model_dir, "--steps", "6", "--set", "eval_every=0", "--set",
+                  "save_every=100") == 130
+    assert "stopped at step 3 of 6" in capsys.readouterr().err
+    assert torch.load(out / "last" / "trainer_state.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(train_mod, "forward_loss", real)
+    assert _train(shards, out, nano_model_dir, "--steps", "6", "--set", "eval_every=0", "--set", "save_every=100",
+                  "--resume") == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_damaged_shards_are_named_and_a_rerun_of_tokenize_repairs_them(dialogues, nano_model_dir, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    assert _tokenize(dialogues, nano_model_dir, shards) == 0
+    shard = shards / "train-0000.npz"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:500])  # an interrupted copy
+    capsys.readouterr()
+    assert _train(shards, tmp_path / "run", nano_model_dir, "--steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "train-0000.npz is corrupt or incomplete" in err and "Traceback" not in err
+    assert _tokenize(dialogues, nano_model_dir, shards) == 0  # resuming writes the damaged shard again
+    assert len(load_split(shards, "train")) == 2
+    (shards / "shards.json").write_text('{"layout": ')
+    assert _train(shards, tmp_path / "run2", nano_model_dir, "--steps", "1") == 2
+    assert "shards.json is corrupt" in capsys.readouterr().err
+
+
+def test_a_tokenize_stopped_half_way_is_not_trained_on_nor_resumed_with_another_layout(
+        dialogues, nano_model_dir, tmp_path, capsys, monkeypatch):
+    from agent.training import tokenize as tok
+
+    shards = tmp_path / "shards"
+    real = tok.tokenize_dialogue_and_turns
+    calls = []
+
+    def interrupted_on_the_second_dialogue(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tok, "tokenize_dialogue_and_turns", interrupted_on_the_second_dialogue)
+    assert _tokenize(dialogues, nano_model_dir, shards, "--shard-size", "1") == 130
+    monkeypatch.setattr(tok, "tokenize_dialogue_and_turns", real)
+    capsys.readouterr()
+    assert _train(shards, tmp_path / "run", nano_model_dir, "--steps", "1") == 2
+    assert "unfinished `duplex data tokenize` run" in capsys.readouterr().err
+    # Another layout (its shard files would have been reused as they are): refused.
+    assert main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--codec", "codec2-3200",
+                 "--mic-paths", "soxr-hq", "-q"]) == 2
+    assert "shards of another layout" in capsys.readouterr().err
+    assert _tokenize(dialogues, nano_model_dir, shards, "--shard-size", "1") == 0  # the same arguments finish it
+    assert len(load_split(shards, "train")) == 2 and shard_layout(shards) == DuplexLayout.load(nano_model_dir)
+
+
+@pytest.mark.parametrize("content, named", [
+    ('{"id": "x", ', "is not a valid dialogue JSON file"),
+    ('[1, 2]', "does not hold a JSON object"),
+    ('{"id": "x", "split": "test"}', "has no list of turns"),
+    ('{"id": "x", "split": "test", "turns": [{"speaker": "agent"}]}', "a turn lacks its speaker, start or end"),
+])
+def test_a_malformed_dialogue_file_is_named_by_tokenize_and_eval(dialogues, nano_model_dir, tmp_path, capsys,
+                                                                 content, named):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in dialogues.glob("d0.*"):
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "x.json").write_text(content)
+    (data / "x.wav").write_bytes((dialogues / "d0.wav").read_bytes())
+    assert _tokenize(data, nano_model_dir, tmp_path / "shards") == 2
+    err = capsys.readouterr().err
+    assert f"x.json {named}" in err or ("x.json is not a dialogue" in err and named in err), err
+    assert main(["eval", "--data", str(data), "--out", str(tmp_path / "e"), "--model", str(nano_model_dir), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "x.json" in err and named in err and "Traceback" not in err, err
+
+
+def test_eval_and_tokenize_refuse_counts_that_mean_nothing(dialogues, nano_model_dir, tmp_path, capsys):
+    assert main(["eval", "--data", str(dialogues), "--out", str(tmp_path / "e"), "--model", str(nano_model_dir),
+                 "--split", "val", "--limit", "-1", "-q"]) == 2  # it used to score exactly one dialogue
+    assert "--limit must be >= 0" in capsys.readouterr().err
+    assert _tokenize(dialogues, nano_model_dir, tmp_path / "s", "--shard-size", "-1") == 2  # it wrote no shard
+    assert "--shard-size must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "shards.json").exists()
