@@ -254,7 +254,8 @@ def test_speech_base_stages_train_merge_and_keep_the_base_text_rows(smol, stage_
 
 def _chat_loss(shards, model_dir) -> float:
     from agent.training.tokenize import shard_layout
-    from agent.training.train import TrainConfig, build_sampler, forward_loss
+    from agent.training.samplers import build_sampler
+    from agent.training.train import TrainConfig, forward_loss
     from think.checkpoint import load_checkpoint
 
     layout = shard_layout(shards)
