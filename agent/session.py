@@ -34,7 +34,8 @@ class FrameOutput:
     Attributes:
         index: frame number.
         user: the user's frame as the model heard it (before the echo guard).
-        agent_audio: the agent's PCM for this frame at the codec rate, ``(n,)`` (silence when cut).
+        agent_audio: the agent's PCM for this frame at the codec rate, ``(frame_samples,)`` (silence when
+            cut; a look-ahead codec's audio arrives ``lookahead_frames`` frames late, after silence).
         text_id: the text slot id; ``text_delta`` the printable text it added ('' for PAD).
         end_of_turn: the model wrote end-of-turn in the text slot.
         cut: a barge-in cut the agent in this frame (flush queued agent audio now).
@@ -81,8 +82,12 @@ class Session:
         maxsize = self.config.max_queued_frames if realtime else 64
         self.user_frames: BoundedQueue[UserFrame] = BoundedQueue(maxsize, policy, name="user_frames")
         self.input_ended = False
+        self.closed = False
         self.user_underruns = 0
         self._frame_samples = codec.spec.frame_samples
+        # A look-ahead decoder (snac) returns its audio lookahead_frames late: start the agent's track
+        # with that much silence, so every frame's agent_audio is exactly one frame long.
+        self._agent_rest = np.zeros(codec.spec.lookahead_frames * self._frame_samples, np.float32)
         self._silence_codes = np.asarray(self.layout.user_silence_codes(), dtype=np.int64)
         self._full_silence_codes = np.asarray(codec.silence_codes(), dtype=np.int64)
 
@@ -90,6 +95,8 @@ class Session:
     async def push_audio(self, pcm: np.ndarray) -> int:
         """Feed microphone PCM (any rate the session was made for, any channels/dtype). Returns the
         number of complete frames it produced."""
+        if self.closed:
+            raise RuntimeError("This session is closed.")
         if self.input_ended:
             raise RuntimeError("Input already ended for this session.")
         t0 = time.perf_counter()
@@ -102,7 +109,7 @@ class Session:
 
     async def end_input(self) -> None:
         """The source is done: flush the last partial frame and let ``run`` finish."""
-        if self.input_ended:
+        if self.input_ended or self.closed:
             return
         for f in self.listener.flush():
             await self.user_frames.put(f)
@@ -173,7 +180,7 @@ class Session:
         codes = self._silence_codes if decision.mute_user else user.codes
         result = await self.model.step(codes, force_silence=decision.force_silence)
         t1 = time.perf_counter()
-        agent = self.vocoder.decode(result.agent_codes[None, :])
+        agent = self._one_frame(self.vocoder.decode(result.agent_codes[None, :]))
         if decision.force_silence:
             # The decoder still ran (its state stays continuous); the listener hears nothing.
             agent = np.zeros_like(agent)
@@ -199,11 +206,21 @@ class Session:
                            text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
                            user_underrun=underrun, mark=mark)
 
+    def _one_frame(self, decoded: np.ndarray) -> np.ndarray:
+        """The next ``frame_samples`` of the agent's track (``decoded`` joins what is held back)."""
+        fs = self._frame_samples
+        buf = np.concatenate([self._agent_rest, decoded]) if len(self._agent_rest) else decoded
+        out, self._agent_rest = buf[:fs], buf[fs:]
+        if len(out) < fs:  # a decoder that fell short: silence rather than a shorter frame
+            out = np.concatenate([out, np.zeros(fs - len(out), np.float32)])
+        return out
+
     def hold_agent(self, seconds: float = 1.0) -> None:
         """Cut the agent at the next frame and keep it silent for ``seconds`` (e.g. a client's
         ``response.cancel``); its slots are forced to PAD + silence, so the model knows it stopped."""
         self.policy.request_hold(max(1, round(seconds * 1000.0 / self.frame_ms)))
 
     async def close(self) -> None:
+        self.closed = True
         self.user_frames.close()
         await self.model.close()

@@ -15,11 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from listen.framer import Framer
-from listen.pcm import pcm16_bytes_to_float32, to_float32_mono_counted
+from listen.pcm import AudioInputError, pcm16_bytes_to_float32, to_float32_mono_counted
 from listen.resample import StreamingResampler, check_rate
 from listen.vad import VoiceActivityDetector
 from streaming.codecs.base import Codec
 from streaming.frame import AudioFrame
+
+
+# Microphone and telephony rates span 8..384 kHz; far outside that a "rate" is a mistake (channels or
+# samples passed as the rate), and resampling 1 Hz to the codec's rate would multiply every block
+# thousands of times over in memory.
+MIN_INPUT_RATE = 1000
+MAX_INPUT_RATE = 768000
+
+
+def _check_input_rate(rate: float) -> float:
+    check_rate(rate, "input sample rate")
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+        raise AudioInputError(f"The input sample rate must be between {MIN_INPUT_RATE} and {MAX_INPUT_RATE} Hz, "
+                              f"got {rate!r}.")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,7 @@ class Listener:
         self.codec = codec
         self.spec = codec.spec
         self.resample_quality = resample_quality
-        self._input_rate = check_rate(input_rate, "input sample rate")
+        self._input_rate = _check_input_rate(input_rate)
         self._resampler = StreamingResampler(input_rate, self.spec.sample_rate, resample_quality)
         self._framer = Framer(self.spec.frame_samples)
         self._vad = VoiceActivityDetector(self.spec.sample_rate, vad_aggressiveness)
@@ -120,7 +135,7 @@ class Listener:
 
     def set_input_rate(self, rate: int) -> None:
         """Switch the incoming rate (e.g. a new device); audio already received is kept, not lost."""
-        check_rate(rate, "input sample rate")
+        _check_input_rate(rate)
         if rate == self._input_rate:
             return
         # The old resampler's held-back audio joins the next push, so the timeline stays continuous.

@@ -116,12 +116,19 @@ class DuplexLayout:
     # ---- building ids ------------------------------------------------------------------------
     def user_ids(self, codes: np.ndarray) -> np.ndarray:
         """User codes ``(frames, >= Q_in)`` or ``(>= Q_in,)`` -> ids of the same leading shape."""
-        codes = np.asarray(codes, dtype=np.int64)
+        codes = _int_codes(codes, "user")
         return self._shift(codes[..., : self.q_in], self.user_offsets, "user")
+
+    def frame_user_ids(self, codes: np.ndarray) -> list[int]:
+        """One frame's user codes ``(>= Q_in,)`` -> its Q_in ids (what a backend session appends)."""
+        codes = _int_codes(codes, "user")
+        if codes.ndim != 1:
+            raise ValueError(f"A step takes one frame of user codes, shape ({self.q_in},), got shape {codes.shape}.")
+        return self.user_ids(codes[: self.q_in]).tolist()
 
     def agent_audio_ids(self, codes: np.ndarray) -> np.ndarray:
         """Agent codes ``(frames, >= Q_out)`` or ``(>= Q_out,)`` -> ids."""
-        codes = np.asarray(codes, dtype=np.int64)
+        codes = _int_codes(codes, "agent")
         return self._shift(codes[..., : self.q_out], self.agent_offsets, "agent")
 
     def slot(self, user_codes: np.ndarray, text_id: int, agent_codes: np.ndarray) -> np.ndarray:
@@ -156,7 +163,7 @@ class DuplexLayout:
         if codes.shape[-1] != len(offsets):
             raise ValueError(f"Expected {len(offsets)} {who} codebooks per frame, got {codes.shape[-1]}.")
         if codes.size and (codes.min() < 0 or np.any(codes >= sizes)):
-            raise ValueError(f"{who} codes out of range for codebook sizes {tuple(sizes)}.")
+            raise ValueError(f"{who} codes out of range for codebook sizes {tuple(int(n) for n in sizes)}.")
         return codes + np.asarray(offsets, dtype=np.int64)
 
     # ---- roles and masks ---------------------------------------------------------------------
@@ -254,3 +261,11 @@ class DuplexLayout:
         q = spec.num_codebooks
         return cls(codec=spec, text_vocab_size=text_vocab_size, q_in=q_in or q, q_out=q_out or q,
                    text_lead=text_lead, silence_codes=tuple(int(x) for x in codec.silence_codes()))
+
+
+def _int_codes(codes: np.ndarray, who: str) -> np.ndarray:
+    """Codes as int64; floats (a NaN, 1.7) are refused rather than silently truncated to another code."""
+    a = np.asarray(codes)
+    if a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{who} codes must be integers, got dtype {a.dtype}.")
+    return a.astype(np.int64, copy=False)

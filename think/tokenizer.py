@@ -43,6 +43,20 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
+def encode_system_prompt(tokenizer: Tokenizer, prompt: str | None) -> list[int]:
+    """The text ids of a session's system prompt (``[]`` for none).
+
+    A prompt from JSON may hold lone UTF-16 surrogates (``"\\ud800"`` is valid JSON, not valid text),
+    which the tokenizer rejects with a bare TypeError: they become U+FFFD, as any text decoder would.
+    """
+    if prompt is None or prompt == "":
+        return []
+    if not isinstance(prompt, str):
+        raise TypeError(f"The system prompt must be text (str), got {type(prompt).__name__}.")
+    prompt = prompt.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return tokenizer.encode(prompt).ids
+
+
 class TextStream:
     """Turns a stream of text ids into text deltas without splitting multi-byte characters.
 

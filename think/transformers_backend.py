@@ -27,6 +27,7 @@ from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
 from think.lean_llama import LeanLlama
 from think.sampling import SamplingConfig, SlotMasks, sample
+from think.tokenizer import encode_system_prompt
 
 
 class TransformersBackend(Backend):
@@ -158,7 +159,7 @@ class TransformersSession(BackendSession):
         if sampling.seed is not None:
             self.generator.manual_seed(sampling.seed)
         lay = self.layout
-        prompt_ids = backend.tokenizer.encode(system_prompt).ids if system_prompt else []
+        prompt_ids = encode_system_prompt(backend.tokenizer, system_prompt)
         prefix = [lay.special("session_start")]
         if prompt_ids:
             prefix += [lay.special("system_start"), *prompt_ids, lay.special("system_end")]
@@ -169,6 +170,9 @@ class TransformersSession(BackendSession):
         self.fed = 0
         self.frame = 0
         self.closed = False
+        # A step runs in a worker thread: close() during it must not pull the KV cache from under it,
+        # and two steps at once would interleave their ids in one sequence.
+        self._state_lock = threading.Lock()
         self._silence_ids = [lay.pad_id, *lay.agent_audio_ids(lay.agent_silence_codes()).tolist()]
 
     @property
@@ -180,11 +184,21 @@ class TransformersSession(BackendSession):
 
     def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
+        if not self._state_lock.acquire(blocking=False):
+            if self.closed:
+                raise RuntimeError("This session is closed.")
+            raise RuntimeError("This session is already running a step; steps of one session must not overlap.")
+        try:
+            return self._step_locked(user_codes, force_silence, quiet)
+        finally:
+            self._state_lock.release()
+
+    def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
         t0 = time.perf_counter()
         lay = self.layout
-        user_ids = lay.user_ids(np.asarray(user_codes)[: lay.q_in]).tolist()
+        user_ids = lay.frame_user_ids(user_codes)
         rebased = False
         if self.window.should_rebase(quiet or force_silence):
             self._rebase()
@@ -243,5 +257,10 @@ class TransformersSession(BackendSession):
 
     async def close(self) -> None:
         self.closed = True
-        self.stream = None
-        self.pending = []
+        # A step still running finishes on its cache; the cache is freed once no step holds it.
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        with self._state_lock:
+            self.stream = None
+            self.pending = []

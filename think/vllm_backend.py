@@ -45,7 +45,7 @@ from think.checkpoint import check_model_dir
 from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
 from think.sampling import SamplingConfig
-from think.tokenizer import load_tokenizer
+from think.tokenizer import encode_system_prompt, load_tokenizer
 from think.vllm_masks import KEY, engine_env, slot_spec
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class VllmBackend(Backend):
         self.sessions: dict[int, VllmSession] = {}
         self._ids = itertools.count()
         self._lora_ids: dict[str, Any] = {}
+        self._lora_lock: asyncio.Lock | None = None  # made on the engine loop, where it is used
         self._step_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self._late_recent: collections.deque[bool] = collections.deque(maxlen=200)
         self.frames = 0
@@ -335,18 +336,23 @@ class VllmBackend(Backend):
     async def _lora_request(self, name: str) -> Any:
         from vllm.lora.request import LoRARequest
 
-        if name in self._lora_ids:
-            return self._lora_ids[name]
-        info = resolve_adapter(self.config.adapters_dir, name, self.config.max_lora_rank)
-        request = LoRARequest(name, len(self._lora_ids) + 1, str(info.path))
-        try:
-            await self.engine.add_lora(request)
-        except Exception as e:
-            from think.adapters import AdapterError
+        # One at a time: sessions opened from several threads would otherwise take the same free
+        # lora_int_id across the await below, and vLLM would serve both names with one adapter's weights.
+        if self._lora_lock is None:
+            self._lora_lock = asyncio.Lock()
+        async with self._lora_lock:
+            if name in self._lora_ids:
+                return self._lora_ids[name]
+            info = resolve_adapter(self.config.adapters_dir, name, self.config.max_lora_rank)
+            request = LoRARequest(name, len(self._lora_ids) + 1, str(info.path))
+            try:
+                await self.engine.add_lora(request)
+            except Exception as e:
+                from think.adapters import AdapterError
 
-            raise AdapterError(f"vLLM cannot serve adapter {name!r}: {str(e).strip().splitlines()[0]}") from e
-        self._lora_ids[name] = request
-        return request
+                raise AdapterError(f"vLLM cannot serve adapter {name!r}: {str(e).strip().splitlines()[0]}") from e
+            self._lora_ids[name] = request
+            return request
 
     def _record(self, compute_ms: float) -> None:
         late = compute_ms > self.layout.frame_ms
@@ -393,7 +399,7 @@ class VllmSession(BackendSession):
         self.id = session_id
         self.record = record
         self.generation = backend.generation
-        prompt_ids = backend.tokenizer.encode(system_prompt).ids if system_prompt else []
+        prompt_ids = encode_system_prompt(backend.tokenizer, system_prompt)
         prefix = [lay.special("session_start")]
         if prompt_ids:
             prefix += [lay.special("system_start"), *prompt_ids, lay.special("system_end")]
@@ -447,7 +453,7 @@ class VllmSession(BackendSession):
             raise self.error
         t0 = time.perf_counter()
         lay = self.layout
-        user_ids = lay.user_ids(np.asarray(user_codes)[: lay.q_in]).tolist()
+        user_ids = lay.frame_user_ids(user_codes)
         rebased = False
         if self.window.should_rebase(quiet or force_silence):
             await self._end_request()
@@ -498,6 +504,11 @@ class VllmSession(BackendSession):
             await self._end_request()
             raise err from None
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.closed and fut.cancelled() and not (task is not None and task.cancelling()):
+                # close() ended the request under this step; the caller did not ask for a cancellation
+                # (in its own task it would look like one and stop more than this step).
+                raise RuntimeError("This session was closed during the step.") from None
             # The frame's ids are lost with the caller: the context can no longer match what was said.
             if not self.closed:
                 self._fail(SessionLost("A step was cancelled mid-frame; this session has ended."))

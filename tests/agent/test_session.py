@@ -160,3 +160,62 @@ async def test_tail_ends_when_the_agent_stays_quiet_after_the_input(codec, layou
 async def test_tail_cap_ends_an_agent_that_never_stops(codec, layout, loud_codes):
     outs, audible = await _tail_run(codec, layout, loud_codes, talk_from=0, talk_until=None)
     assert len(outs) == 13 + 60 and audible[-1] == len(outs) - 1
+
+
+async def test_push_after_close_says_closed_and_end_input_after_close_is_a_no_op(codec, layout, loud_codes):
+    session = Session(TalkingModel(layout, loud_codes), codec, default_tokenizer(), input_rate=8000)
+    await session.close()
+    with pytest.raises(RuntimeError, match="session is closed"):
+        await session.push_audio(np.zeros(800, np.float32))
+    await session.end_input()  # a surface tearing down in any order must not fail here
+
+
+class _LateCodec:
+    """codec2 whose decoder returns each frame's audio two frames late (like snac's look-ahead)."""
+
+    def __init__(self, codec, lookahead=2):
+        import dataclasses
+
+        self._codec = codec
+        self.spec = dataclasses.replace(codec.spec, lookahead_frames=lookahead)
+
+    def encoder(self):
+        return self._codec.encoder()
+
+    def silence_codes(self):
+        return self._codec.silence_codes()
+
+    def decoder(self):
+        inner, keep = self._codec.decoder(), self.spec.lookahead_frames * self.spec.frame_samples
+
+        class Late:
+            held = np.zeros(0, np.float32)
+
+            def decode(self, codes):
+                pcm = np.concatenate([self.held, inner.decode(codes)])
+                out, self.held = pcm[: len(pcm) - keep], pcm[len(pcm) - keep:]
+                return out
+
+            def flush(self):
+                out, self.held = self.held, np.zeros(0, np.float32)
+                return out
+
+            def reset(self):
+                inner.reset()
+                self.held = np.zeros(0, np.float32)
+
+        return Late()
+
+
+async def test_lookahead_codec_still_gives_one_frame_of_agent_audio_per_frame(codec, layout, loud_codes):
+    late = _LateCodec(codec)
+    session = Session(TalkingModel(layout, loud_codes), late, default_tokenizer(), input_rate=8000)
+    outs = await run_offline(session, np.zeros(8000, np.float32))
+    fs = codec.spec.frame_samples
+    assert all(len(o.agent_audio) == fs for o in outs)
+    # The agent's track is the codec's, delayed by the look-ahead: silence first, then the same audio.
+    direct = codec.decode_all(np.stack([loud_codes] * len(outs)))
+    track = np.concatenate([o.agent_audio for o in outs])
+    assert not track[: 2 * fs].any()
+    np.testing.assert_allclose(track[2 * fs:], direct[: len(track) - 2 * fs], atol=1e-6)
+    assert outs[2].mark.agent_rms > session.policy.config.agent_talking_rms

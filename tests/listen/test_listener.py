@@ -148,6 +148,17 @@ def test_bad_input_raises_and_leaves_state_untouched(fake_codec):
         Listener(fake_codec, -1)
 
 
+@pytest.mark.parametrize("rate", [1, 7, 999, 1e9])
+def test_absurd_input_rates_get_a_clear_error(fake_codec, rate):
+    # 1 Hz -> 8 kHz would turn a one-million-sample block into 32 GB of float32.
+    with pytest.raises(AudioInputError, match="between 1000 and 768000 Hz"):
+        Listener(fake_codec, rate)
+    listener = Listener(fake_codec, 8000)
+    with pytest.raises(AudioInputError, match="between 1000 and 768000 Hz"):
+        listener.set_input_rate(rate)
+    assert listener.input_rate == 8000
+
+
 def test_listener_with_codec2():
     from streaming.codecs import load_codec
 

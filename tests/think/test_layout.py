@@ -69,6 +69,17 @@ def test_missing_layout_file_says_what_the_directory_should_be(tmp_path):
         DuplexLayout.load(tmp_path)
 
 
+def test_one_frames_user_codes_must_be_a_row_of_integers():
+    layout = make_layout()
+    assert layout.frame_user_ids(np.zeros(6, np.int32)) == list(layout.user_offsets)
+    with pytest.raises(ValueError, match="must be integers"):
+        layout.frame_user_ids(np.array([0.9, 0, 0, 0, 0, 0]))  # not silently code 0
+    with pytest.raises(ValueError, match="one frame of user codes"):
+        layout.frame_user_ids(np.zeros((2, 6), np.int64))
+    with pytest.raises(ValueError, match=r"codebook sizes \(512, "):
+        layout.frame_user_ids(np.array([512, 0, 0, 0, 0, 0]))
+
+
 def test_out_of_range_codes_and_text_ids_are_rejected():
     layout = make_layout()
     with pytest.raises(ValueError, match="out of range"):

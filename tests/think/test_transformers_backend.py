@@ -154,3 +154,63 @@ def test_model_smaller_than_its_layout_is_rejected(small_model_dir, tmp_path):
     (bad / "duplex_layout.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="do not belong together|layout needs"):
         load_checkpoint(bad)
+
+
+def test_close_during_a_step_lets_it_finish_and_refuses_the_next(nano_model_dir, rng):
+    import asyncio
+    import time
+
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    session = backend.open_session(SamplingConfig(seed=0))
+    frames = _user_codes(rng, backend.layout, 2)
+    stream = session.stream
+    real_feed = stream.feed
+    overlap = []
+
+    def slow_feed(ids, rows):
+        if not overlap:
+            try:  # another step of the same session while this one runs
+                session.step_sync(frames[1])
+            except RuntimeError as e:
+                overlap.append(str(e))
+            deadline = time.monotonic() + 10
+            while not session.closed and time.monotonic() < deadline:  # close() arrives mid-step
+                time.sleep(0.001)
+        return real_feed(ids, rows)
+
+    stream.feed = slow_feed
+
+    async def main():
+        step = asyncio.create_task(session.step(frames[0]))
+        await asyncio.sleep(0.05)
+        await session.close()
+        return await step
+
+    result = asyncio.run(main())
+    assert result.frame == 0 and len(result.agent_codes) == backend.layout.q_out
+    assert overlap and "already running a step" in overlap[0]
+    assert session.stream is None
+    with pytest.raises(RuntimeError, match="closed"):
+        session.step_sync(frames[1])
+
+
+def test_system_prompt_with_lone_surrogates_is_served_and_a_non_text_one_refused(nano_model_dir, rng):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    session = backend.open_session(system_prompt="be brief \ud800 \U0001F916")  # "\ud800" is valid JSON
+    assert session.window.prefix[-1] == backend.layout.special("system_end")
+    assert session.step_sync(_user_codes(rng, backend.layout, 1)[0]).frame == 0
+    with pytest.raises(TypeError, match="system prompt must be text"):
+        backend.open_session(system_prompt=b"be brief")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.array([0.5, 1.7, 0, 0, 0, 0]), "must be integers"),
+    (np.array([np.nan, 0, 0, 0, 0, 0]), "must be integers"),
+    (np.zeros((2, 6), np.int64), "one frame of user codes"),
+])
+def test_malformed_user_codes_get_a_clear_error(nano_model_dir, bad, match):
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    session = backend.open_session()
+    with pytest.raises(ValueError, match=match):
+        session.step_sync(bad)
+    assert session.step_sync(np.zeros(backend.layout.q_in, np.int64)).frame == 0  # still usable

@@ -340,3 +340,65 @@ def test_engine_crash_is_reported_and_the_engine_restarts(engine):
     fresh = engine.open_session(GREEDY)
     assert fresh.step_sync(frames[0]).agent_codes.shape == (engine.layout.q_out,)
     asyncio.run(fresh.close())
+
+
+# ---- engine-free checks: the session/adapter bookkeeping around a fake engine -------------------------
+
+class _FakeEngine:
+    """Takes requests and never answers; ``add_lora`` yields to the loop like the real one."""
+
+    def __init__(self):
+        self.loras = []
+
+    async def add_lora(self, request):
+        await asyncio.sleep(0.01)
+        self.loras.append(request)
+
+    async def generate(self, inputs, params, request_id, lora_request=None):
+        async for _ in inputs:
+            pass
+        if False:
+            yield None
+
+
+def _fake_backend(model_dir, adapters_dir=None):
+    from think.layout import DuplexLayout
+    from think.tokenizer import load_tokenizer
+
+    backend = object.__new__(VllmBackend)
+    backend.config = VllmConfig(adapters_dir=str(adapters_dir) if adapters_dir else None, max_lora_rank=8,
+                                step_timeout_s=10)
+    backend.layout = DuplexLayout.load(model_dir)
+    backend.tokenizer = load_tokenizer(model_dir)
+    backend.context, backend.max_positions, backend.generation = ContextConfig(), 4096, 1
+    backend.sessions, backend._lora_ids, backend._lora_lock = {}, {}, None
+    backend.engine = _FakeEngine()
+    return backend
+
+
+def test_adapters_opened_at_once_get_distinct_lora_ids(model_dir, adapters_dir):
+    backend = _fake_backend(model_dir, adapters_dir)
+
+    async def both():
+        return await asyncio.gather(backend._lora_request("alpha"), backend._lora_request("beta"),
+                                    backend._lora_request("alpha"))
+
+    alpha, beta, alpha_again = asyncio.run(both())
+    assert alpha.lora_int_id != beta.lora_int_id  # else vLLM serves "beta" with alpha's weights
+    assert alpha_again is alpha and len(backend.engine.loras) == 2
+
+
+def test_close_mid_step_raises_a_clear_error_not_a_cancellation(model_dir):
+    from think.vllm_backend import VllmSession
+
+    backend = _fake_backend(model_dir)
+    session = VllmSession(backend, GREEDY, "", None, 0, record=False)
+
+    async def main():
+        step = asyncio.create_task(session._step(_frames(backend.layout, 1)[0], False))
+        await asyncio.sleep(0.05)
+        await session._aclose()
+        with pytest.raises(RuntimeError, match="closed during the step"):
+            await step
+
+    asyncio.run(main())
