@@ -397,7 +397,10 @@ class RealtimeConnection:
                 raise ValueError(f"no adapter {self.settings.adapter!r} for model {entry.name} "
                                  f"(adapters: {', '.join(sorted(entry.adapters)) or 'none'})")
             adapter = str(entry.adapters[self.settings.adapter])
-        new = entry.backend.open_session(self.settings.sampling, self.settings.instructions, adapter=adapter)
+        # In a worker thread: the first use of an adapter merges (or loads) it, which must not stall the frames
+        # of the conversations this event loop is running.
+        new = await asyncio.to_thread(entry.backend.open_session, self.settings.sampling, self.settings.instructions,
+                                      adapter=adapter)
         if self.model_session is not None:
             await self.model_session.close()
         self.entry, self.model_session = entry, new

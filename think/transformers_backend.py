@@ -69,6 +69,7 @@ class TransformersBackend(Backend):
         self.engine = "lean" if self.lean else "hf"
         self.adapters_dir = adapters_dir
         self._adapter_backends: dict[str, TransformersBackend] = {}
+        self._adapter_lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu", context: ContextConfig | None = None,
@@ -87,21 +88,24 @@ class TransformersBackend(Backend):
 
         Merged once per adapter name and cached; the lean engine then runs the merged weights.
         """
-        if name not in self._adapter_backends:
-            import copy
+        with self._adapter_lock:  # sessions open from worker threads: one merge per name, not one per caller
+            if name not in self._adapter_backends:
+                self._adapter_backends[name] = self._merged_backend(name)
+            return self._adapter_backends[name]
 
-            from peft import PeftModel
+    def _merged_backend(self, name: str) -> "TransformersBackend":
+        import copy
 
-            from think.adapters import resolve_adapter
+        from peft import PeftModel
 
-            info = resolve_adapter(self.adapters_dir, name)
-            with self.lock:
-                base = copy.deepcopy(self.model)
-            merged = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload().eval()
-            loaded = LoadedModel(model=merged, layout=self.layout, tokenizer=self.tokenizer, path=self.loaded.path)
-            self._adapter_backends[name] = TransformersBackend(loaded, context=self.context,
-                                                               threads=torch.get_num_threads(), engine=self.engine)
-        return self._adapter_backends[name]
+        from think.adapters import resolve_adapter
+
+        info = resolve_adapter(self.adapters_dir, name)
+        with self.lock:
+            base = copy.deepcopy(self.model)
+        merged = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload().eval()
+        loaded = LoadedModel(model=merged, layout=self.layout, tokenizer=self.tokenizer, path=self.loaded.path)
+        return TransformersBackend(loaded, context=self.context, threads=torch.get_num_threads(), engine=self.engine)
 
     def new_stream(self, capacity: int) -> "_KVStream":
         return _LeanStream(self, capacity) if self.lean else _HFStream(self)

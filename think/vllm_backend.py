@@ -125,6 +125,7 @@ class VllmBackend(Backend):
         self._ids = itertools.count()
         self._lora_ids: dict[str, Any] = {}
         self._lora_lock: asyncio.Lock | None = None  # made on the engine loop, where it is used
+        self._open_lock = threading.Lock()
         self._step_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self._late_recent: collections.deque[bool] = collections.deque(maxlen=200)
         self.frames = 0
@@ -321,6 +322,11 @@ class VllmBackend(Backend):
     # ---- sessions ---------------------------------------------------------------------------
     def open_session(self, sampling: SamplingConfig | None = None, system_prompt: str = "",
                      adapter: str | None = None) -> "VllmSession":
+        # Callers open sessions from worker threads: the session count is checked and taken in one step.
+        with self._open_lock:
+            return self._open_session(sampling, system_prompt, adapter)
+
+    def _open_session(self, sampling: SamplingConfig | None, system_prompt: str, adapter: str | None) -> "VllmSession":
         if self.state != "ready":
             raise BackendBusy(f"busy: the inference engine is {self.state}; try again shortly.")
         if len(self.sessions) >= self.config.max_sessions:

@@ -86,3 +86,23 @@ def test_transformers_reference_serves_a_merged_adapter_per_session(nano_model_d
     assert backend.adapter_backend("one") is tuned.backend  # merged once, shared by sessions
     with pytest.raises(AdapterError):
         backend.open_session(greedy, adapter="../one")
+
+
+def test_an_adapter_opened_from_many_threads_at_once_is_merged_once(nano_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.think.lora import random_lora
+    from think.sampling import SamplingConfig
+    from think.transformers_backend import TransformersBackend
+
+    random_lora(nano_model_dir, None, seed=0, scale=1.0, rank=4, targets=["q_proj"], save=False).save_pretrained(
+        tmp_path / "ads" / "one")
+    backend = TransformersBackend.from_dir(nano_model_dir, adapters_dir=tmp_path / "ads")
+    merges = []
+    real = backend._merged_backend
+    backend._merged_backend = lambda name: merges.append(name) or real(name)
+    with ThreadPoolExecutor(4) as pool:  # what the server does: sessions open in worker threads
+        sessions = list(pool.map(lambda _: backend.open_session(SamplingConfig(), adapter="one"), range(4)))
+    assert merges == ["one"]
+    assert len({id(s.backend) for s in sessions}) == 1
