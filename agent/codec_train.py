@@ -68,6 +68,18 @@ class CodecTrainConfig:
     device: str = "auto"  # auto: cuda when available
     max_seconds: float = 0  # wall-clock budget (0 = none): the run ends, and the lr decays, by steps or time, whichever comes first
 
+    def __post_init__(self) -> None:
+        # Each would train nothing, loop on a modulo by zero, or fail in torch after the data is built.
+        for name in ("steps", "batch_size", "segment_frames", "eval_every", "eval_batches", "save_every", "log_every",
+                     "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+        for name in ("lr", "lr_min", "warmup", "weight_decay", "grad_clip", "max_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}.")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodecTrainConfig:
         d = dict(d)

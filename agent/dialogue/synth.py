@@ -271,12 +271,13 @@ def synth(out: str | Path, count: int | None = None, preset: str | None = "data-
         raise ValueError("--count must be at least 1.")
     if seed < 0:  # numpy's generators take no negative seed; it failed inside the first dialogue
         raise ValueError(f"--seed must be >= 0, got {seed}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers must be a number of processes >= 1, got {workers!r}.")
     check_tts(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(cfg.count)
             if not ((out / f"{dialogue_id(i)}.wav").exists() and (out / f"{dialogue_id(i)}.json").exists())]
-    workers = max(1, int(workers))
     if todo:
         est = len(todo) * cfg.seconds_per_dialogue / min(workers, os.cpu_count() or 1)
         announce(f"{len(todo)} of {cfg.count} dialogues to write ({cfg.count - len(todo)} already there); "

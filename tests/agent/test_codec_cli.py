@@ -127,3 +127,12 @@ def test_word_errors():
 
     assert word_errors("The birch canoe slid.", "the birch canoe slid") == (0, 4)
     assert word_errors("a b c", "a x c d") == (2, 3)
+
+
+@pytest.mark.parametrize("override", ["steps=0", "batch_size=-1", "save_every=0", "lr=-1", "threads=abc"])
+def test_codec_train_settings_that_mean_nothing_are_one_clear_error(override):
+    from agent.codec_train import resolve_config
+
+    name = override.split("=")[0]
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        resolve_config("smoke", [override])

@@ -218,6 +218,15 @@ def test_a_negative_seed_is_refused_before_any_dialogue_is_made(tmp_path, capsys
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_workers_below_one_are_refused_not_taken_as_one(tmp_path, capsys, workers):
+    from agent.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--count", "1", "--workers", workers, "-q"]) == 2
+    assert f"--workers must be a number of processes >= 1, got {workers}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # fast checks with a fake voice (no TTS): every phenomenon placed as labelled
 
