@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,18 +294,28 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     lay = backend.layout
     scores: list[DialogueScore] = []
     runs: list[tuple[list, Path, int]] = []
-    for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
-        outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
-        scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
-        if cfg.asr:
-            runs.append((outs, wav, codec.spec.sample_rate))
+    stopped = False
+    try:
+        for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
+            outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
+            scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
+            if cfg.asr:
+                runs.append((outs, wav, codec.spec.sample_rate))
+    except KeyboardInterrupt:
+        if not scores:
+            raise
+        stopped = True  # Ctrl-C: the dialogues already scored are written, not thrown away
     summary = summarize(scores)
-    if cfg.asr:
+    if cfg.asr and not stopped:
         from agent.codec_eval import Recognizer
 
         summary.update(intelligibility(Recognizer(), scores, runs))
     result = {"summary": summary, "config": asdict(cfg), "model": str(backend.loaded.path),
-              "dialogues": [asdict(s) for s in scores]}
+              "complete": not stopped, "dialogues": [asdict(s) for s in scores]}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(scores, out / "eval.png")
+    if stopped:
+        print(f"duplex: eval stopped after {len(scores)} of {len(records)} dialogues; {out / 'eval.json'} scores "
+              "those (\"complete\": false).", file=sys.stderr)
+        raise KeyboardInterrupt
     return result

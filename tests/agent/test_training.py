@@ -181,6 +181,34 @@ def test_eval_scores_held_out_dialogues_through_the_loop(dialogues, nano_model_d
     assert s["agent_speech_wer"] is None or s["agent_speech_wer"] > s["clean_tts_wer"]
 
 
+def test_ctrl_c_during_eval_keeps_the_dialogues_already_scored(dialogues, nano_model_dir, tmp_path, monkeypatch,
+                                                              capsys):
+    import agent.evaluate as evaluate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("d0", "d2"):
+        record = json.loads((dialogues / f"{name}.json").read_text())
+        record["split"] = "test"
+        (data / f"{name}.json").write_text(json.dumps(record))
+        (data / f"{name}.wav").write_bytes((dialogues / f"{name}.wav").read_bytes())
+    real, calls = evaluate._run_dialogue, []
+
+    async def stop_at_the_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(evaluate, "_run_dialogue", stop_at_the_second)
+    out = tmp_path / "eval"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.run_eval(evaluate.EvalConfig(data=str(data)), str(nano_model_dir), out, progress=False)
+    result = json.loads((out / "eval.json").read_text())
+    assert result["complete"] is False and result["summary"]["dialogues"] == 1
+    assert "stopped after 1 of 2 dialogues" in capsys.readouterr().err
+
+
 def test_eval_can_hear_the_user_through_a_live_input_path(dialogues, nano_model_dir, tmp_path, capsys):
     """`--mic-path browser-apm` scores the model on what the page's WebRTC processing passes on; an unknown
     path is refused in one sentence that names the choices."""
