@@ -121,10 +121,10 @@ class DuplexLayout:
 
     def frame_user_ids(self, codes: np.ndarray) -> list[int]:
         """One frame's user codes ``(>= Q_in,)`` -> its Q_in ids (what a backend session appends)."""
-        codes = _int_codes(codes, "user")
+        codes = np.asarray(codes)
         if codes.ndim != 1:
             raise ValueError(f"A step takes one frame of user codes, shape ({self.q_in},), got shape {codes.shape}.")
-        return self.user_ids(codes[: self.q_in]).tolist()
+        return self.user_ids(codes).tolist()
 
     def agent_audio_ids(self, codes: np.ndarray) -> np.ndarray:
         """Agent codes ``(frames, >= Q_out)`` or ``(>= Q_out,)`` -> ids."""

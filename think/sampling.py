@@ -5,11 +5,14 @@ The masks are additive ``(vocab,)`` tensors built once per layout.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from think.layout import DuplexLayout
+
+MIN_TEMPERATURE = 0.01  # below it (but above 0, greedy) the sampler's logits overflow
 
 
 @dataclass
@@ -34,15 +37,26 @@ class SamplingConfig:
     pad_bias: float = 0.0
 
     def __post_init__(self) -> None:
+        # Every surface (server, daemon, CLI, YAML) builds one of these from user input: the checks live here.
+        for name in ("text_temperature", "audio_temperature", "pad_bias"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v!r:.40}.")
         if not (-20.0 <= self.pad_bias <= 20.0) or self.pad_bias != self.pad_bias:
             raise ValueError(f"pad_bias must be between -20 and 20, got {self.pad_bias}.")
         for name in ("text_temperature", "audio_temperature"):
             value = getattr(self, name)
             if not (0.0 <= value <= 10.0) or value != value:
                 raise ValueError(f"{name} must be between 0 and 10, got {value}.")
+            if 0 < value < MIN_TEMPERATURE:  # dividing float32 logits by it overflows to inf, then NaN
+                raise ValueError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}.")
         for name in ("text_top_k", "audio_top_k"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0.")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < 2 ** 31:
+                raise ValueError(f"{name} must be an integer from 0 to 2**31 - 1, got {v!r:.40}.")  # int32 in vLLM
+        s = self.seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Integral) or not -2**63 <= s < 2**63):
+            raise ValueError(f"seed must be a 64-bit signed integer or null, got {s!r:.40}.")  # torch's range
 
 
 class SlotMasks:
