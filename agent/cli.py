@@ -77,7 +77,7 @@ def _typed_override(item: str, root: type | None = None) -> str:
 
     import yaml
 
-    from agent.config import SessionConfig
+    from agent.config import SessionConfig, kind_error, plain_kinds
 
     if "=" not in item:
         return item
@@ -96,20 +96,16 @@ def _typed_override(item: str, root: type | None = None) -> str:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    allowed = typing.get_args(cls) or (cls,)
-    if value is None and type(None) in allowed:
+    allowed = plain_kinds(cls)
+    if allowed is None:
         return item
-    ok = (
-        (bool in allowed and isinstance(value, bool))
-        or (int in allowed and isinstance(value, int) and not isinstance(value, bool))
-        or (float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
-    )
-    if str in allowed and not ok:  # text, or a number where a setting also takes one (audio.latency=0.05)
-        return item if isinstance(value, str) else f"{key}={json.dumps(raw)}"
-    if not ok:
-        kinds = " or ".join({bool: "true/false", int: "an integer", float: "a number"}.get(t, "null" if t is type(None)
-                            else getattr(t, "__name__", str(t))) for t in allowed)
-        raise ValueError(f"--set {item}: {key} must be {kinds}, got {raw!r}.")
+    if str in allowed:  # text, unless it is a value the setting also takes (audio.latency=0.05, null)
+        others = tuple(t for t in allowed if t is not str)
+        fits = isinstance(value, str) or (others and kind_error(key, value, others) is None)
+        return item if fits else f"{key}={json.dumps(raw)}"
+    error = kind_error(key, value, allowed)
+    if error:
+        raise ValueError(f"--set {item}: {error}")
     return item
 
 

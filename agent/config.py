@@ -77,6 +77,32 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
 
 
 _INT_LIMIT = 2 ** 63  # no setting needs more; beyond it torch (seeds) and C code overflow
+_KIND_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "text", type(None): "null"}
+
+
+def plain_kinds(hint: Any) -> tuple | None:
+    """The plain types a field's hint allows (bool, int, float, str, None), or None for any other hint
+    (a section, a list, a dict: checked by their own dataclass)."""
+    if typing.get_origin(hint) in (list, tuple, dict, set):
+        return None
+    allowed = typing.get_args(hint) or (hint,)
+    return allowed if all(t in _KIND_WORDS for t in allowed) else None
+
+
+def kind_error(name: str, value: Any, allowed: tuple) -> str | None:
+    """Why ``value`` does not fit a setting of the plain types ``allowed`` (None when it does)."""
+    ok = ((value is None and type(None) in allowed) or (isinstance(value, str) and str in allowed)
+          or (isinstance(value, bool) and bool in allowed)
+          or (not isinstance(value, bool) and isinstance(value, int) and (int in allowed or float in allowed)
+              and abs(value) < _INT_LIMIT)
+          or (isinstance(value, float) and float in allowed))
+    if ok:
+        return None
+    kinds = " or ".join(dict.fromkeys(_KIND_WORDS[t] for t in allowed))
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
+        kinds += f" below {_INT_LIMIT:.1e}"
+    quote = " (quote it to make it text)" if str in allowed and isinstance(value, (int, float)) else ""
+    return f"{name} must be {kinds}{quote}, got {value!r:.80}."
 
 
 def check_types(cls: type, data: dict | None, where: str = "") -> None:
@@ -98,23 +124,10 @@ def check_types(cls: type, data: dict | None, where: str = "") -> None:
             else:
                 raise ValueError(f"{name} must be a section of settings (a mapping), got {value!r:.80}.")
             continue
-        if typing.get_origin(hint) in (list, tuple, dict, set):  # list[str] etc.: the dataclass checks those
-            continue
-        allowed = typing.get_args(hint) or (hint,)
-        if not all(t in (bool, int, float, str, type(None)) for t in allowed):
-            continue
-        ok = ((value is None and type(None) in allowed) or (isinstance(value, str) and str in allowed)
-              or (isinstance(value, bool) and bool in allowed)
-              or (not isinstance(value, bool) and isinstance(value, int) and (int in allowed or float in allowed)
-                  and abs(value) < _INT_LIMIT)
-              or (isinstance(value, float) and float in allowed))
-        if not ok:
-            kinds = " or ".join(dict.fromkeys({bool: "true/false", int: "an integer", float: "a number", str: "text",
-                                               type(None): "null"}[t] for t in allowed))
-            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT_LIMIT:
-                kinds += f" below {_INT_LIMIT:.1e}"
-            quote = " (quote it to make it text)" if str in allowed and isinstance(value, (int, float)) else ""
-            raise ValueError(f"{name} must be {kinds}{quote}, got {value!r:.80}.")
+        allowed = plain_kinds(hint)
+        error = kind_error(name, value, allowed) if allowed else None
+        if error:
+            raise ValueError(error)
 
 
 def _parse_scalar(text: str) -> Any:
