@@ -7,9 +7,8 @@ frame after speech) to the start of the first audible agent frame after it, plus
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from collections import deque
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -43,10 +42,13 @@ class LatencyRecorder:
 
     ``keep_frames`` bounds the kept per-frame marks for endless sessions (0 = keep every frame, as
     ``duplex chat`` does for its report); the summary statistics cover the last ``STATS_WINDOW`` frames
-    (one hour), so a live session's memory stays bounded too.
+    (one hour), so a live session's memory stays bounded too. Bounded sessions (a daemon runs for days) also
+    keep only the last ``EVENT_WINDOW`` turn latencies and barge-in frames; ``turns_measured`` and
+    ``barge_ins`` count all of them.
     """
 
     STATS_WINDOW = 45_000
+    EVENT_WINDOW = 1_000
 
     def __init__(self, frame_ms: float, keep_frames: int = 0) -> None:
         self.frame_ms = frame_ms
@@ -56,8 +58,11 @@ class LatencyRecorder:
         self._thinks: deque[float] = deque(maxlen=self.STATS_WINDOW)
         self.frames_late = 0
         self.frames_seen = 0
-        self.turn_latencies_ms: list[float] = []
-        self.barge_in_frames: list[int] = []
+        events = {"maxlen": self.EVENT_WINDOW} if keep_frames else {}
+        self.turn_latencies_ms: deque[float] = deque(**events)
+        self.barge_in_frames: deque[int] = deque(**events)
+        self.turns_measured = 0
+        self.barge_ins = 0
         self._user_was_speaking = False
         self._speech_end_frame: int | None = None
 
@@ -81,7 +86,12 @@ class LatencyRecorder:
         if audible and self._speech_end_frame is not None:
             gap_ms = (mark.frame - self._speech_end_frame) * self.frame_ms + mark.total_ms
             self.turn_latencies_ms.append(round(gap_ms, 3))
+            self.turns_measured += 1
             self._speech_end_frame = None
+
+    def add_barge_in(self, frame: int) -> None:
+        self.barge_in_frames.append(frame)
+        self.barge_ins += 1
 
     def summary(self) -> dict:
         n = self.frames_seen
@@ -94,10 +104,11 @@ class LatencyRecorder:
             "real_time_factor_p95": round(total.get("p95", 0.0) / self.frame_ms, 4) if n else None,
             "real_time_factor_mean": round(total.get("mean", 0.0) / self.frame_ms, 4) if n else None,
             "frames_late": self.frames_late,
+            "turns_measured": self.turns_measured,
             "turn_latency_ms": _percentiles(self.turn_latencies_ms),
-            "turn_latencies_ms": self.turn_latencies_ms,
-            "barge_ins": len(self.barge_in_frames),
-            "barge_in_frames": self.barge_in_frames,
+            "turn_latencies_ms": list(self.turn_latencies_ms),
+            "barge_ins": self.barge_ins,
+            "barge_in_frames": list(self.barge_in_frames),
         }
 
     def report(self) -> dict:

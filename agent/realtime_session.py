@@ -103,7 +103,7 @@ class RealtimeConnection:
         self.settings = SessionSettings(
             model=model, adapter=None, instructions=base.system_prompt, sampling=dataclasses.replace(base.sampling),
             events={"frame": self.cfg.frame_events, "latency": self.cfg.frame_events},
-            silence_ms=self.cfg.silence_duration_ms, turn_type="server_vad",
+            silence_ms=self.cfg.silence_duration_ms, turn_type="server_vad", barge_in=base.policy.barge_in,
             input_rate=self.cfg.default_input_rate, output_rate=self.cfg.default_output_rate)
         # runtime
         self.entry = None
@@ -378,6 +378,8 @@ class RealtimeConnection:
         live = self.session.model if self.session is not None else self.model_session
         if live is not None and hasattr(live, "sampling"):
             live.sampling = new.sampling
+        if new.cuts != old.cuts and self.session is not None:  # this session's policy only
+            self.session.policy.config = dataclasses.replace(self.session.policy.config, barge_in=new.cuts)
         if new.input_rate != old.input_rate and self.session is not None:
             self._plumb_input()
         if new.output_rate != old.output_rate and self.session is not None:
@@ -408,14 +410,14 @@ class RealtimeConnection:
     def session_view(self) -> dict:
         return session_view(self.settings, self.id, self.registry.names,
                             sorted(self.entry.adapters) if self.entry is not None else [],
-                            self.entry.codec.spec if self.entry is not None else None, self.session is not None,
-                            self.registry.session_config.policy.barge_in)
+                            self.entry.codec.spec if self.entry is not None else None, self.session is not None)
 
     # ---- the frame loop ----------------------------------------------------------------------
     def _start(self, delay: bool) -> None:
         entry = self.entry
-        config = dataclasses.replace(self.registry.session_config, system_prompt=self.settings.instructions,
-                                     sampling=self.settings.sampling)
+        base = self.registry.session_config
+        config = dataclasses.replace(base, system_prompt=self.settings.instructions, sampling=self.settings.sampling,
+                                     policy=dataclasses.replace(base.policy, barge_in=self.settings.cuts))
         self.session = Session(self.model_session, entry.codec, entry.backend.tokenizer, config,
                                input_rate=self.settings.input_rate, realtime=True, keep_frame_marks=64)
         self._plumb_input()
@@ -491,29 +493,32 @@ class RealtimeConnection:
                      "user_underruns": float(self.session.user_underruns),
                      "dropped_frames": float(self.session.user_frames.dropped),
                      "clock_shift_ms": round(self.clock.shift * 1000.0, 3)}
-            turns = self.session.latency.turn_latencies_ms
-            if len(turns) > self._turns_seen:
-                marks["turn_latency_ms"] = turns[-1]
-                self._turns_seen = len(turns)
+            latency = self.session.latency
+            if latency.turns_measured > self._turns_seen:
+                marks["turn_latency_ms"] = latency.turn_latencies_ms[-1]
+                self._turns_seen = latency.turns_measured
             self._emit(ev.latency_event(out.index, m.total_ms, marks))
 
     def _track_user(self, out: FrameOutput) -> None:
+        """Server VAD events; with turn detection off the state is still followed (so turning it back on
+        mid-utterance stays consistent) but nothing is sent."""
+        emit = self._emit if self.settings.turn_type is not None else (lambda event: None)
         if out.user.speech:
             if not self.user_speaking:
                 self.user_speaking, self.user_item = True, ev.new_id("item")
                 self.muted = False  # a new user turn lifts a client's response.cancel
-                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STARTED,
-                                        audio_start_ms=int(out.index * self.frame_ms), item_id=self.user_item))
+                emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STARTED,
+                                  audio_start_ms=int(out.index * self.frame_ms), item_id=self.user_item))
             self.user_quiet, self.last_speech_frame = 0, out.index
         elif self.user_speaking:
             self.user_quiet += 1
             if self.user_quiet * self.frame_ms >= self.settings.silence_ms:
                 self.user_speaking = False
-                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STOPPED,
-                                        audio_end_ms=int((self.last_speech_frame + 1) * self.frame_ms),
-                                        item_id=self.user_item))
-                self._emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
-                                        previous_item_id=self.prev_user_item))
+                emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STOPPED,
+                                  audio_end_ms=int((self.last_speech_frame + 1) * self.frame_ms),
+                                  item_id=self.user_item))
+                emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
+                                  previous_item_id=self.prev_user_item))
                 self.prev_user_item = self.user_item
 
     def _barge_in(self, out: FrameOutput) -> None:

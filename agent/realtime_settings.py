@@ -31,7 +31,10 @@ class SessionSettings:
         sampling: sampling settings (may change mid-session).
         events: which per-frame ``x_duplex`` events are sent ({"frame": bool, "latency": bool}).
         silence_ms: server VAD silence before ``speech_stopped``.
-        turn_type: "server_vad", or None when the client turned turn detection off.
+        turn_type: "server_vad", or None when the client turned turn detection off (no VAD events, no
+            barge-in cut; the model still decides when it speaks and when it stops).
+        barge_in: ``interrupt_response``: the policy cuts the agent when the user talks over it (while turn
+            detection is on; see ``cuts``).
         input_rate / output_rate: client PCM16 rates (Hz).
     """
 
@@ -42,8 +45,14 @@ class SessionSettings:
     events: dict[str, bool] = field(default_factory=dict)
     silence_ms: float = 500.0
     turn_type: str | None = "server_vad"
+    barge_in: bool = True
     input_rate: int = 24000
     output_rate: int = 24000
+
+    @property
+    def cuts(self) -> bool:
+        """Whether this session's policy cuts the agent at a barge-in."""
+        return self.barge_in and self.turn_type is not None
 
     @property
     def identity(self) -> tuple[str, str | None, str]:
@@ -80,7 +89,8 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
             raise EventError("invalid_field", 'session.x_duplex.events must look like {"frame": true, '
                              '"latency": true}.', param="session.x_duplex.events")
         events.update(x["events"])
-    turn_type, silence_ms = _parse_turn_detection(s, current)
+    _check_output_modalities(s)
+    turn_type, silence_ms, barge_in = _parse_turn_detection(s, current)
     instructions = s.get("instructions", current.instructions)
     if not isinstance(instructions, str):
         raise EventError("invalid_field", "session.instructions must be a string.", param="session.instructions")
@@ -89,7 +99,7 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
                          f"{MAX_INSTRUCTIONS_CHARS} are accepted.", param="session.instructions")
     return dataclasses.replace(
         current, model=model, adapter=adapter or None, instructions=instructions,
-        sampling=sampling, events=events, silence_ms=silence_ms, turn_type=turn_type,
+        sampling=sampling, events=events, silence_ms=silence_ms, turn_type=turn_type, barge_in=barge_in,
         input_rate=audio.input_rate or current.input_rate, output_rate=audio.output_rate or current.output_rate)
 
 
@@ -109,40 +119,57 @@ def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
     return sampling
 
 
-def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None, float]:
+def _check_output_modalities(s: dict) -> None:
+    mods = s.get("output_modalities")
+    if mods is not None and mods != ["audio"]:
+        raise EventError("invalid_field", f"output_modalities {mods!r} is not supported: the model answers in audio, "
+                         f"and its text comes as the audio's transcript; use [\"audio\"].",
+                         param="session.output_modalities")
+
+
+def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None, float, bool]:
+    """(type, silence_ms, barge_in); null turns the VAD events and the barge-in cut off."""
+    param = "session.audio.input.turn_detection"
     td = ((s.get("audio") or {}).get("input") or {}).get("turn_detection", "absent")
     if td == "absent":
-        return current.turn_type, current.silence_ms
+        return current.turn_type, current.silence_ms, current.barge_in
     if td is None:
-        return None, current.silence_ms
+        return None, current.silence_ms, current.barge_in
     if not isinstance(td, dict):
-        raise EventError("invalid_field", "turn_detection must be an object or null.",
-                         param="session.audio.input.turn_detection")
+        raise EventError("invalid_field", "turn_detection must be an object or null.", param=param)
     silence_ms = current.silence_ms
     if "silence_duration_ms" in td:
         v = td["silence_duration_ms"]
         if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10000):
             raise EventError("invalid_field", "silence_duration_ms must be an integer from 0 to 10000.",
-                             param="session.audio.input.turn_detection.silence_duration_ms")
+                             param=f"{param}.silence_duration_ms")
         silence_ms = float(v)
     kind = td.get("type", current.turn_type or "server_vad")
     if kind != "server_vad":  # session.updated echoes it: an unknown type would break clients' schemas
         raise EventError("invalid_field", f"turn_detection.type {kind!r} is not supported; use \"server_vad\" or "
-                         f"turn_detection null.", param="session.audio.input.turn_detection.type")
-    return kind, silence_ms
+                         f"turn_detection null.", param=f"{param}.type")
+    for key in ("create_response", "interrupt_response"):
+        if key in td and not isinstance(td[key], bool):
+            raise EventError("invalid_field", f"turn_detection.{key} must be true or false.", param=f"{param}.{key}")
+    if td.get("create_response") is False:
+        raise EventError("invalid_field", "turn_detection.create_response false is not supported: in full duplex "
+                         "the model itself decides when to answer.", param=f"{param}.create_response")
+    return kind, silence_ms, td.get("interrupt_response", current.barge_in)
 
 
 def session_view(settings: SessionSettings, session_id: str, models: list[str], adapters: list[str],
-                 spec: Any, started: bool, barge_in: bool) -> dict:
+                 spec: Any, started: bool) -> dict:
     """The ``session`` object of ``session.created`` / ``session.updated``."""
     turn = None if settings.turn_type is None else {
         "type": settings.turn_type, "silence_duration_ms": int(settings.silence_ms), "create_response": True,
-        "interrupt_response": bool(barge_in)}
+        "interrupt_response": settings.barge_in}
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": settings.model,
         "instructions": settings.instructions, "output_modalities": ["audio"],
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": settings.input_rate}, "turn_detection": turn},
-                  "output": {"format": {"type": "audio/pcm", "rate": settings.output_rate}}},
+                  # The model's own voice, or its voice/persona adapter: a client's voice name selects nothing.
+                  "output": {"format": {"type": "audio/pcm", "rate": settings.output_rate},
+                             "voice": settings.adapter or "default"}},
         "x_duplex": {
             "model": settings.model, "models": models, "adapter": settings.adapter, "adapters": adapters,
             "sampling": dataclasses.asdict(settings.sampling), "events": dict(settings.events),

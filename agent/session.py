@@ -144,8 +144,11 @@ class Session:
         """Yield one :class:`FrameOutput` per tick until the input ends (plus up to ``tail_frames`` of
         silence so the agent can finish) or ``max_frames`` ticks. With ``tail_quiet_frames`` the tail ends
         early once the agent has been quiet (no audible audio, no text) for that many frames of it. In
-        real time with ``wait_for_audio`` the clock starts when the first user frame arrives."""
-        tail_left = tail_frames
+        real time with ``wait_for_audio`` the clock starts when the first user frame arrives. A look-ahead
+        codec's tail is at least its ``lookahead_frames``: the agent audio of the last input frame comes out
+        that many frames later, and would otherwise stay in the decoder."""
+        min_tail = self.codec.spec.lookahead_frames
+        tail_left, tail_done = max(tail_frames, min_tail), 0
         quiet = 0  # agent-quiet frames in a row, counted in the tail only
         first: UserFrame | None = None
         if self.realtime and wait_for_audio:
@@ -162,9 +165,10 @@ class Session:
                 user, underrun = await self._next_user_frame(tick.index)
             in_tail = user is None
             if in_tail:
-                if tail_left <= 0 or (tail_quiet_frames is not None and quiet >= tail_quiet_frames):
+                if tail_left <= 0 or (tail_quiet_frames is not None and quiet >= tail_quiet_frames
+                                      and tail_done >= min_tail):
                     break
-                tail_left -= 1
+                tail_left, tail_done = tail_left - 1, tail_done + 1
                 user = self._silent_user_frame(tick.index)
             out = await self.process_frame(user, tick, underrun)
             if in_tail:
@@ -201,7 +205,7 @@ class Session:
         )
         self.latency.add(mark)
         if decision.cut:
-            self.latency.barge_in_frames.append(tick.index)
+            self.latency.add_barge_in(tick.index)
         return FrameOutput(index=tick.index, user=user, agent_audio=agent.astype(np.float32), text_id=result.text_id,
                            text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
                            user_underrun=underrun, mark=mark)

@@ -197,6 +197,9 @@ class MqttBridge:
         self.errors_published = 0
         self.controls_received = 0
         self.last_error: str | None = None
+        # Topics whose retained command was refused: the empty message that clears it (as the refusal says)
+        # reaches the daemon too, once, and is not a command.
+        self._refused_retained: set[str] = set()
 
     # ---- topics --------------------------------------------------------------------------------
     def topic(self, name: str) -> str:
@@ -369,7 +372,12 @@ class MqttBridge:
             payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload or "").encode()
             payload = bytes(payload)
             try:
+                if not payload.strip() and not msg.retain and topic in self._refused_retained:
+                    self._refused_retained.discard(topic)
+                    log.info("retained control on %s cleared", topic)
+                    continue
                 if msg.retain and topic != audio_in:
+                    self._refused_retained.add(topic)
                     # A retained command is replayed on every (re)connect and would undo later ones (a
                     # retained volume 0.2 comes back after each broker restart): refuse it, say how to clear.
                     raise ControlError("retained_control", "Control messages must not be retained (the broker "

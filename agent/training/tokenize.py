@@ -120,6 +120,39 @@ def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayo
     return dialogue, dialogue_alignments(record, user_ids, agent_ids, layout, tokenizer)
 
 
+def _is_time(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _record_problem(record) -> str | None:
+    """What in a dialogue record would break tokenizing or scoring, in a few words; None when it is sound."""
+    if not isinstance(record, dict):
+        return "it does not hold a JSON object"
+    if "id" not in record or not isinstance(record.get("turns"), list):
+        return "it has no " + ("id" if "id" not in record else "list of turns")
+    for turn in record["turns"]:
+        if not isinstance(turn, dict) or not {"speaker", "start", "end"} <= set(turn):
+            return "a turn lacks its speaker, start or end"
+        if not (_is_time(turn["start"]) and _is_time(turn["end"])):
+            return "a turn's start or end is not a number"
+        if not all(isinstance(w, dict) and {"word", "start"} <= set(w) for w in turn.get("words") or []):
+            return "a word lacks its word or start"
+    events, qa = record.get("events", []), record.get("qa", [])
+    if not isinstance(events, list) or not all(isinstance(e, dict) and isinstance(e.get("type"), str)
+                                               and _is_time(e.get("time")) for e in events):
+        return "an event lacks its type or a numeric time"
+    if not all(_is_time(e[k]) for e in events for k in ("end", "duration") if k in e):
+        return "an event's end or duration is not a number"
+    if not isinstance(qa, list) or not all(isinstance(q, dict) and isinstance(q.get("question"), str)
+                                           and isinstance(q.get("answer"), str) for q in qa):
+        return "a question lacks its question or answer text"
+    for q in qa:
+        i = q.get("turn_index")
+        if i is not None and (not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(record["turns"])):
+            return f"a question's turn_index {i!r} is not one of its {len(record['turns'])} turns"
+    return None
+
+
 def read_record(path: Path) -> dict:
     """One dialogue's JSON, checked for what tokenizing and scoring read (a clear error naming the file
     instead of a KeyError deep inside, or a dialogue silently scored as having no turns)."""
@@ -127,19 +160,7 @@ def read_record(path: Path) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a valid dialogue JSON file ({e}); remake it with `duplex data synth`.") from None
-    problem = None
-    if not isinstance(record, dict):
-        problem = "it does not hold a JSON object"
-    elif "id" not in record or not isinstance(record.get("turns"), list):
-        problem = "it has no " + ("id" if "id" not in record else "list of turns")
-    else:
-        for turn in record["turns"]:
-            if not isinstance(turn, dict) or not {"speaker", "start", "end"} <= set(turn):
-                problem = "a turn lacks its speaker, start or end"
-            elif not all(isinstance(w, dict) and {"word", "start"} <= set(w) for w in turn.get("words") or []):
-                problem = "a word lacks its word or start"
-            if problem:
-                break
+    problem = _record_problem(record)
     if problem:
         raise ValueError(f"{path} is not a dialogue made by `duplex data synth`: {problem}.")
     return record

@@ -108,3 +108,77 @@ async def test_the_model_list_needs_the_token_when_the_server_has_one(server):
     assert ok.status_code == 200 and [m["id"] for m in ok.json()["data"]] == ["nano", "talker", "busy"]
     assert by_query.status_code == 200
     assert health.status_code == 200  # liveness probes stay open
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> np.ndarray:
+    from tests.agent.test_server import speech_clip
+
+    return speech_clip(tmp_path_factory.mktemp("speech"), "Wait, stop. I have a different question for you.")
+
+
+async def test_turn_detection_null_sends_no_vad_events_and_never_cuts_the_agent(server, speech):
+    from tests.agent.test_server import stream_and_collect
+
+    c = await Client.connect(_url(server, "&model=talker"))
+    try:
+        created = await c.until("session.created")
+        await c.send("session.update", session={"audio": {"input": {"turn_detection": None}}})
+        assert (await c.until("session.updated"))["session"]["audio"]["input"]["turn_detection"] is None
+        await stream_and_collect(c, speech, 24000, extra_s=0.8)
+        assert any(f["user_speech"] for f in c.of("x_duplex.frame"))  # the user did speak over the talker
+        assert not [e for e in c.events if e["type"].startswith("input_audio_buffer.")]
+        assert not c.of("x_duplex.barge_in") and _conn(server, created).session.policy.barge_ins == 0
+        # Turning it back on restores the events and the cut, for this session only.
+        await c.send("session.update", session={"audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
+        turn = (await c.until("session.updated"))["session"]["audio"]["input"]["turn_detection"]
+        assert turn["interrupt_response"] is True
+        assert _conn(server, created).session.policy.config.barge_in
+        assert server.realtime.registry.session_config.policy.barge_in
+    finally:
+        await c.close()
+
+
+async def test_interrupt_response_false_turns_the_cut_off_for_that_session_only(server, speech):
+    from tests.agent.test_server import stream_and_collect
+
+    quiet, other = await Client.connect(_url(server, "&model=talker")), await Client.connect(_url(server))
+    try:
+        created = await quiet.until("session.created")
+        await other.until("session.created")
+        await quiet.send("session.update", session={"audio": {"input": {"turn_detection": {
+            "type": "server_vad", "interrupt_response": False, "create_response": True}}}})
+        turn = (await quiet.until("session.updated"))["session"]["audio"]["input"]["turn_detection"]
+        assert turn["interrupt_response"] is False and turn["create_response"] is True
+        await stream_and_collect(quiet, speech, 24000, extra_s=0.8)
+        assert quiet.of("input_audio_buffer.speech_started")  # VAD events still flow
+        assert not quiet.of("x_duplex.barge_in") and _conn(server, created).session.policy.barge_ins == 0
+        await other.send("session.update", session={})
+        assert (await other.until("session.updated"))["session"]["audio"]["input"]["turn_detection"][
+            "interrupt_response"] is True
+    finally:
+        await quiet.close()
+        await other.close()
+
+
+@pytest.mark.parametrize("session, param", [
+    ({"audio": {"input": {"turn_detection": {"create_response": False}}}},
+     "session.audio.input.turn_detection.create_response"),
+    ({"audio": {"input": {"turn_detection": {"interrupt_response": "no"}}}},
+     "session.audio.input.turn_detection.interrupt_response"),
+    ({"output_modalities": ["text"]}, "session.output_modalities"),
+    ({"output_modalities": ["audio", "text"]}, "session.output_modalities"),
+])
+async def test_settings_the_model_cannot_honour_are_refused_not_ignored(server, session, param):
+    c = await Client.connect(_url(server))
+    try:
+        await c.until("session.created")
+        await c.send("session.update", session=session)
+        err = (await c.error())["error"]
+        assert err["code"] == "invalid_field" and err["param"] == param and err["message"], err
+        await c.send("session.update", session={"output_modalities": ["audio"], "audio": {"output": {"voice": "alloy"}}})
+        s = (await c.until("session.updated"))["session"]
+        assert s["output_modalities"] == ["audio"] and s["audio"]["output"]["voice"] == "default"
+        assert s["audio"]["input"]["turn_detection"]["interrupt_response"] is True
+    finally:
+        await c.close()

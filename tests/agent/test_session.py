@@ -219,3 +219,17 @@ async def test_lookahead_codec_still_gives_one_frame_of_agent_audio_per_frame(co
     assert not track[: 2 * fs].any()
     np.testing.assert_allclose(track[2 * fs:], direct[: len(track) - 2 * fs], atol=1e-6)
     assert outs[2].mark.agent_rms > session.policy.config.agent_talking_rms
+
+
+@pytest.mark.parametrize("run_args", [{}, {"tail_frames": 5, "tail_quiet_frames": 0}])
+async def test_lookahead_codec_plays_the_last_input_frames_audio_before_the_session_ends(codec, layout, loud_codes,
+                                                                                       run_args):
+    late = _LateCodec(codec)
+    session = Session(TalkingModel(layout, loud_codes), late, default_tokenizer(), input_rate=8000)
+    outs = await run_offline(session, np.zeros(8000, np.float32), **run_args)
+    fs, input_frames = codec.spec.frame_samples, 8000 // codec.spec.frame_samples
+    assert len(outs) >= input_frames + 2
+    direct = codec.decode_all(np.stack([loud_codes] * len(outs)))
+    track = np.concatenate([o.agent_audio for o in outs])
+    # every input frame's agent audio is in the track, not left in the decoder
+    np.testing.assert_allclose(track[2 * fs:(input_frames + 2) * fs], direct[: input_frames * fs], atol=1e-6)

@@ -445,6 +445,16 @@ def test_a_tokenize_stopped_half_way_is_not_trained_on_nor_resumed_with_another_
     ('[1, 2]', "does not hold a JSON object"),
     ('{"id": "x", "split": "test"}', "has no list of turns"),
     ('{"id": "x", "split": "test", "turns": [{"speaker": "agent"}]}', "a turn lacks its speaker, start or end"),
+    ('{"id": "x", "split": "test", "turns": [{"speaker": "user", "start": "0", "end": 1}]}',
+     "a turn's start or end is not a number"),
+    ('{"id": "x", "split": "test", "turns": [], "events": [{"type": "turn_end"}]}',
+     "an event lacks its type or a numeric time"),
+    ('{"id": "x", "split": "test", "turns": [], "events": [{"type": "pause", "time": 1, "end": null}]}',
+     "an event's end or duration is not a number"),
+    ('{"id": "x", "split": "test", "turns": [], "qa": [{"question": "hi"}]}',
+     "a question lacks its question or answer text"),
+    ('{"id": "x", "split": "test", "turns": [], "qa": [{"question": "q", "answer": "a", "turn_index": 3}]}',
+     "a question's turn_index 3 is not one of its 0 turns"),
 ])
 def test_a_malformed_dialogue_file_is_named_by_tokenize_and_eval(dialogues, nano_model_dir, tmp_path, capsys,
                                                                  content, named):

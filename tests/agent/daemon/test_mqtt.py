@@ -329,9 +329,13 @@ async def test_retained_control_is_refused_not_replayed(mosquitto, watcher_facto
             for topic in ("duplex/t1/control", "duplex/t1/control/mute"):
                 errs.append(await w.wait_for("error", lambda m, t=topic: m.get("topic") == t, timeout=15))
             assert all(e["code"] == "retained_control" and "mosquitto_pub -r -n" in e["message"] for e in errs), errs
+            # Clearing them as the refusal says sends each topic an empty message: not a command, not an error.
+            await w.publish("duplex/t1/control/mute", b"", retain=True)
+            await w.publish("duplex/t1/control", b"", retain=True)
             await w.publish("duplex/t1/control", json.dumps({"command": "volume", "volume": 0.5, "request_id": "v"}))
             await w.wait_for("ack", lambda m: m.get("request_id") == "v")
             assert d.volume == 0.5 and not d.muted
+            assert [e["code"] for e in w.on("error")] == ["retained_control"] * 2, w.on("error")
         finally:
             d.stop()
             await asyncio.wait_for(task, 20)
