@@ -96,26 +96,16 @@ class CodecTrainConfig:
 
 def resolve_config(preset: str | None, overrides: list[str] | None = None, **direct: Any) -> CodecTrainConfig:
     """Preset (name in agent/presets as ``codec-NAME`` or a YAML path) + ``key.sub=value`` overrides."""
-    import yaml
+    from agent.config import apply_overrides, load_yaml
 
     d: dict[str, Any] = {}
     if preset:
-        path = Path(preset)
-        if not path.is_file():
-            path = PRESET_DIR / f"codec-{preset}.yaml"
-            if not path.is_file():
-                names = sorted(p.stem[len("codec-"):] for p in PRESET_DIR.glob("codec-*.yaml"))
-                raise FileNotFoundError(f"No codec preset {preset!r}; presets: {', '.join(names)}.")
-        d = yaml.safe_load(path.read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"Overrides look like key=value (e.g. steps=100), got {item!r}.")
-        key, value = item.split("=", 1)
-        node = d
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            d = load_yaml(preset if Path(preset).is_file() else f"codec-{preset}")
+        except FileNotFoundError:
+            names = sorted(p.stem[len("codec-"):] for p in PRESET_DIR.glob("codec-*.yaml"))
+            raise FileNotFoundError(f"No codec preset {preset!r}; presets: {', '.join(names)}.") from None
+    d = apply_overrides(d, overrides or [])
     for k, v in direct.items():
         if v is not None:
             d[k] = v

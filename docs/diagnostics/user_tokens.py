@@ -6,13 +6,16 @@ the same wall-clock budget to transcribe held-out user turns from two tokenisati
 
 - ``codec2``: the layout's user ids, codec2 700C, 6 ids per 80 ms (2 frames x 3 codebooks);
 - ``mel``: k-means units (K=1024) of 20 ms log-mel frames (40 mels, 10 ms hop, two hops stacked), 4 ids per
-  80 ms. It cannot be decoded to audio, which the user side never needs.
+  80 ms, from the 16 kHz audio. It cannot be decoded to audio, which the user side never needs.
+- ``mel8``: the same from the audio at codec2's 8 kHz (telephone band, what the session's listener has).
 
 Sequences are ``[BOS] audio ids [SEP] transcript ids [EOS]``; the loss is on the transcript. Scored on the test
 split (held-out voices): transcript cross-entropy and accuracy with the real audio and with another turn's audio
 (the gap is what is recognised), and the WER of greedy transcripts. Prints JSON. Not part of the package.
 
-    python docs/diagnostics/user_tokens.py DATA_DIR OUT_DIR SECONDS_PER_TOKENISATION [MAX_TRAIN_TURNS]
+    python docs/diagnostics/user_tokens.py DATA_DIR OUT_DIR SECONDS_PER_TOKENISATION [MAX_TRAIN_TURNS [NAMES]]
+
+NAMES is a comma-separated subset of mel,codec2,mel8 (default mel,codec2).
 """
 import json
 import math
@@ -35,18 +38,23 @@ from think.tokenizer import default_tokenizer
 torch.set_num_threads(2)
 data, out, budget = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 max_train = int(sys.argv[4]) if len(sys.argv) > 4 else 20000
+names = sys.argv[5].split(",") if len(sys.argv) > 5 else ["mel", "codec2"]
 out.mkdir(parents=True, exist_ok=True)
 RATE, K, MAX_TURN_S = 16000, 1024, 6.0
 tok = default_tokenizer()
-MEL = mel_filter_bank(num_frequency_bins=201, num_mel_filters=40, min_frequency=60, max_frequency=7600,
-                      sampling_rate=RATE, norm="slaney", mel_scale="slaney")
-WINDOW = window_function(400, "hann")
+MEL = {16000: mel_filter_bank(num_frequency_bins=201, num_mel_filters=40, min_frequency=60, max_frequency=7600,
+                               sampling_rate=16000, norm="slaney", mel_scale="slaney"),
+       8000: mel_filter_bank(num_frequency_bins=101, num_mel_filters=40, min_frequency=60, max_frequency=3800,
+                             sampling_rate=8000, norm="slaney", mel_scale="slaney")}
 
 
-def log_mel(pcm: np.ndarray) -> np.ndarray:
-    """(frames, 40) log-mel at a 10 ms hop; causal framing (no centre padding)."""
-    spec = spectrogram(pcm, WINDOW, frame_length=400, hop_length=160, power=2.0, center=False, mel_filters=MEL,
-                       log_mel="log10", mel_floor=1e-8)
+def log_mel(pcm: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """(frames, 40) log-mel with a 25 ms window at a 10 ms hop; causal framing (no centre padding)."""
+    if rate != RATE:
+        pcm = soxr.resample(pcm, RATE, rate).astype(np.float32)
+    n = rate // 40
+    spec = spectrogram(pcm, window_function(n, "hann"), frame_length=n, hop_length=rate // 100, power=2.0,
+                       center=False, mel_filters=MEL[rate], log_mel="log10", mel_floor=1e-8)
     return spec.T.astype(np.float32)
 
 
@@ -76,10 +84,10 @@ def codec2_ids(items, codec) -> list[np.ndarray]:
     return seqs, int(sum(codec.spec.codebook_sizes))
 
 
-def mel_units(items, centroids=None) -> tuple[list[np.ndarray], torch.Tensor]:
+def mel_units(items, centroids=None, rate: int = RATE) -> tuple[list[np.ndarray], torch.Tensor]:
     feats = []
     for pcm, _ in items:
-        m = log_mel(pcm)
+        m = log_mel(pcm, rate)
         m = m[: len(m) // 2 * 2].reshape(-1, 80)  # two 10 ms hops per unit
         feats.append(m)
     if centroids is None:
@@ -200,12 +208,18 @@ if __name__ == "__main__":
     print(f"{len(train_items)} train turns, {len(test_items)} test turns ({time.time() - t0:.0f} s)", flush=True)
     codec = load_codec("codec2", mode="700C", frame_ms=80)
     results = {"budget_s": budget, "train_turns": len(train_items), "test_turns": len(test_items)}
-    c_train, vocab_c = codec2_ids(train_items, codec)
-    c_test, _ = codec2_ids(test_items, codec)
-    m_train, centroids = mel_units(train_items)
-    m_test, _ = mel_units(test_items, centroids)
+    runs = []
+    for name in names:
+        if name == "codec2":
+            (tr, vocab), (te, _) = codec2_ids(train_items, codec), codec2_ids(test_items, codec)
+            runs.append((name, tr, te, vocab, 6))
+        else:
+            rate = 8000 if name == "mel8" else RATE
+            tr, centroids = mel_units(train_items, rate=rate)
+            te, _ = mel_units(test_items, centroids, rate=rate)
+            runs.append((name, tr, te, K, 4))
     print(f"tokenised ({time.time() - t0:.0f} s)", flush=True)
-    for name, tr, te, vocab, per80 in (("mel", m_train, m_test, K, 4), ("codec2", c_train, c_test, vocab_c, 6)):
+    for name, tr, te, vocab, per80 in runs:
         rows, total = build(tr, train_items, vocab)
         test_rows, _ = build(te, test_items, vocab)
         model = model_for(total)
@@ -214,5 +228,5 @@ if __name__ == "__main__":
         info.update(score(model, test_rows, te, vocab, vocab + 3))
         results[name] = info
         print(json.dumps({name: info}, indent=1), flush=True)
-        (out / "user_tokens.json").write_text(json.dumps(results, indent=1))
+        (out / f"user_tokens-{'-'.join(names)}.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
