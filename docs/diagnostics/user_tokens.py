@@ -15,7 +15,10 @@ split (held-out voices): transcript cross-entropy and accuracy with the real aud
 
     python docs/diagnostics/user_tokens.py DATA_DIR OUT_DIR SECONDS_PER_TOKENISATION [MAX_TRAIN_TURNS [NAMES]]
 
-NAMES is a comma-separated subset of mel,codec2,mel8 (default mel,codec2).
+NAMES is a comma-separated subset of mel,codec2,mel8 (default mel,codec2). With CURVE_STEPS (e.g.
+``500,1000,2000``) each tokenisation is also scored after those steps: the learning curve of recognition.
+
+    python docs/diagnostics/user_tokens.py DATA_DIR OUT_DIR SECONDS MAX_TRAIN_TURNS NAMES CURVE_STEPS
 """
 import json
 import math
@@ -39,6 +42,7 @@ torch.set_num_threads(2)
 data, out, budget = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 max_train = int(sys.argv[4]) if len(sys.argv) > 4 else 20000
 names = sys.argv[5].split(",") if len(sys.argv) > 5 else ["mel", "codec2"]
+curve = [int(x) for x in sys.argv[6].split(",")] if len(sys.argv) > 6 else []
 out.mkdir(parents=True, exist_ok=True)
 RATE, K, MAX_TURN_S = 16000, 1024, 6.0
 tok = default_tokenizer()
@@ -132,15 +136,22 @@ def batch(rows):
     return ids, labels
 
 
-def train(model, rows, seconds: float, tokens_per_batch: int = 6000) -> dict:
+def train(model, rows, seconds: float, tokens_per_batch: int = 6000, at_steps=(), on_step=None) -> dict:
+    """Train for ``seconds`` of wall time (cosine lr over that time); ``on_step(step)`` after ``at_steps``."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     rng, t0, step, losses = random.Random(0), time.time(), 0, []
     rows = sorted(rows, key=lambda r: len(r[0]))
-    while time.time() - t0 < seconds:
+    paused = 0.0  # scoring time does not count against the budget
+    while time.time() - t0 - paused < seconds:
+        if step in at_steps and on_step is not None:
+            t1 = time.time()
+            on_step(step)
+            model.train()
+            paused += time.time() - t1
         i = rng.randrange(len(rows))
         n = max(1, tokens_per_batch // len(rows[i][0]))
         chunk = rows[i: i + n] if i + n <= len(rows) else rows[len(rows) - n:]
-        frac = (time.time() - t0) / seconds
+        frac = (time.time() - t0 - paused) / seconds
         for g in opt.param_groups:
             g["lr"] = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         ids, labels = batch(chunk)
@@ -223,7 +234,16 @@ if __name__ == "__main__":
         rows, total = build(tr, train_items, vocab)
         test_rows, _ = build(te, test_items, vocab)
         model = model_for(total)
-        info = train(model, rows, budget)
+        points = []
+
+        def checkpoint(step, model=model, test_rows=test_rows, te=te, vocab=vocab, points=points, name=name):
+            scored = score(model, test_rows, te, vocab, vocab + 3, greedy_n=100)
+            points.append({"step": step, "real": scored["real"], "other_turn": scored["other_turn"],
+                           "greedy_wer": scored["greedy_wer"], "examples": scored["examples"][:4]})
+            print(json.dumps({name: points[-1]}), flush=True)
+
+        info = train(model, rows, budget, at_steps=set(curve), on_step=checkpoint)
+        info["curve"] = points
         info["ids_per_80ms"] = per80
         info.update(score(model, test_rows, te, vocab, vocab + 3))
         results[name] = info
