@@ -120,17 +120,24 @@ def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
 
 
 def _check_output_modalities(s: dict) -> None:
+    """GA ``output_modalities`` must be ["audio"]; beta ``modalities`` may also name "text" (the transcript)."""
     mods = s.get("output_modalities")
     if mods is not None and mods != ["audio"]:
         raise EventError("invalid_field", f"output_modalities {mods!r} is not supported: the model answers in audio, "
                          f"and its text comes as the audio's transcript; use [\"audio\"].",
                          param="session.output_modalities")
+    beta = s.get("modalities")
+    if beta is not None and not (isinstance(beta, list) and "audio" in beta and set(beta) <= {"audio", "text"}):
+        raise EventError("invalid_field", f"modalities {beta!r} is not supported: the model answers in audio with "
+                         f"a transcript; use [\"text\", \"audio\"].", param="session.modalities")
 
 
 def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None, float, bool]:
     """(type, silence_ms, barge_in); null turns the VAD events and the barge-in cut off."""
     param = "session.audio.input.turn_detection"
     td = ((s.get("audio") or {}).get("input") or {}).get("turn_detection", "absent")
+    if td == "absent" and "turn_detection" in s:  # the beta layout, read as the audio formats are
+        param, td = "session.turn_detection", s["turn_detection"]
     if td == "absent":
         return current.turn_type, current.silence_ms, current.barge_in
     if td is None:

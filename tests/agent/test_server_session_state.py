@@ -139,6 +139,22 @@ async def test_turn_detection_null_sends_no_vad_events_and_never_cuts_the_agent(
         await c.close()
 
 
+async def test_beta_clients_turn_detection_and_modalities_are_read(server):
+    c = await Client.connect(_url(server))
+    try:
+        created = await c.until("session.created")
+        await c.send("session.update", session={"modalities": ["text", "audio"], "input_audio_format": "pcm16",
+                                                "turn_detection": None})
+        assert (await c.until("session.updated"))["session"]["audio"]["input"]["turn_detection"] is None
+        await c.send("session.update", session={"turn_detection": {"type": "server_vad", "silence_duration_ms": 300,
+                                                                   "interrupt_response": False}})
+        turn = (await c.until("session.updated"))["session"]["audio"]["input"]["turn_detection"]
+        assert turn["silence_duration_ms"] == 300 and turn["interrupt_response"] is False
+        assert not _conn(server, created).settings.cuts
+    finally:
+        await c.close()
+
+
 async def test_interrupt_response_false_turns_the_cut_off_for_that_session_only(server, speech):
     from tests.agent.test_server import stream_and_collect
 
@@ -168,6 +184,8 @@ async def test_interrupt_response_false_turns_the_cut_off_for_that_session_only(
      "session.audio.input.turn_detection.interrupt_response"),
     ({"output_modalities": ["text"]}, "session.output_modalities"),
     ({"output_modalities": ["audio", "text"]}, "session.output_modalities"),
+    ({"modalities": ["text"]}, "session.modalities"),
+    ({"turn_detection": {"type": "semantic_vad"}}, "session.turn_detection.type"),
 ])
 async def test_settings_the_model_cannot_honour_are_refused_not_ignored(server, session, param):
     c = await Client.connect(_url(server))
