@@ -10,8 +10,10 @@
 # `duplex model init --base smollm2 --delta`; score the tiny default here on the same dialogues with
 # `duplex eval --data runs/data-v2 --limit N` for the side-by-side table).
 #   bash docs/recipes/smol_gpu_run.sh A_SECONDS B_SECONDS [E_SECONDS] [key=value ...]
+# The defaults fit a 15-minute device budget (the machine's start, ~3 min, and calls 1 and 2 included): call 3
+# takes about A + B + E + 90 s (installs, unpacking, the merge and the delta), under the 600 s a call may run.
 set -u
-A=${1:-240}; B=${2:-240}; E=180
+A=${1:-150}; B=${2:-180}; E=120
 shift $(( $# < 2 ? $# : 2 ))
 case "${1:-}" in ''|*=*) ;; *) E=$1; shift ;; esac
 S=/tmp/smol; mkdir -p "$S"
@@ -25,7 +27,7 @@ python3 -c 'import soundfile, soxr, webrtcvad, gguf, pycodec2' 2>/dev/null || py
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 docs/recipes/pack_lm_shards.py unpack "$S/shards" "$S/shards-full" || exit 1
 OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
-timeout $((A + B + 240)) python3 docs/recipes/smol_gpu_train.py "$GGUF" "$S/shards-full" runs/smol-gpu "$A" "$B" "$@" 2>&1 | tail -n 6
+timeout $((A + B + 150)) python3 docs/recipes/smol_gpu_train.py "$GGUF" "$S/shards-full" runs/smol-gpu "$A" "$B" "$@" 2>&1 | tail -n 6
 for d in a speech-base; do mkdir -p runs/smol-gpu/delta/$d && cp runs/smol-gpu/$d/{metrics.jsonl,loss.png,train_config.json,final_metrics.json} runs/smol-gpu/delta/$d/ 2>/dev/null; done
 if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   python3 docs/recipes/pack_eval_data.py unpack "$S/eval" "$S/eval-data" >/dev/null &&
