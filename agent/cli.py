@@ -49,7 +49,7 @@ def _session_config(args: argparse.Namespace):
     if args.no_barge_in:
         overrides.append("policy.barge_in=false")
     overrides = [_typed_override(item) for item in overrides]
-    data = apply_overrides(load_yaml(args.config) if args.config else {}, overrides)
+    data = apply_overrides(load_yaml(args.config, kind="session") if args.config else {}, overrides)
     check_types(SessionConfig, data)  # names a wrong-typed setting (e.g. seed: 1.5) before a component trips on it
     try:
         config = from_dict(SessionConfig, data)

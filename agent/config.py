@@ -154,14 +154,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_yaml(path_or_preset: str | Path) -> dict:
-    """Load a YAML file, or a preset by name from ``agent/presets``."""
+# Which settings a preset holds, by its name's prefix (the rest are session presets).
+PRESET_KINDS = {"train-": "training", "codec-": "codec training", "data-": "data synthesis", "daemon": "daemon"}
+
+
+def preset_kind(name: str) -> str:
+    return next((kind for prefix, kind in PRESET_KINDS.items() if name.startswith(prefix)), "session")
+
+
+def load_yaml(path_or_preset: str | Path, kind: str | None = None) -> dict:
+    """Load a YAML file, or a preset by name from ``agent/presets``; with ``kind`` (see ``PRESET_KINDS``), a
+    preset of another kind is refused by name instead of failing on its unknown settings."""
     path = Path(path_or_preset)
     if not path.is_file():
         preset = PRESETS / f"{path_or_preset}.yaml"
+        names = sorted(p.stem for p in PRESETS.glob("*.yaml") if kind is None or preset_kind(p.stem) == kind)
         if not preset.is_file():
-            names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
             raise FileNotFoundError(f"No config file or preset named {path_or_preset!r}; presets: {', '.join(names)}.")
+        if kind is not None and preset_kind(preset.stem) != kind:
+            raise ValueError(f"{preset.stem} is a {preset_kind(preset.stem)} preset, not {kind} settings; "
+                             f"{kind} presets: {', '.join(names)}.")
         path = preset
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -177,7 +189,7 @@ def load_yaml(path_or_preset: str | Path) -> dict:
 
 
 def resolve_session_config(config: str | Path | None = None, overrides: list[str] | None = None) -> SessionConfig:
-    data = load_yaml(config) if config else {}
+    data = load_yaml(config, kind="session") if config else {}
     return from_dict(SessionConfig, apply_overrides(data, overrides or []))
 
 

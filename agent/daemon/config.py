@@ -248,7 +248,7 @@ class DaemonConfig:
 
 def resolve_daemon_config(config: str | Path | None = None, overrides: list[str] | None = None) -> DaemonConfig:
     """YAML file or preset (default: the ``daemon`` preset) + ``key.sub=value`` overrides."""
-    data = load_yaml(config or "daemon")
+    data = load_yaml(config or "daemon", kind="daemon")
     data = apply_overrides(data, overrides or [])
     # Types first, by name: a YAML ``password: 1234`` (an int) or ``outbox: many`` would otherwise be
     # accepted here and fail later, inside the MQTT client or the event loop.

@@ -568,3 +568,8 @@ def test_bad_config_file_is_a_clear_error(run_cli, nano_model, question_wav, tmp
 def test_unknown_config_preset_lists_the_presets(run_cli, nano_model, question_wav, tmp_path):
     _assert_clean_error(_chat(run_cli, nano_model, question_wav, tmp_path / "o.wav", "--config", "nosuch"),
                         "nosuch", "default")
+
+
+def test_a_preset_of_another_kind_is_named_as_such(run_cli, nano_model, question_wav, tmp_path):
+    result = _chat(run_cli, nano_model, question_wav, tmp_path / "o.wav", "--config", "train-tiny")
+    _assert_clean_error(result, "train-tiny is a training preset", "session presets: default, greedy, half-duplex")

@@ -103,3 +103,8 @@ def test_list_devices_says_when_there_are_none(run_cli, monkeypatch):
     monkeypatch.setattr(audio_io, "list_devices", lambda: [])
     r = run_cli("daemon", "--list-devices")
     assert r.rc == 0 and "no audio devices" in r.err
+
+
+def test_a_session_preset_given_to_the_daemon_is_named_as_such():
+    with pytest.raises(ValueError, match="default is a session preset, not daemon settings; daemon presets: daemon"):
+        resolve_daemon_config("default")
