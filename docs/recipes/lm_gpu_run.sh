@@ -1,7 +1,9 @@
 # One GPU call: a duplex model from scratch on carried shards for $1 seconds; the checkpoint comes back in
 # 15 MB parts ($OUT/NAME.tgz.part*; `cat NAME.tgz.part* | tar xzf - -C DIR` here). From the repo root, with
 # the shards in .lmgpu/shards (train + val, <= ~45 MB with the repo) and wheels of soundfile, cffi, pycparser,
-# soxr and webrtcvad-wheels for python 3.12 in .whl/ (the GPU image lacks them). Extra args: key=value.
+# soxr and webrtcvad-wheels for python 3.12 in .whl/ (the GPU image lacks them). Extra args: key=value (see
+# lm_gpu_train.py; e.g. continue the shipped default on the listening mix). Note: data-v2's train + val shards
+# with their listening sequences pack to 58 MiB (pack_lm_shards.py), more than one call carries with the repo.
 B=${1:-230}
 python3 -c 'import soundfile, soxr, webrtcvad' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

@@ -4,7 +4,9 @@ transformers but not this project's CLI dependencies:
     python3 docs/recipes/lm_gpu_train.py SECONDS SHARDS OUT [key=value ...]
 
 The defaults are the run behind the fsq default in demo/default_model/MODEL_CARD.md (tiny-fsq, 48 windows
-of 78 frames, lr 2e-3, keep the best val weights); ``key=value`` overrides any TrainConfig field.
+of 78 frames, lr 2e-3, keep the best val weights); ``key=value`` overrides any TrainConfig field, a JSON value
+for the others (e.g. continue the shipped default on the listening mix: ``model_preset=tiny
+init=demo/default_model 'mix={"duplex": 0.65, "listen": 0.35}' lr=0.001``).
 """
 import json
 import sys
@@ -17,5 +19,12 @@ kw = dict(shards=shards, out=out, model_preset="tiny-fsq", mode="scratch", windo
           save_every=10**9, keep_best=True, max_seconds=float(budget), device="auto", threads=4)
 for item in rest:
     key, value = item.split("=", 1)
-    kw[key] = type(kw[key])(value) if key in kw else value
+    if key in kw and not isinstance(kw[key], bool):
+        kw[key] = type(kw[key])(value)
+    else:
+        try:
+            kw[key] = json.loads(value)  # mix={...}, keep_best=false, lora_targets=[...]
+        except json.JSONDecodeError:
+            kw[key] = value  # init=DIR, text
+
 print(json.dumps(train(TrainConfig(**kw), progress=False)), flush=True)
