@@ -294,6 +294,8 @@ class MqttBridge:
             try:
                 async with aiomqtt.Client(c.host, **self._client_kwargs()) as client:
                     self._client = client
+                    # A clear sent while offline was never seen: whatever is still retained is replayed now.
+                    self._refused_retained.clear()
                     await client.subscribe(self.topic("control"), qos=1)
                     await client.subscribe(self.topic("control/+"), qos=1)
                     if c.audio_in:
