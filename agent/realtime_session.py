@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.realtime_settings import SessionSettings, parse_session_update, session_view
+from agent.realtime_settings import SessionSettings, check_output_modalities, parse_session_update, session_view
 from agent.session import FrameOutput, Session
 from listen.pcm import float32_to_pcm16_bytes, pcm16_bytes_to_float32
 from listen.resample import InputDecimator, OutputResampler
@@ -335,6 +335,7 @@ class RealtimeConnection:
                                 audio_end_ms=event["audio_end_ms"]))
 
     async def _on_response_create(self, event: dict) -> None:
+        check_output_modalities(event.get("response") or {}, "response")  # the rest of it is not used
         if self.response is not None:
             raise EventError("conversation_already_has_active_response",
                              f"Response {self.response.id} is still in progress.")

@@ -89,7 +89,7 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
             raise EventError("invalid_field", 'session.x_duplex.events must look like {"frame": true, '
                              '"latency": true}.', param="session.x_duplex.events")
         events.update(x["events"])
-    _check_output_modalities(s)
+    check_output_modalities(s)
     turn_type, silence_ms, barge_in = _parse_turn_detection(s, current)
     instructions = s.get("instructions", current.instructions)
     if not isinstance(instructions, str):
@@ -119,17 +119,18 @@ def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
     return sampling
 
 
-def _check_output_modalities(s: dict) -> None:
-    """GA ``output_modalities`` must be ["audio"]; beta ``modalities`` may also name "text" (the transcript)."""
+def check_output_modalities(s: dict, where: str = "session") -> None:
+    """GA ``output_modalities`` must be ["audio"]; beta ``modalities`` may also name "text" (the transcript).
+    ``s`` is a ``session`` (or a ``response.create``'s ``response``) object."""
     mods = s.get("output_modalities")
     if mods is not None and mods != ["audio"]:
         raise EventError("invalid_field", f"output_modalities {mods!r} is not supported: the model answers in audio, "
                          f"and its text comes as the audio's transcript; use [\"audio\"].",
-                         param="session.output_modalities")
+                         param=f"{where}.output_modalities")
     beta = s.get("modalities")
     if beta is not None and not (isinstance(beta, list) and "audio" in beta and set(beta) <= {"audio", "text"}):
         raise EventError("invalid_field", f"modalities {beta!r} is not supported: the model answers in audio with "
-                         f"a transcript; use [\"text\", \"audio\"].", param="session.modalities")
+                         f"a transcript; use [\"text\", \"audio\"].", param=f"{where}.modalities")
 
 
 def _parse_turn_detection(s: dict, current: SessionSettings) -> tuple[str | None, float, bool]:

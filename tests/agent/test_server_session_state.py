@@ -200,3 +200,17 @@ async def test_settings_the_model_cannot_honour_are_refused_not_ignored(server, 
         assert s["audio"]["input"]["turn_detection"]["interrupt_response"] is True
     finally:
         await c.close()
+
+
+async def test_a_text_only_response_is_refused_and_an_audio_one_starts(server):
+    c = await Client.connect(_url(server, "&model=talker"))
+    try:
+        await c.until("session.created")
+        await c.send("response.create", event_id="r1", response={"output_modalities": ["text"]})
+        err = (await c.error())["error"]
+        assert err["code"] == "invalid_field" and err["param"] == "response.output_modalities", err
+        assert err["event_id"] == "r1"
+        await c.send("response.create", response={"modalities": ["audio", "text"], "instructions": "ignored"})
+        assert (await c.until("response.created"))["response"]["status"] == "in_progress"
+    finally:
+        await c.close()
