@@ -114,6 +114,14 @@ class DuplexLayout:
         return self.special("end_of_turn")
 
     # ---- building ids ------------------------------------------------------------------------
+    def session_prefix(self, prompt_ids: list[int]) -> list[int]:
+        """What a session's sequence starts with: ``[session_start]``, then ``[system_start] prompt
+        [system_end]`` when there is a system prompt (its text ids)."""
+        prefix = [self.special("session_start")]
+        if prompt_ids:
+            prefix += [self.special("system_start"), *prompt_ids, self.special("system_end")]
+        return prefix
+
     def user_ids(self, codes: np.ndarray) -> np.ndarray:
         """User codes ``(frames, >= Q_in)`` or ``(>= Q_in,)`` -> ids of the same leading shape."""
         codes = _int_codes(codes, "user")

@@ -163,10 +163,7 @@ class TransformersSession(BackendSession):
         if sampling.seed is not None:
             self.generator.manual_seed(sampling.seed)
         lay = self.layout
-        prompt_ids = encode_system_prompt(backend.tokenizer, system_prompt)
-        prefix = [lay.special("session_start")]
-        if prompt_ids:
-            prefix += [lay.special("system_start"), *prompt_ids, lay.special("system_end")]
+        prefix = lay.session_prefix(encode_system_prompt(backend.tokenizer, system_prompt))
         self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context)
         self.capacity = len(prefix) + (self.window.hard_limit + 2) * lay.slot_size
         self.stream = backend.new_stream(self.capacity)

@@ -405,10 +405,7 @@ class VllmSession(BackendSession):
         self.id = session_id
         self.record = record
         self.generation = backend.generation
-        prompt_ids = encode_system_prompt(backend.tokenizer, system_prompt)
-        prefix = [lay.special("session_start")]
-        if prompt_ids:
-            prefix += [lay.special("system_start"), *prompt_ids, lay.special("system_end")]
+        prefix = lay.session_prefix(encode_system_prompt(backend.tokenizer, system_prompt))
         self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context)
         self.pending: list[int] = list(prefix)
         self.fed = 0
