@@ -367,6 +367,19 @@ def test_a_finished_run_is_neither_restarted_nor_resumed_by_accident(dialogues, 
     assert _train(shards, out, nano_model_dir, "--steps", "2", "--force") == 0
 
 
+def _ctrl_c_on_call(real, n: int):
+    """``real``, but its ``n``-th call raises KeyboardInterrupt (Ctrl-C) instead of running."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 def test_ctrl_c_during_training_keeps_the_steps_done_for_resume(dialogues, nano_model_dir, tmp_path, capsys,
                                                                monkeypatch):
     import torch
@@ -375,15 +388,8 @@ def test_ctrl_c_during_training_keeps_the_steps_done_for_resume(dialogues, nano_
 
     shards, out = tmp_path / "shards", tmp_path / "run"
     assert _tokenize(dialogues, nano_model_dir, shards) == 0
-    real, calls = train_mod.forward_loss, []
-
-    def interrupted_on_the_fourth_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "forward_loss", interrupted_on_the_fourth_step)
+    real = train_mod.forward_loss
+    monkeypatch.setattr(train_mod, "forward_loss", _ctrl_c_on_call(real, 4))
     assert _train(shards, out, nano_model_dir, "--steps", "6", "--set", "eval_every=0", "--set",
                   "save_every=100") == 130
     assert "stopped at step 3 of 6" in capsys.readouterr().err
@@ -418,15 +424,7 @@ def test_a_tokenize_stopped_half_way_is_not_trained_on_nor_resumed_with_another_
 
     shards = tmp_path / "shards"
     real = tok.tokenize_dialogue_and_turns
-    calls = []
-
-    def interrupted_on_the_second_dialogue(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tok, "tokenize_dialogue_and_turns", interrupted_on_the_second_dialogue)
+    monkeypatch.setattr(tok, "tokenize_dialogue_and_turns", _ctrl_c_on_call(real, 2))
     assert _tokenize(dialogues, nano_model_dir, shards, "--shard-size", "1") == 130
     monkeypatch.setattr(tok, "tokenize_dialogue_and_turns", real)
     capsys.readouterr()
