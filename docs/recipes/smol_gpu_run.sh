@@ -5,8 +5,8 @@
 #   bash docs/recipes/smol_gpu_run.sh A_SECONDS B_SECONDS [key=value ...]
 # Calls 1 and 2 only stage their part; call 3 (its stage holds LAST) joins the GGUF, checks its sha256, trains
 # stage a for A_SECONDS and stage b for B_SECONDS, scores the speech base on the staged test dialogues
-# (if any: `duplex eval --device cuda`, at most E_SECONDS, eval/eval.json in the delta) and returns the delta in
-# 15 MB parts ($OUT/smol-delta.tgz.part*; here: cat them | tar xzf - -C DIR, then
+# (if any: `duplex eval --device cuda`, at most E_SECONDS) and returns the delta in 15 MB parts
+# ($OUT/smol-delta.tgz.part*; here: cat them | tar xzf - -C DIR, and tar xzf smol-eval.tgz -C DIR; then
 # `duplex model init --base smollm2 --delta`; score the tiny default here on the same dialogues with
 # `duplex eval --data runs/data-v2 --limit N` for the side-by-side table).
 #   bash docs/recipes/smol_gpu_run.sh A_SECONDS B_SECONDS [E_SECONDS] [key=value ...]
@@ -29,12 +29,15 @@ python3 docs/recipes/pack_lm_shards.py unpack "$S/shards" "$S/shards-full" || ex
 OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
 timeout $((A + B + 150)) python3 docs/recipes/smol_gpu_train.py "$GGUF" "$S/shards-full" runs/smol-gpu "$A" "$B" "$@" 2>&1 | tail -n 6
 for d in a speech-base; do mkdir -p runs/smol-gpu/delta/$d && cp runs/smol-gpu/$d/{metrics.jsonl,loss.png,train_config.json,final_metrics.json} runs/smol-gpu/delta/$d/ 2>/dev/null; done
+# The delta goes to $OUT before the eval: what is under $OUT comes back even if the call runs out of time.
+(cd runs/smol-gpu/delta && tar czf - .) | split -b 15m - "$OUT/smol-delta.tgz.part"
 if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   python3 docs/recipes/pack_eval_data.py unpack "$S/eval" "$S/eval-data" >/dev/null &&
   n=$(ls "$S"/eval-data/*.json | wc -l) &&
-  timeout "$E" python3 -m agent.cli eval --data "$S/eval-data" --model runs/smol-gpu/speech-base --device "${EVAL_DEVICE:-cuda}" \
+  # SIGINT, not timeout's SIGTERM: eval writes the dialogues it scored so far ("complete": false)
+  timeout -s INT -k 20 "$E" python3 -m agent.cli eval --data "$S/eval-data" --model runs/smol-gpu/speech-base --device "${EVAL_DEVICE:-cuda}" \
     --limit "$n" --out runs/smol-gpu/delta/eval -q > "$S/eval.log" 2>&1
-  [ -f runs/smol-gpu/delta/eval/eval.json ] && tail -n 17 "$S/eval.log" || { echo "eval of $n dialogues did not finish within $E s:"; tail -n 3 "$S/eval.log"; }
+  [ -f runs/smol-gpu/delta/eval/eval.json ] && tail -n 17 "$S/eval.log" || { echo "eval of $n dialogues scored none within $E s:"; tail -n 3 "$S/eval.log"; }
+  [ -d runs/smol-gpu/delta/eval ] && tar czf "$OUT/smol-eval.tgz" -C runs/smol-gpu/delta eval
 fi
-(cd runs/smol-gpu/delta && tar czf - .) | split -b 15m - "$OUT/smol-delta.tgz.part"
 ls -la "$OUT"
