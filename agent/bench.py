@@ -21,6 +21,7 @@ from agent.config import SessionConfig
 from agent.models import codec_for_layout, init_model
 from agent.session import Session
 from streaming.clock import FrameClock
+from think.device import resolve_device
 from think.transformers_backend import TransformersBackend
 
 
@@ -82,8 +83,12 @@ async def _run(backend: TransformersBackend, frames: int, warmup: int) -> dict:
 
 
 def bench_step(model: str | None = None, preset: str = "tiny", codec: str = "codec2", frames: int = 300,
-               warmup: int = 20, engine: str = "auto", threads: int | None = None) -> dict:
-    """Benchmark one session's frame step; builds a random model of ``preset`` unless ``model`` is given."""
+               warmup: int = 20, engine: str = "auto", threads: int | None = None, device: str = "cpu") -> dict:
+    """Benchmark one session's frame step; builds a random model of ``preset`` unless ``model`` is given.
+
+    ``device``: where the model runs ("cpu", "cuda", "cuda:N" or "auto"). Each frame's sampling reads the
+    logits back to the host, so the per-frame times include the GPU's work."""
+    device = str(resolve_device(device))  # a bad or absent device fails here, before any model is built
     if frames < 1 or warmup < 0:  # no timed frame: the percentiles of nothing were an IndexError
         raise ValueError(f"--frames must be >= 1 (got {frames}) and --warmup >= 0 (got {warmup}).")
     if threads is not None and threads < 0:
@@ -91,7 +96,7 @@ def bench_step(model: str | None = None, preset: str = "tiny", codec: str = "cod
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(model) if model else init_model(Path(tmp) / "model", preset=preset, codec=codec)
         t0 = time.perf_counter()
-        backend = TransformersBackend.from_dir(path, threads=threads, engine=engine)
+        backend = TransformersBackend.from_dir(path, device=device, threads=threads, engine=engine)
         load_s = time.perf_counter() - t0
         params = sum(p.numel() for p in backend.model.parameters())
         result = asyncio.run(_run(backend, frames, warmup))
@@ -100,7 +105,9 @@ def bench_step(model: str | None = None, preset: str = "tiny", codec: str = "cod
     result.update({
         "benchmark": "step", "model": model or f"random:{preset}", "codec": backend.layout.codec.name,
         "codec_options": backend.layout.codec.options, "parameters_m": round(params / 1e6, 3),
-        "engine": backend.engine, "torch_threads": torch.get_num_threads(), "load_seconds": round(load_s, 3),
+        "engine": backend.engine, "device": device, "gpu": torch.cuda.get_device_name(backend.device)
+        if backend.device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(), "load_seconds": round(load_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": _cpus(),
     })

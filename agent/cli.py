@@ -221,7 +221,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     from agent.bench import bench_step
 
     result = bench_step(model=args.model, preset=args.preset, codec=args.codec, frames=args.frames,
-                        warmup=args.warmup, engine=args.engine, threads=args.threads)
+                        warmup=args.warmup, engine=args.engine, threads=args.threads, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -402,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--engine", default="auto", choices=["auto", "lean", "hf"])
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N or auto")
     p.set_defaults(func=cmd_bench_step)
     p = bench.add_parser("train", help="training steps per second for a model shape (bf16 autocast and fp32)")
     _add_bench_model_flags(p)

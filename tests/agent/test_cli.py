@@ -86,6 +86,13 @@ def test_bench_step_prints_json_with_rtf(run_cli):
     assert isinstance(result["meets_rtf_0_3"], bool)
     assert isinstance(result["slot_ids"], int) and result["forwards_per_frame"] >= 2
     assert result["codec"] == "codec2" and result["engine"] in ("lean", "hf")
+    assert result["device"] == "cpu" and result["gpu"] is None
+
+
+def test_bench_step_names_a_device_it_cannot_use_before_building_a_model(run_cli):
+    res = run_cli("bench", "step", "--frames", "2", "--preset", "nano", "--device", "tpu0")
+    assert res.rc == 2 and res.out == ""
+    assert "Unknown device 'tpu0'" in res.err and "Traceback" not in res.err
 
 
 def test_missing_subcommand_and_flags_are_usage_errors(run_cli):
