@@ -2,7 +2,8 @@
 # split over .smol1/.smol2/.smol3 and the packed shards + the gguf wheel in .smol3, each stage sized so that
 # the repo + .whl (wheels the device lacks, downloaded here once) + it stay under one call's 64 MiB. With
 # EVAL_DATA (a `duplex data synth` directory), .smol3 also carries its first EVAL_N test dialogues (FLAC)
-# and the pycodec2 wheel, for `duplex eval --device cuda` on the trained speech base there. Run from the repo root:
+# and the pycodec2 wheel, for `duplex eval --device cuda` on the trained speech base there.
+# Run from the repo root:
 #   bash docs/recipes/smol_gpu_stage.sh SHARDS [EVAL_DATA [EVAL_N]]   # shards: `duplex data tokenize --model <smol init>`
 set -eu
 SHARDS=$1; EVAL_DATA=${2:-}; EVAL_N=${3:-20}
