@@ -8,6 +8,8 @@ turn's own audio and with another turn's audio: the gap between the two is what 
 guessed from the words before. Prints JSON (and a few examples). Not part of the package.
 
     python docs/diagnostics/speech_base_listening.py MODEL SHARDS [N_TURNS]
+
+On a GPU machine it runs there (`smol_gpu_run.sh` scores stage a and the speech base with it).
 """
 import json
 import sys
@@ -38,7 +40,8 @@ def main() -> None:
     limit = int(sys.argv[3]) if len(sys.argv) > 3 else 40
     loaded = load_checkpoint(model_dir)
     lay, tok = loaded.layout, loaded.tokenizer
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     sys_id, text = lay.special("system_start"), lay.text_vocab_size
     turns = listening_turns(shards, limit)
     cuts = [int(np.flatnonzero(s == sys_id)[0]) for s in turns]
@@ -50,9 +53,10 @@ def main() -> None:
             audio = turns[j][: cuts[j] + 1]  # [SS] audio [SYS] of this turn or of another
             ref = [int(t) for t in seq[cut + 1:-1]]
             with torch.inference_mode():
-                logits = model(torch.tensor(np.concatenate([audio, ref]), dtype=torch.long)[None]).logits[0]
+                batch = torch.tensor(np.concatenate([audio, ref]), dtype=torch.long, device=device)[None]
+                logits = model(batch).logits[0]
             scored = logits[len(audio) - 1:-1, :text].float()  # the transcript's positions, text rows only
-            target = torch.tensor(ref)
+            target = torch.tensor(ref, device=device)
             nll += float(torch.nn.functional.cross_entropy(scored, target, reduction="sum"))
             hits += int((scored.argmax(-1) == target).sum())
             ids += len(ref)
@@ -68,18 +72,19 @@ def main() -> None:
 
 def greedy(model, prompt: np.ndarray, text: int, eot: int, most: int, tok) -> str:
     """The transcript the model writes after ``prompt`` (text ids and EOT only)."""
-    allowed = torch.zeros(model.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+    device = model.get_output_embeddings().weight.device
+    allowed = torch.zeros(model.get_output_embeddings().weight.shape[0], dtype=torch.bool, device=device)
     allowed[:text] = True
     allowed[eot] = True
     hyp: list[int] = []
     with torch.inference_mode():
-        result = model(torch.tensor(prompt, dtype=torch.long)[None], use_cache=True)
+        result = model(torch.tensor(prompt, dtype=torch.long, device=device)[None], use_cache=True)
         for _ in range(most):
             nxt = int(result.logits[0, -1].masked_fill(~allowed, float("-inf")).argmax())
             if nxt == eot:
                 break
             hyp.append(nxt)
-            result = model(torch.tensor([[nxt]]), past_key_values=result.past_key_values, use_cache=True)
+            result = model(torch.tensor([[nxt]], device=device), past_key_values=result.past_key_values, use_cache=True)
     return tok.decode(hyp).strip()
 
 

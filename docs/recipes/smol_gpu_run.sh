@@ -11,9 +11,10 @@
 # `duplex eval --data runs/data-v2 --limit N` for the side-by-side table).
 #   bash docs/recipes/smol_gpu_run.sh A_SECONDS B_SECONDS [E_SECONDS] [key=value ...]
 # The defaults fit a 15-minute device budget (the machine's start, ~3 min, and calls 1 and 2 included): call 3
-# takes about A + B + E + 90 s (installs, unpacking, the merge and the delta), under the 600 s a call may run.
+# takes about A + B + E + 150 s (installs, unpacking, the merges, the delta, and the listening check of both
+# stages, at most 60 s each), under the 600 s a call may run.
 set -u
-A=${1:-150}; B=${2:-180}; E=120
+A=${1:-150}; B=${2:-180}; E=90
 shift $(( $# < 2 ? $# : 2 ))
 case "${1:-}" in ''|*=*) ;; *) E=$1; shift ;; esac
 S=/tmp/smol; mkdir -p "$S"
@@ -31,6 +32,15 @@ timeout $((A + B + 150)) python3 docs/recipes/smol_gpu_train.py "$GGUF" "$S/shar
 for d in a speech-base; do mkdir -p runs/smol-gpu/delta/$d && cp runs/smol-gpu/$d/{metrics.jsonl,loss.png,train_config.json,final_metrics.json} runs/smol-gpu/delta/$d/ 2>/dev/null; done
 # The delta goes to $OUT before the eval: what is under $OUT comes back even if the call runs out of time.
 (cd runs/smol-gpu/delta && tar czf - .) | split -b 15m - "$OUT/smol-delta.tgz.part"
+# Does each stage hear? Transcripts of 40 test turns, own vs another turn's audio (needs the test split packed).
+mkdir -p runs/smol-gpu/delta/eval
+for m in a speech-base; do
+  [ -f runs/smol-gpu/$m/config.json ] && ls "$S"/shards-full/align-test-* >/dev/null 2>&1 &&
+    timeout 60 python3 docs/diagnostics/speech_base_listening.py runs/smol-gpu/$m "$S/shards-full" "${LISTEN_TURNS:-40}" \
+      > runs/smol-gpu/delta/eval/listening-$m.json 2>> "$S/listening.log" &&
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'hears:', d['real'], 'other turn:', d['other_turn'])" \
+      runs/smol-gpu/delta/eval/listening-$m.json $m
+done
 if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   python3 docs/recipes/pack_eval_data.py unpack "$S/eval" "$S/eval-data" >/dev/null &&
   n=$(ls "$S"/eval-data/*.json | wc -l) &&
@@ -38,6 +48,6 @@ if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   timeout -s INT -k 20 "$E" python3 -m agent.cli eval --data "$S/eval-data" --model runs/smol-gpu/speech-base --device "${EVAL_DEVICE:-cuda}" \
     --limit "$n" --out runs/smol-gpu/delta/eval -q > "$S/eval.log" 2>&1
   [ -f runs/smol-gpu/delta/eval/eval.json ] && tail -n 17 "$S/eval.log" || { echo "eval of $n dialogues scored none within $E s:"; tail -n 3 "$S/eval.log"; }
-  [ -d runs/smol-gpu/delta/eval ] && tar czf "$OUT/smol-eval.tgz" -C runs/smol-gpu/delta eval
 fi
+tar czf "$OUT/smol-eval.tgz" -C runs/smol-gpu/delta eval
 ls -la "$OUT"

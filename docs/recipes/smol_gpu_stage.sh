@@ -16,7 +16,7 @@ ls .whl/soxr-*.whl >/dev/null 2>&1 || pip download -q --no-deps --only-binary=:a
 repo=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 whl=$(du -cb .whl 2>/dev/null | tail -1 | cut -f1)
 room=$(( (64 << 20) - repo - whl - (2 << 20) ))       # bytes one stage may hold
-python docs/recipes/pack_lm_shards.py pack "$SHARDS" .smol3/shards --max-mb $(( room >> 20 ))
+python docs/recipes/pack_lm_shards.py pack "$SHARDS" .smol3/shards --splits train,val,test --max-mb $(( room >> 20 ))
 pip download -q --no-deps --only-binary=:all: -d .smol3 "gguf==$(python -c 'import importlib.metadata as m; print(m.version("gguf"))')"
 if [ -n "$EVAL_DATA" ]; then  # the device runs Python 3.12 without pycodec2
   python docs/recipes/pack_eval_data.py pack "$EVAL_DATA" .smol3/eval --limit "$EVAL_N" --max-mb 12
