@@ -41,6 +41,7 @@ for m in a speech-base; do
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'hears:', d['real'], 'other turn:', d['other_turn'])" \
       runs/smol-gpu/delta/eval/listening-$m.json $m
 done
+tar czf "$OUT/smol-eval.tgz" -C runs/smol-gpu/delta eval  # again after the eval: this copy survives a time-out
 if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   python3 docs/recipes/pack_eval_data.py unpack "$S/eval" "$S/eval-data" >/dev/null &&
   n=$(ls "$S"/eval-data/*.json | wc -l) &&
