@@ -17,20 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
 from agent.codec_eval import word_errors
+from agent.training.align import LISTEN, load_align
 from think.checkpoint import load_checkpoint
 
 
 def listening_turns(shards: Path, limit: int) -> list[np.ndarray]:
-    seqs = []
-    for path in sorted(shards.glob("align-test-*.npz")):
-        z = np.load(path)
-        for i in np.flatnonzero(z["kinds"] == 0):
-            seqs.append(z["ids"][z["offsets"][i]:z["offsets"][i + 1]])
+    seqs = load_align(shards, "test")[LISTEN]
     if not seqs:
-        raise SystemExit(f"No listening sequences in {shards}/align-test-*.npz; run `duplex data tokenize --model ...`.")
+        raise SystemExit(f"No test listening sequences in {shards}; run `duplex data tokenize --model ...`.")
     step = max(1, len(seqs) // limit)  # spread over the split's dialogues and voices
     return seqs[::step][:limit]
 
@@ -41,7 +37,7 @@ def main() -> None:
     loaded = load_checkpoint(model_dir)
     lay, tok = loaded.layout, loaded.tokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    model = loaded.model.to(device).eval()
     sys_id, text = lay.special("system_start"), lay.text_vocab_size
     turns = listening_turns(shards, limit)
     cuts = [int(np.flatnonzero(s == sys_id)[0]) for s in turns]
