@@ -4,7 +4,8 @@ The input file is streamed in blocks (a 1-hour file runs in bounded memory) into
 (as fast as possible, or paced in real time with ``realtime=True``). Written next to ``output``:
 
 - ``output``: stereo WAV, user left (what the model heard), agent right, time-aligned per frame;
-- ``<stem>.txt``: the agent's transcript (its text slot); ``<stem>.transcript.json``: timed deltas;
+- ``<stem>.txt``: the agent's transcript (its text slot); ``<stem>.transcript.json``: timed deltas (and, for a
+  heard-text model, its ``heard`` transcript of the user);
 - ``<stem>.latency.json``: every frame's step times and the summary;
 - ``<stem>.config.json``: the resolved configuration.
 """
@@ -207,6 +208,9 @@ async def run_chat(cfg: ChatConfig, session_config: SessionConfig | None = None,
             if out.text_delta or out.end_of_turn:
                 transcript.append({"frame": out.index, "time": round(out.index * spec.frame_ms / 1000.0, 3),
                                    "text": out.text_delta, "end_of_turn": out.end_of_turn})
+            if out.heard_delta:  # a heard-text model's transcript of the user
+                transcript.append({"frame": out.index, "time": round(out.index * spec.frame_ms / 1000.0, 3),
+                                   "heard": out.heard_delta})
             frames += 1
             if progress:
                 progress(frames, expected_frames)

@@ -165,7 +165,11 @@ def cmd_model_init(args: argparse.Namespace) -> int:
         overrides = json.loads(args.model_json) if args.model_json else None
     except json.JSONDecodeError as e:
         raise ValueError(f"--model-json is not valid JSON ({e}); e.g. --model-json '{{\"layers\": 6}}'.") from e
-    if args.delta:
+    if args.heard_text_from:
+        from think.checkpoint import add_heard_text
+
+        path = add_heard_text(args.heard_text_from, out)
+    elif args.delta:
         from think.delta import rebuild
 
         if not args.base:
@@ -174,7 +178,8 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     else:
         path = init_model(out, preset=args.preset, codec=args.codec, base=args.base, q_in=args.q_in,
                           q_out=args.q_out, text_lead=args.text_lead, seed=args.seed,
-                          codec_weights=args.codec_weights, model_overrides=overrides)
+                          codec_weights=args.codec_weights, model_overrides=overrides,
+                          heard_text=args.heard_text)
     info = json.loads((path / "duplex_init.json").read_text())
     layout = json.loads((path / "duplex_layout.json").read_text())
     print(f"wrote {path}: {info['parameters'] / 1e6:.2f} M parameters, vocabulary {layout['vocab_size']} ids, "
@@ -372,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-json", help='shape overrides as JSON, e.g. \'{"layers": 6}\'')
     p.add_argument("--delta", help="rebuild a speech base from --base and this `duplex model delta` directory")
+    p.add_argument("--heard-text", action="store_true", help="the text slot also carries the agent's transcript "
+                   "of the user (heard ids; layout version 2), a dense listening target")
+    p.add_argument("--heard-text-from", metavar="SRC", help="grow the checkpoint SRC into the heard-text layout "
+                   "(its weights kept, heard rows copied from the text rows) instead of making a new one")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
     p.set_defaults(func=cmd_model_init)
     p = model.add_parser("delta", help="a speech base as a small delta on its base LLM (new rows + low-rank updates)")

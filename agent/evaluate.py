@@ -12,6 +12,8 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
   stopping within 400 ms, and whether the agent then answers;
 - **answers**: for each question (``qa``), the agent's text after the question vs the expected answer
   (normalised containment and word F1);
+- **listening** (heard-text layouts only): word error rate of the model's own transcript of each question
+  (its heard ids, ``question_heard_wer``) against the question's text;
 - **intelligibility** (``--asr``; needs ``pip install 'duplex-agent[eval]'``): word error rate of the agent's
   speech in each answer window through Whisper tiny.en against what its own text slot said, next to the same
   recogniser on the dialogue's clean agent channel (the TTS voice it was trained on) against the expected answer.
@@ -119,7 +121,8 @@ async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig,
     return outs, codec.spec.frame_ms / 1000.0
 
 
-def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pad_id: int, text_vocab: int) -> DialogueScore:
+def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pad_id: int, text_vocab: int,
+                   heard_text: bool = False) -> DialogueScore:
     rms = np.asarray([o.mark.agent_rms for o in outs])
     has_text = np.asarray([o.text_id < text_vocab for o in outs])
     active = (rms > cfg.active_rms) | has_text
@@ -176,6 +179,11 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
                               "frames": [a, b], **answer_score(said, qa["answer"])})
+        if heard_text:  # what the model wrote down of the question, from its first part (before a pause) on
+            i = qa["turn_index"]
+            while i > 0 and turns[i - 1]["speaker"] == "user" and turns[i - 1].get("kind") == "request_start":
+                i -= 1
+            score.answers[-1]["heard_question"] = "".join(o.heard_delta for o in outs[frame(float(turns[i]["start"])):b]).strip()
     return score
 
 
@@ -217,6 +225,13 @@ def summarize(scores: list[DialogueScore]) -> dict:
     stops = [x["stop_ms"] for x in inter if x["stop_ms"] is not None]
     backs = [x for s in scores for x in s.backchannels if x["agent_active"]]
     answers = [x for s in scores for x in s.answers]
+    heard = [x for x in answers if "heard_question" in x]
+    extra = {}
+    if heard:
+        from agent.codec_eval import word_errors
+
+        errors = [word_errors(x["question"], x["heard_question"]) for x in heard]
+        extra["question_heard_wer"] = round(sum(e for e, _ in errors) / max(1, sum(n for _, n in errors)), 4)
     return {
         "dialogues": len(scores),
         "turn_take_over_rate": rate(turn_ends, "took_over"),
@@ -232,6 +247,7 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "answer_accuracy": rate(answers, "contains"),
         "answer_f1_mean": round(float(np.mean([a["f1"] for a in answers])), 4) if answers else None,
         "questions": len(answers),
+        **extra,
     }
 
 
@@ -298,7 +314,8 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     try:
         for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
             outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
-            scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size))
+            scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size,
+                                         heard_text=lay.heard_text))
             if cfg.asr:
                 runs.append((outs, wav, codec.spec.sample_rate))
     except KeyboardInterrupt:

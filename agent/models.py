@@ -54,8 +54,9 @@ def codec_for_layout(layout: DuplexLayout, codec_weights: str | Path | None = No
 
 
 def build_layout(codec: Codec, text_vocab_size: int, q_in: int | None = None, q_out: int | None = None,
-                 text_lead: int = 1) -> DuplexLayout:
-    return DuplexLayout.for_codec(codec, text_vocab_size, q_in=q_in, q_out=q_out, text_lead=text_lead)
+                 text_lead: int = 1, heard_text: bool = False) -> DuplexLayout:
+    return DuplexLayout.for_codec(codec, text_vocab_size, q_in=q_in, q_out=q_out, text_lead=text_lead,
+                                  heard_text=heard_text)
 
 
 def codec_from_preset(name: str, codec_weights: str | Path | None = None,
@@ -74,8 +75,9 @@ def codec_from_preset(name: str, codec_weights: str | Path | None = None,
 def init_model(out_dir: str | Path, preset: str = "tiny", codec: str = "codec2", base: str | Path | None = None,
                q_in: int | None = None, q_out: int | None = None, text_lead: int = 1, seed: int = 0,
                codec_weights: str | Path | None = None, model_overrides: dict | None = None,
-               codec_config: dict | None = None) -> Path:
-    """``duplex model init``: a checkpoint directory from a shape preset or a local base LLM."""
+               codec_config: dict | None = None, heard_text: bool = False) -> Path:
+    """``duplex model init``: a checkpoint directory from a shape preset or a local base LLM
+    (``heard_text``: the layout's text slot also carries the user's transcript, see :mod:`think.layout`)."""
     codec_obj, pq_in, pq_out = codec_from_preset(codec, codec_weights, codec_config)
     # None means "the preset's default"; 0 is a bad value for the layout to refuse, not "all".
     q_in = pq_in if q_in is None else q_in
@@ -84,12 +86,12 @@ def init_model(out_dir: str | Path, preset: str = "tiny", codec: str = "codec2",
         if q is not None and q < 1:
             raise ValueError(f"{name} must be >= 1 (leave it out to use all of the codec's codebooks), got {q}.")
     if base:
-        return init_from_base(out_dir, lambda v: build_layout(codec_obj, v, q_in, q_out, text_lead), base)
+        return init_from_base(out_dir, lambda v: build_layout(codec_obj, v, q_in, q_out, text_lead, heard_text), base)
     if preset not in MODEL_PRESETS:
         raise ValueError(f"Unknown model preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}.")
     cfg = _model_config(preset, model_overrides)
     tok = default_tokenizer()
-    layout = build_layout(codec_obj, tok.get_vocab_size(), q_in, q_out, text_lead)
+    layout = build_layout(codec_obj, tok.get_vocab_size(), q_in, q_out, text_lead, heard_text)
     return init_from_config(out_dir, layout, cfg, seed=seed, tokenizer=tok)
 
 

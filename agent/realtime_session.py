@@ -10,6 +10,9 @@ The session clock runs the model every frame; this module maps what each frame p
 - a barge-in cut -> ``x_duplex.barge_in`` and ``response.done`` (cancelled, ``turn_detected``): the
   client flushes its playback buffer at once;
 - the user's VAD flags (with a hangover) -> ``input_audio_buffer.speech_started`` / ``speech_stopped``;
+- a heard-text model's transcript of the user (its heard ids) -> ``conversation.item.input_audio_transcription
+  .delta`` on the user's item, and ``.completed`` with the whole text when the agent's response starts (the
+  model's own judgement that the turn is over) or the user's next turn begins;
 - every frame -> ``x_duplex.frame`` and ``x_duplex.latency`` (step times), unless turned off.
 
 The clock starts with the first input audio (like a live microphone, with one frame of jitter margin)
@@ -135,6 +138,7 @@ class RealtimeConnection:
         self.user_speaking = False
         self.user_item: str | None = None
         self.prev_user_item: str | None = None
+        self.heard: tuple[str, list[str]] | None = None  # (user item, transcript deltas) not yet completed
         self.user_quiet = 0
         self.last_speech_frame = 0
         self._turns_seen = 0
@@ -459,6 +463,8 @@ class RealtimeConnection:
         if out.cut:
             self._barge_in(out)
         self._track_user(out)
+        if out.heard_delta:
+            self._heard(out.heard_delta)
         pcm = self.out_resampler.process(out.agent_audio)
         audible = not out.forced and out.mark.agent_rms >= self.talk_rms
         active = audible or bool(out.text_delta)
@@ -468,6 +474,7 @@ class RealtimeConnection:
                 self.muted = False
         else:
             if self.response is None and active and not out.end_of_turn:
+                self._complete_heard()
                 self._open_response()
             r = self.response
             if r is not None:
@@ -506,6 +513,7 @@ class RealtimeConnection:
         emit = self._emit if self.settings.turn_type is not None else (lambda event: None)
         if out.user.speech:
             if not self.user_speaking:
+                self._complete_heard()
                 self.user_speaking, self.user_item = True, ev.new_id("item")
                 self.muted = False  # a new user turn lifts a client's response.cancel
                 emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STARTED,
@@ -521,6 +529,23 @@ class RealtimeConnection:
                 emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
                                   previous_item_id=self.prev_user_item))
                 self.prev_user_item = self.user_item
+
+    def _heard(self, delta: str) -> None:
+        if self.user_item is None:  # heard before the VAD found speech: no user item to attach it to
+            return
+        if self.heard is None or self.heard[0] != self.user_item:
+            self._complete_heard()
+            self.heard = (self.user_item, [])
+        self.heard[1].append(delta)
+        self._emit(server_event(ev.INPUT_AUDIO_TRANSCRIPTION_DELTA, item_id=self.user_item, content_index=0,
+                                delta=delta))
+
+    def _complete_heard(self) -> None:
+        if self.heard is not None:
+            item, parts = self.heard
+            self.heard = None
+            self._emit(server_event(ev.INPUT_AUDIO_TRANSCRIPTION_COMPLETED, item_id=item, content_index=0,
+                                    transcript="".join(parts).strip()))
 
     def _barge_in(self, out: FrameOutput) -> None:
         r = self.response

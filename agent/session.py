@@ -37,6 +37,8 @@ class FrameOutput:
         agent_audio: the agent's PCM for this frame at the codec rate, ``(frame_samples,)`` (silence when
             cut; a look-ahead codec's audio arrives ``lookahead_frames`` frames late, after silence).
         text_id: the text slot id; ``text_delta`` the printable text it added ('' for PAD).
+        heard_delta: with a heard-text layout, the text the model wrote down of the *user* in this frame
+            (its running transcript; never spoken, never part of the agent's text).
         end_of_turn: the model wrote end-of-turn in the text slot.
         cut: a barge-in cut the agent in this frame (flush queued agent audio now).
         forced: the agent's slot was forced silent by the policy.
@@ -54,6 +56,7 @@ class FrameOutput:
     forced: bool
     user_underrun: bool
     mark: FrameMark
+    heard_delta: str = ""
 
 
 class Session:
@@ -76,6 +79,7 @@ class Session:
         keep = keep_frame_marks if keep_frame_marks is not None else (0 if not realtime else 256)
         self.latency = LatencyRecorder(self.frame_ms, keep_frames=keep)
         self.text = TextStream(tokenizer)
+        self.heard = TextStream(tokenizer)  # the user's transcript, from heard ids (heard-text layouts)
         # Real time: a bounded queue that drops the oldest frames if the model falls behind, so latency
         # stays bounded. Offline: the source waits instead (nothing is dropped).
         policy = DropPolicy.DROP_OLDEST if realtime else DropPolicy.BLOCK
@@ -191,11 +195,13 @@ class Session:
         t2 = time.perf_counter()
         rms = float(np.sqrt(np.mean(np.square(agent, dtype=np.float64)))) if len(agent) else 0.0
         self.policy.after_step(rms)
-        delta, eot = "", False
+        delta, heard, eot = "", "", False
         if result.text_id == self.layout.eot_id:
             eot = True
         elif result.text_id < self.layout.text_vocab_size:
             delta = self.text.push(result.text_id)
+        elif self.layout.is_heard_id(result.text_id):
+            heard = self.heard.push(result.text_id - self.layout.heard_offset)
         listen_ms = float(user.audio.meta.get("listen_ms", 0.0))
         mark = FrameMark(
             frame=tick.index, listen_ms=round(listen_ms, 3), think_ms=round((t1 - t0) * 1000.0, 3),
@@ -208,7 +214,7 @@ class Session:
             self.latency.add_barge_in(tick.index)
         return FrameOutput(index=tick.index, user=user, agent_audio=agent.astype(np.float32), text_id=result.text_id,
                            text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
-                           user_underrun=underrun, mark=mark)
+                           user_underrun=underrun, mark=mark, heard_delta=heard)
 
     def _one_frame(self, decoded: np.ndarray) -> np.ndarray:
         """The next ``frame_samples`` of the agent's track (``decoded`` joins what is held back)."""

@@ -62,6 +62,7 @@ __all__ = [
     "RESPONSE_OUTPUT_AUDIO_DELTA", "RESPONSE_OUTPUT_AUDIO_DONE",
     "RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DELTA", "RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE",
     "RESPONSE_DONE", "CONVERSATION_ITEM_TRUNCATED", "ERROR",
+    "INPUT_AUDIO_TRANSCRIPTION_DELTA", "INPUT_AUDIO_TRANSCRIPTION_COMPLETED",
     # project
     "X_LATENCY", "X_FRAME", "X_BARGE_IN",
     # sets
@@ -102,6 +103,9 @@ RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE = "response.output_audio_transcript.done"
 RESPONSE_DONE = "response.done"
 CONVERSATION_ITEM_TRUNCATED = "conversation.item.truncated"
 ERROR = "error"
+# A heard-text model's own transcript of the user (think/layout.py), attached to the user's item.
+INPUT_AUDIO_TRANSCRIPTION_DELTA = "conversation.item.input_audio_transcription.delta"
+INPUT_AUDIO_TRANSCRIPTION_COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 # -- project (server -> client) ------------------------------------------------------------------
 X_LATENCY = PREFIX + "latency"
@@ -117,6 +121,7 @@ SERVER_EVENTS = frozenset({
     INPUT_AUDIO_BUFFER_SPEECH_STARTED, INPUT_AUDIO_BUFFER_SPEECH_STOPPED, RESPONSE_CREATED,
     RESPONSE_OUTPUT_AUDIO_DELTA, RESPONSE_OUTPUT_AUDIO_DONE, RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DELTA,
     RESPONSE_OUTPUT_AUDIO_TRANSCRIPT_DONE, RESPONSE_DONE, CONVERSATION_ITEM_TRUNCATED, ERROR,
+    INPUT_AUDIO_TRANSCRIPTION_DELTA, INPUT_AUDIO_TRANSCRIPTION_COMPLETED,
 })
 PROJECT_EVENTS = frozenset({X_LATENCY, X_FRAME, X_BARGE_IN})
 

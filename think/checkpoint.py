@@ -121,6 +121,41 @@ def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base: str | Path)
     return out
 
 
+def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
+    """Grow a checkpoint into the heard-text layout (:mod:`think.layout`, version 2) and write it.
+
+    The heard range is appended after every other id, so no existing id moves: the model keeps what it
+    learned and only gains rows. Each heard row starts as a copy of its text twin's row ("hello" heard
+    starts where "hello" written is), and training separates them.
+    """
+    import dataclasses
+
+    import torch
+
+    loaded = load_checkpoint(src)
+    old = loaded.layout
+    if old.heard_text:
+        raise ValueError(f"{src} already has a heard-text range.")
+    layout = dataclasses.replace(old, heard_text=True, version=2)
+    model = loaded.model
+    model.resize_token_embeddings(padded_vocab(layout), mean_resizing=False)
+    text = slice(0, layout.text_vocab_size)
+    heard = slice(layout.heard_offset, layout.heard_offset + layout.text_vocab_size)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[heard] = emb[text]
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            head.weight[heard] = head.weight[text]
+    info_path = Path(src) / "duplex_init.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    out = _write(out_dir, model, layout, loaded.tokenizer, {**info, "heard_text_from": str(src)})
+    for extra in ("chat_template.jinja",):
+        if (Path(src) / extra).is_file():
+            (out / extra).write_text((Path(src) / extra).read_text())
+    return out
+
+
 def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

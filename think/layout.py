@@ -14,6 +14,13 @@ Id space (every position is self-describing)::
     [text_vocab_size, +len(SPECIALS))    special ids (session start, system prompt delimiters, PAD, EOT)
     then one range per user codebook k   user_offsets[k] + code
     then one range per agent codebook k  agent_offsets[k] + code
+    then, with ``heard_text``, heard word pieces   heard_offset + text id
+
+Heard text (layout version 2, ``heard_text=True``): the text slot also carries the agent's running transcript
+of the *user*, in its own id range, in the frames where the agent is not writing its own words (a listener's
+inner monologue). It gives the model a dense listening target in the duplex layout itself, and lets it
+answer from, and judge turn ends by, words it has already written down. Heard ids are never spoken: the
+session reports them as the user's transcript, and every agent-text consumer ignores them.
 
 The layout is data: it is written as ``duplex_layout.json`` next to every checkpoint so that training,
 serving and decoding can never disagree.
@@ -44,6 +51,8 @@ class DuplexLayout:
         q_out: agent codebooks per frame (a prefix of the codec's codebooks, coarse first).
         text_lead: δ, frames by which the agent's text leads its audio.
         silence_codes: the codec's codes for one silent frame, ``(Q,)`` (forced agent silence).
+        heard_text: the text slot may also hold heard (user transcript) ids, ``heard_offset + text id``;
+            appended after every other range, so a version-1 checkpoint grows into it by adding rows.
     """
 
     codec: CodecSpec
@@ -53,6 +62,7 @@ class DuplexLayout:
     text_lead: int = 1
     silence_codes: tuple[int, ...] = ()
     version: int = 1
+    heard_text: bool = False
     _offsets: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,7 +86,10 @@ class DuplexLayout:
         for k in range(self.q_out):
             agent.append(nxt)
             nxt += sizes[k]
-        self._offsets.update(user=tuple(user), agent=tuple(agent), total=nxt)
+        heard = nxt
+        if self.heard_text:
+            nxt += self.text_vocab_size
+        self._offsets.update(user=tuple(user), agent=tuple(agent), heard=heard, total=nxt)
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -100,6 +113,22 @@ class DuplexLayout:
     @property
     def agent_offsets(self) -> tuple[int, ...]:
         return self._offsets["agent"]
+
+    @property
+    def heard_offset(self) -> int:
+        """First heard id (``heard_offset + text id`` is that word piece, heard); only with ``heard_text``."""
+        if not self.heard_text:
+            raise ValueError("This layout has no heard-text range (heard_text is off).")
+        return self._offsets["heard"]
+
+    def heard_id(self, text_id: int) -> int:
+        """The heard twin of text id ``text_id``."""
+        if not 0 <= text_id < self.text_vocab_size:
+            raise ValueError(f"{text_id} is not a text id (0..{self.text_vocab_size - 1}).")
+        return self.heard_offset + int(text_id)
+
+    def is_heard_id(self, token_id: int) -> bool:
+        return self.heard_text and self._offsets["heard"] <= token_id < self._offsets["total"]
 
     def special(self, name: str) -> int:
         """Id of a special token by name (see ``SPECIALS``)."""
@@ -192,7 +221,10 @@ class DuplexLayout:
             return [(self.user_offsets[k], self.user_offsets[k] + sizes[k])]
         if kind == "agent":
             return [(self.agent_offsets[k], self.agent_offsets[k] + sizes[k])]
-        return [(0, self.text_vocab_size), (self.pad_id, self.pad_id + 1), (self.eot_id, self.eot_id + 1)]
+        text = [(0, self.text_vocab_size), (self.pad_id, self.pad_id + 1), (self.eot_id, self.eot_id + 1)]
+        if self.heard_text:
+            text.append((self.heard_offset, self.heard_offset + self.text_vocab_size))
+        return text
 
     def allowed_mask(self, position: int) -> np.ndarray:
         """Boolean ``(vocab_size,)``: True where an id may appear at slot position ``p``."""
@@ -202,7 +234,8 @@ class DuplexLayout:
         return mask
 
     def is_text_slot_id(self, token_id: int) -> bool:
-        return 0 <= token_id < self.text_vocab_size or token_id in (self.pad_id, self.eot_id)
+        return (0 <= token_id < self.text_vocab_size or token_id in (self.pad_id, self.eot_id)
+                or self.is_heard_id(token_id))
 
     def validate(self, ids: np.ndarray, start_position: int = 0) -> None:
         """Raise ``ValueError`` if any id is outside its position's range."""
@@ -214,7 +247,7 @@ class DuplexLayout:
 
     # ---- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "version": self.version,
             "codec": self.codec.to_dict(),
             "text_vocab_size": self.text_vocab_size,
@@ -228,6 +261,9 @@ class DuplexLayout:
             "vocab_size": self.vocab_size,
             "slot_size": self.slot_size,
         }
+        if self.heard_text:
+            d.update(heard_text=True, heard_offset=self.heard_offset)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DuplexLayout":
@@ -239,6 +275,7 @@ class DuplexLayout:
             text_lead=int(d.get("text_lead", 1)),
             silence_codes=tuple(int(x) for x in d.get("silence_codes", ())),
             version=int(d.get("version", 1)),
+            heard_text=bool(d.get("heard_text", False)),
         )
         if "vocab_size" in d and int(d["vocab_size"]) != layout.vocab_size:
             raise ValueError(f"Layout file says vocab_size={d['vocab_size']} but its fields give "
@@ -263,12 +300,13 @@ class DuplexLayout:
 
     @classmethod
     def for_codec(cls, codec: Any, text_vocab_size: int, q_in: int | None = None, q_out: int | None = None,
-                  text_lead: int = 1) -> "DuplexLayout":
+                  text_lead: int = 1, heard_text: bool = False) -> "DuplexLayout":
         """Build a layout for a :class:`~streaming.codecs.base.Codec` (its silence codes included)."""
         spec = codec.spec
         q = spec.num_codebooks
         return cls(codec=spec, text_vocab_size=text_vocab_size, q_in=q_in or q, q_out=q_out or q,
-                   text_lead=text_lead, silence_codes=tuple(int(x) for x in codec.silence_codes()))
+                   text_lead=text_lead, silence_codes=tuple(int(x) for x in codec.silence_codes()),
+                   version=2 if heard_text else 1, heard_text=heard_text)
 
 
 def _int_codes(codes: np.ndarray, who: str) -> np.ndarray:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class BrainOutput:
     """Agent output: ``audio`` ``(n,)`` float32 at the brain's ``output_rate`` (may be empty),
     ``text_delta``, ``cut`` (barge-in: flush playback now), ``end_of_turn``, ``user_speech`` (the VAD
-    heard the user this frame; None = unknown) and ``mark`` (latency figures of the frame)."""
+    heard the user this frame; None = unknown), ``mark`` (latency figures of the frame) and ``heard_delta``
+    (a heard-text model's transcript of the user, see ``think/layout.py``)."""
 
     audio: np.ndarray
     text_delta: str = ""
@@ -38,6 +39,7 @@ class BrainOutput:
     frame: int | None = None
     user_speech: bool | None = None
     mark: dict = field(default_factory=dict)
+    heard_delta: str = ""
 
 
 def validate_sampling(current: Any, changes: dict) -> Any:
@@ -188,7 +190,7 @@ class LocalBrain:
                             "think_ms": m.think_ms, "speak_ms": m.speak_ms, "late_by_ms": m.late_by_ms,
                             "underrun": out.user_underrun}
                     r = self.on_output(BrainOutput(out.agent_audio, out.text_delta, out.cut, out.end_of_turn,
-                                                   out.index, out.user.speech, mark))
+                                                   out.index, out.user.speech, mark, out.heard_delta))
                     if asyncio.iscoroutine(r):
                         await r
                     if self._stop or self._restart.is_set():

@@ -175,6 +175,9 @@ class Daemon:
             if self.mqtt is not None and not self.suppress:
                 self.mqtt.publish_stream("transcript", {"role": "agent", "delta": out.text_delta, "frame": out.frame,
                                                         "ts": round(time.time(), 3)})
+        if out.heard_delta and self.mqtt is not None:  # what a heard-text model wrote down of the user
+            self.mqtt.publish_stream("transcript", {"role": "user", "delta": out.heard_delta, "frame": out.frame,
+                                                    "ts": round(time.time(), 3)})
         if out.end_of_turn and self.mqtt is not None:
             self.mqtt.publish_stream("transcript", {"role": "agent", "delta": "", "end_of_turn": True,
                                                     "frame": out.frame, "ts": round(time.time(), 3)})

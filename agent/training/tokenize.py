@@ -67,13 +67,15 @@ def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path:
 
 def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np.ndarray:
     """The text slot for every frame ``(frames,)``: word pieces δ frames ahead of their audio, EOT after
-    each agent turn, PAD elsewhere."""
+    each agent turn, PAD elsewhere; with a heard-text layout, the user's words in the free frames
+    (:func:`place_heard`)."""
     frame_s = layout.frame_ms / 1000.0
     text = np.full(frames, layout.pad_id, dtype=np.int64)
+    speaking = np.zeros(frames, dtype=bool)  # from an agent turn's first piece to its EOT
     next_free = 0
     for turn in sorted((t for t in record["turns"] if t["speaker"] == "agent"), key=lambda t: t["start"]):
         words = turn.get("words") or []
-        placed = False
+        placed, first = False, None
         for w in words:
             word = str(w["word"]).strip()
             if not word:
@@ -84,13 +86,68 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
                 if slot >= frames:
                     break
                 text[slot] = piece
+                first = slot if first is None else first
                 slot += 1
                 placed = True
             next_free = slot
         if placed and next_free < frames:
             text[next_free] = layout.eot_id
             next_free += 1
+        if placed:
+            speaking[first:next_free] = True
+    if layout.heard_text:
+        place_heard(text, record, layout, tokenizer, speaking)
     return text
+
+
+# A heard piece later than this many frames after its word is stale (the agent spoke over it): dropped.
+HEARD_MAX_LAG = 4
+
+
+def place_heard(text: np.ndarray, record: dict, layout: DuplexLayout, tokenizer,
+                speaking: np.ndarray | None = None) -> None:
+    """Write the user's words as heard ids into the PAD frames of ``text`` ``(frames,)``, in place.
+
+    A heard word goes where a streaming listener could write it: its pieces end on the frame after the
+    word's end (the user turns carry no word timings, so a word's span is estimated from its share of the
+    turn's characters), and the last word of a turn ends on the frame that holds the turn's end (known
+    exactly), so the whole question is written down before the agent's answer starts. The agent's own turns keep
+    their frames (``speaking`` ``(frames,)``: True from a turn's first piece to its EOT, so heard ids never
+    split the agent's sentence); a heard piece that finds no free frame within ``HEARD_MAX_LAG`` frames
+    is dropped.
+    """
+    frame_s = layout.frame_ms / 1000.0
+    frames = len(text)
+    busy = (text != layout.pad_id) if speaking is None else (speaking | (text != layout.pad_id))
+    next_free = 0
+    for turn in sorted((t for t in record["turns"] if t["speaker"] == "user"), key=lambda t: t["start"]):
+        words = [w for w in str(turn.get("text", "")).split() if w.strip()]
+        if not words:
+            continue
+        start, end = float(turn["start"]), float(turn["end"])
+        if turn.get("cut_at") is not None:
+            end = min(end, float(turn["cut_at"]))
+        total = sum(len(w) for w in words)
+        done = 0
+        for i, word in enumerate(words):
+            begin = int(math.floor((start + (end - start) * done / total) / frame_s))
+            done += len(word)
+            if i == len(words) - 1:
+                target = int(math.floor(end / frame_s))
+            else:
+                target = int(math.floor((start + (end - start) * done / total) / frame_s)) + 1
+            pieces = tokenizer.encode(" " + word).ids
+            # a long word's pieces end at its end frame (a streaming listener writes while it hears)
+            slot = max(next_free, begin + 1, target - len(pieces) + 1)
+            for piece in pieces:
+                while slot < frames and busy[slot] and slot - target <= HEARD_MAX_LAG:
+                    slot += 1
+                if slot >= frames or slot - target > HEARD_MAX_LAG:
+                    break
+                text[slot] = layout.heard_id(piece)
+                busy[slot] = True
+                slot += 1
+            next_free = max(next_free, slot)
 
 
 def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,

@@ -307,15 +307,29 @@ class DuplexPage {
         this.light(".dx-user", true);
         this.userBubble = this.bubble("user", "speaking…");
         this.userStart = e.audio_start_ms;
+        // a heard-text model writes down what it hears: keep the bubble findable by its item
+        this.userBubbles = this.userBubbles || new Map();
+        this.userBubbles.set(e.item_id, this.userBubble);
+        while (this.userBubbles.size > 50) this.userBubbles.delete(this.userBubbles.keys().next().value);
         break;
       case "input_audio_buffer.speech_stopped":
         this.light(".dx-user", false);
         if (this.userBubble) {
           const secs = (e.audio_end_ms - this.userStart) / 1000;
-          this.userBubble.querySelector(".dx-text").textContent = `(you spoke ${secs.toFixed(1)} s)`;
+          if (!this.userBubble.dataset.heard) this.userBubble.querySelector(".dx-text").textContent = `(you spoke ${secs.toFixed(1)} s)`;
           this.userBubble = null;
         }
         break;
+      case "conversation.item.input_audio_transcription.delta": {
+        const b = this.userBubbles && this.userBubbles.get(e.item_id);
+        if (b && typeof e.delta === "string") {
+          const text = b.querySelector(".dx-text");
+          text.textContent = b.dataset.heard ? text.textContent + e.delta : e.delta.trimStart();
+          b.dataset.heard = "1";
+          this.scroll();
+        }
+        break;
+      }
       case "x_duplex.latency":
         this.counts.latency++;
         this.root.dataset.latencyEvents = this.counts.latency;

@@ -1,7 +1,8 @@
 """The vLLM backend against the transformers reference, on a real (CPU) vLLM engine.
 
 One engine serves the whole module (engine start is ~35-70 s on a 2-core CPU). The model is the "nano"
-shape with its final norm scaled up so that every greedy choice has a clear top-2 margin: greedy ids can
+shape in the heard-text layout (``think/layout.py``, version 2: its text slot may also write down the user;
+the plain layout is served in ``test_vllm_speech_base.py``) with its final norm scaled up so that every greedy choice has a clear top-2 margin: greedy ids can
 then be compared exactly, and log-probabilities within ``TOL``.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def model_dir(tmp_path_factory):
 
     from agent.models import init_model
 
-    d = init_model(tmp_path_factory.mktemp("vllm") / "nano", preset="nano", codec="codec2", seed=5)
+    d = init_model(tmp_path_factory.mktemp("vllm") / "nano", preset="nano", codec="codec2", seed=5, heard_text=True)
     weights = load_file(d / "model.safetensors")
     weights["model.norm.weight"] = weights["model.norm.weight"] * NORM_SCALE
     save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
@@ -206,6 +207,8 @@ def test_sampled_ids_stay_in_their_ranges_and_seeds_reproduce(engine):
     a, b = run(), run()
     assert a == b  # per-session seed: same seed, same draws
     assert len({t for t, _ in a}) > 5  # and they are draws, not a greedy path
+    # the text slot draws from all of its ranges, the heard-text range included
+    assert any(layout.is_heard_id(t) for t, _ in a) and any(t < layout.text_vocab_size for t, _ in a)
 
     # top-k = 1 at a high temperature is greedy: checks the per-position temperature / top-k path.
     hot_top1 = SamplingConfig(text_temperature=5.0, audio_temperature=5.0, text_top_k=1, audio_top_k=1, seed=3)
