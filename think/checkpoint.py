@@ -110,6 +110,8 @@ def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base: str | Path)
     text_vocab = model.get_input_embeddings().num_embeddings
     layout: DuplexLayout = layout_for_vocab(text_vocab)
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=True)
+    if layout.heard_text:
+        _heard_rows_from_text(model, layout)
     model.config.pad_token_id = layout.pad_id
     out = _write(out_dir, model, layout, tokenizer, {"init": "base", "base": source,
                                                     "text_vocab_size": text_vocab})
@@ -130,8 +132,6 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
     """
     import dataclasses
 
-    import torch
-
     loaded = load_checkpoint(src)
     old = loaded.layout
     if old.heard_text:
@@ -139,6 +139,20 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
     layout = dataclasses.replace(old, heard_text=True, version=2)
     model = loaded.model
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=False)
+    _heard_rows_from_text(model, layout)
+    info_path = Path(src) / "duplex_init.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    out = _write(out_dir, model, layout, loaded.tokenizer, {**info, "heard_text_from": str(src)})
+    for extra in ("chat_template.jinja",):
+        if (Path(src) / extra).is_file():
+            (out / extra).write_text((Path(src) / extra).read_text())
+    return out
+
+
+def _heard_rows_from_text(model: Any, layout: DuplexLayout) -> None:
+    """Start every heard row as a copy of its text twin (input embedding, and an untied output head)."""
+    import torch
+
     text = slice(0, layout.text_vocab_size)
     heard = slice(layout.heard_offset, layout.heard_offset + layout.text_vocab_size)
     with torch.no_grad():
@@ -147,13 +161,6 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != emb.data_ptr():
             head.weight[heard] = head.weight[text]
-    info_path = Path(src) / "duplex_init.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    out = _write(out_dir, model, layout, loaded.tokenizer, {**info, "heard_text_from": str(src)})
-    for extra in ("chat_template.jinja",):
-        if (Path(src) / extra).is_file():
-            (out / extra).write_text((Path(src) / extra).read_text())
-    return out
 
 
 def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:

@@ -7,8 +7,9 @@ JSON with the agent's word timings) and every 80 ms frame ``t``, the slot is::
 
 The agent's text is written ``δ = layout.text_lead`` frames *before* the audio that speaks it: a word
 starting at audio frame ``f`` puts its word pieces at slots ``f - δ, f - δ + 1, ...`` (never before
-the previous word's pieces), and an agent turn ends with one end-of-turn id. Every other text slot is
-PAD. A sequence is ``[session start] + slots``; a loss mask marks the ids the model must learn to
+the previous word's pieces), and an agent turn ends with one end-of-turn id. With a heard-text layout
+(``think/layout.py``) the user's words go, as heard ids, into the frames the agent's text leaves free
+(:func:`place_heard`). Every other text slot is PAD. A sequence is ``[session start] + slots``; a loss mask marks the ids the model must learn to
 produce (the agent's text and audio), with PAD text down-weighted at training time.
 
 Shards are ``.npz`` files of concatenated sequences with offsets, written next to ``shards.json``

@@ -5,6 +5,9 @@ it hears; with no gap it answers from the conversation's shape alone.
 1. Answers (duplex layout, `duplex data synth` dialogues): cross-entropy and argmax accuracy of the agent's text
    ids at every real turn end, from the user's end to the agent's end, split into the answer's first text id
    (mostly *when* to speak) and the rest (mostly *what*: the intent, the slot values).
+   With a heard-text model (``think/layout.py``), also its heard ids (its transcript of the user, before the
+   answer), and each answer once more with the heard ids blanked to PAD ("noheard"): real/other x heard/noheard
+   shows whether the answer comes from the audio, from the transcript, or from neither.
 2. Transcripts (the listening alignment sequences `duplex data tokenize` writes, ``align-<split>-*.npz``): the
    cross-entropy and accuracy of the transcript given the turn's audio. Without a gap this is a language model
    of transcripts, not a recogniser.
@@ -28,21 +31,22 @@ from streaming.codecs.base import load_codec
 from think.layout import SPECIALS, DuplexLayout
 from think.tokenizer import default_tokenizer
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
 model_dir, data, shards, split = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 n_dialogues, n_transcripts = int(sys.argv[5]), int(sys.argv[6])
 lay = DuplexLayout.from_dict(json.loads((model_dir / "duplex_layout.json").read_text()))
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 slot, text_vocab = lay.slot_size, lay.text_vocab_size
+TEXT_MASK = torch.where(torch.from_numpy(lay.allowed_mask(lay.q_in)), 0.0, float("-inf"))
 
 
 def scored(ids: np.ndarray, positions: list[int]) -> tuple[list[float], list[float]]:
     """(CE, correct) of the text-slot range's prediction of ``ids[p]`` for each ``p`` in ``positions``."""
     with torch.no_grad():
-        logits = model(torch.from_numpy(ids.astype(np.int64))[None]).logits[0, :, : text_vocab + len(SPECIALS)]
+        logits = model(torch.from_numpy(ids.astype(np.int64))[None]).logits[0, :, : lay.vocab_size]
     at = torch.tensor(positions)
     target = torch.from_numpy(ids[positions].astype(np.int64))
-    lg = logits[at - 1].float()
+    lg = logits[at - 1].float() + TEXT_MASK
     ce = torch.nn.functional.cross_entropy(lg, target, reduction="none")
     return ce.tolist(), (lg.argmax(-1) == target).float().tolist()
 
@@ -69,13 +73,25 @@ def answers() -> dict:
                        if body[t, lay.q_in] != lay.pad_id and body[t, lay.q_in] < text_vocab]
             if not text_at:
                 continue
+            heard = lay.heard_text and np.asarray([lay.is_heard_id(int(x)) for x in body[:, lay.q_in]])
+            first_answer = (text_at[0] - 1) // slot
+            heard_at = [1 + t * slot + lay.q_in for t in range(max(0, end - f0 - 30), first_answer) if lay.heard_text and heard[t]]
             swapped = body.copy()
             n = min(len(swapped), other.frames)
             swapped[:n, : lay.q_in] = other.ids[1: 1 + n * slot].reshape(n, slot)[:, : lay.q_in]
-            for audio, b in (("real", body), ("other", swapped)):
+            variants = [("real", body), ("other", swapped)]
+            if lay.heard_text:
+                for name, b in list(variants):
+                    blank = b.copy()
+                    blank[heard, lay.q_in] = lay.pad_id
+                    variants.append((name + "_noheard", blank))
+            for audio, b in variants:
                 ids = np.concatenate([[lay.special("session_start")], b.reshape(-1)])
-                ce, ok = scored(ids, text_at)
-                for part, sl in (("first", slice(0, 1)), ("rest", slice(1, None))):
+                ce, ok = scored(ids, text_at + heard_at)
+                parts = [("first", slice(0, 1)), ("rest", slice(1, len(text_at)))]
+                if heard_at and not audio.endswith("noheard"):
+                    parts.append(("heard", slice(len(text_at), None)))
+                for part, sl in parts:
                     rows[(audio, part, "ce")] += ce[sl]
                     rows[(audio, part, "acc")] += ok[sl]
     return {f"{audio}_{part}_{m}": round(float(np.mean(v)), 3) for (audio, part, m), v in sorted(rows.items())} | {
