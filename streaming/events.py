@@ -32,7 +32,8 @@ Event matrix (the implemented subset; "no" rows are GA events this project does 
 | `response.done` | server → client | `response`: {`id`, `status`: completed/cancelled/failed/incomplete, `status_details`: {`type`, `reason`: turn_detected/client_cancelled}} | yes |
 | `conversation.item.truncated` | server → client | `item_id`, `content_index`, `audio_end_ms` | yes |
 | `error` | server → client | `error`: {`type`, `code`, `message`, `param`, `event_id` (of the offending client event)} | yes |
-| `conversation.item.input_audio_transcription.delta` / `.completed` | server → client | `item_id`, `delta` / `transcript` | no |
+| `conversation.item.input_audio_transcription.delta` | server → client | `item_id`, `content_index`, `delta` | yes (heard-text models: the model's own transcript of the user) |
+| `conversation.item.input_audio_transcription.completed` | server → client | `item_id`, `content_index`, `transcript` | yes (heard-text models) |
 | `response.function_call_arguments.done` | server → client | `call_id`, `arguments` | no |
 | `x_duplex.latency` | server → client | `frame`, `step_ms`, `marks` {name: ms} | yes (project) |
 | `x_duplex.frame` | server → client | `frame`, `token_id`, `token`, `speaking` | yes (project) |

@@ -190,6 +190,9 @@ class PipeWire:
         self.env = dict(os.environ, XDG_RUNTIME_DIR=str(self.runtime),
                         DBUS_SESSION_BUS_ADDRESS=f"unix:path={self.runtime}/bus",
                         PIPEWIRE_RUNTIME_DIR=str(self.runtime), PULSE_RUNTIME_PATH=str(self.runtime / "pulse"))
+        # Made here, 0700 like the server makes it: otherwise the first `pactl info` probe (a libpulse client)
+        # can create it first and pipewire-pulse then refuses to start ("mkdir ... pulse failed: File exists").
+        (self.runtime / "pulse").mkdir(mode=0o700)
         self.procs: dict[str, subprocess.Popen] = {}
         self.log = open(self.runtime / "pw.log", "ab")
 
@@ -215,12 +218,15 @@ class PipeWire:
         time.sleep(0.8)
         self._spawn("wireplumber", ["wireplumber"])
         self._spawn("pipewire-pulse", ["pipewire-pulse"])
-        deadline = time.monotonic() + 15
+        deadline, respawned = time.monotonic() + 15, False
         while True:
             try:
                 self.pactl("info")
                 break
             except Exception:
+                if self.procs["pipewire-pulse"].poll() is not None and not respawned:
+                    respawned = True  # it lost a start-up race with pipewire: once more, now that pipewire is up
+                    self._spawn("pipewire-pulse", ["pipewire-pulse"])
                 if time.monotonic() > deadline:
                     raise RuntimeError("pipewire-pulse did not come up; see " + str(self.runtime / "pw.log")) from None
                 time.sleep(0.2)
