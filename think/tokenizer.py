@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers.decoders import DecodeStream
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_TOKENIZER = ASSETS / "text_tokenizer.json"
@@ -60,30 +61,32 @@ def encode_system_prompt(tokenizer: Tokenizer, prompt: str | None) -> list[int]:
 class TextStream:
     """Turns a stream of text ids into text deltas without splitting multi-byte characters.
 
-    Feed ids one at a time (``push``); each call returns the new printable text since the last call.
+    Feed ids one at a time (``push``); each call returns the new printable text since the last call ('' while
+    a character's bytes are still incomplete). Built on ``tokenizers``' own incremental decoder, so a push costs
+    the same in a days-long session as in its first second (decoding every id so far would not).
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self._emitted = ""
+        self._stream = DecodeStream(skip_special_tokens=False)
+        self._parts: list[str] = []
 
     def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
-            return ""
-        delta = text[len(self._emitted):] if text.startswith(self._emitted) else text
-        self._emitted = text
+        delta = self._stream.step(self.tokenizer, int(token_id)) or ""
+        if delta:
+            self._parts.append(delta)
         return delta
 
     @property
     def text(self) -> str:
-        return self._emitted
+        """Everything emitted so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def reset(self) -> None:
-        self.ids.clear()
-        self._emitted = ""
+        self._stream = DecodeStream(skip_special_tokens=False)
+        self._parts.clear()
 
 
 def _chitchat_texts() -> Iterable[str]:
