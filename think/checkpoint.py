@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,10 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
     info_path = Path(src) / "duplex_init.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     out = _write(out_dir, model, layout, loaded.tokenizer, {**info, "heard_text_from": str(src)})
-    for extra in ("chat_template.jinja",):
-        if (Path(src) / extra).is_file():
-            (out / extra).write_text((Path(src) / extra).read_text())
+    from think.base_llm import CHAT_TEMPLATE_FILE
+
+    if (Path(src) / CHAT_TEMPLATE_FILE).is_file():
+        shutil.copy(Path(src) / CHAT_TEMPLATE_FILE, out / CHAT_TEMPLATE_FILE)
     return out
 
 
