@@ -450,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.codec_train import add_codec_commands
 
     add_codec_commands(sub)
+    from agent.recognizer_train import add_recognizer_commands
+
+    add_recognizer_commands(sub)
     from agent.daemon.cli import add_daemon_command  # duplex daemon (docs/daemon.md)
 
     add_daemon_command(sub)

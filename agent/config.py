@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from agent.heard import HeardConfig
 from agent.policy import PolicyConfig
 from think.context import ContextConfig
 from think.sampling import SamplingConfig
@@ -34,6 +35,8 @@ class SessionConfig:
         sampling: how the agent's ids are drawn.
         policy: barge-in and echo settings.
         context: rolling-window settings.
+        heard: who writes a heard-text model's transcript of the user (its own draws or the listener's
+            recogniser; ``agent/heard.py``).
     """
 
     system_prompt: str = ""
@@ -43,6 +46,7 @@ class SessionConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
+    heard: HeardConfig = field(default_factory=HeardConfig)
 
     def __post_init__(self) -> None:
         if self.vad_aggressiveness not in (0, 1, 2, 3):

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from agent.config import SessionConfig
+from agent.heard import HeardWriter, load_heard_recognizer
 from agent.latency import FrameMark, LatencyRecorder
 from agent.policy import TurnPolicy
 from listen.listener import Listener, UserFrame
@@ -94,6 +95,10 @@ class Session:
         self._agent_rest = np.zeros(codec.spec.lookahead_frames * self._frame_samples, np.float32)
         self._silence_codes = np.asarray(self.layout.user_silence_codes(), dtype=np.int64)
         self._full_silence_codes = np.asarray(codec.silence_codes(), dtype=np.int64)
+        recognizer = load_heard_recognizer(self.config.heard, self.layout)
+        self.heard_writer = None if recognizer is None else HeardWriter(
+            recognizer, self.layout, tokenizer, codec.spec.sample_rate, self.config.heard.max_lag_frames)
+        model.listener_heard = self.heard_writer is not None
 
     # ---- input side ----------------------------------------------------------------------------
     async def push_audio(self, pcm: np.ndarray) -> int:
@@ -186,7 +191,16 @@ class Session:
         t0 = time.perf_counter()
         decision = self.policy.before_step(user.speech)
         codes = self._silence_codes if decision.mute_user else user.codes
-        result = await self.model.step(codes, force_silence=decision.force_silence)
+        given = None
+        if self.heard_writer is not None:
+            # The recogniser hears what the model hears (nothing while the echo guard mutes the user).
+            muted = decision.mute_user
+            self.heard_writer.hear(np.zeros_like(user.audio.samples) if muted else user.audio.samples, tick.index,
+                                   speech=user.speech and not muted)
+            given = None if decision.force_silence else self.heard_writer.next_id(tick.index)
+        result = await self.model.step(codes, force_silence=decision.force_silence, text_id=given)
+        if self.heard_writer is not None:
+            self.heard_writer.observe(result.text_id, decision.force_silence)
         t1 = time.perf_counter()
         agent = self._one_frame(self.vocoder.decode(result.agent_codes[None, :]))
         if decision.force_silence:

@@ -36,17 +36,27 @@ class StepResult:
     extra: dict = field(default_factory=dict)
 
 
+def check_given_text(layout: DuplexLayout, text_id: int | None) -> None:
+    """Refuse a given text-slot id that is not one (a wrong id would corrupt the session's context)."""
+    if text_id is not None and not layout.is_text_slot_id(int(text_id)):
+        raise ValueError(f"{text_id} is not an id the text slot can hold.")
+
+
 class BackendSession(abc.ABC):
     """One conversation's live token stream."""
 
     layout: DuplexLayout
+    #: The session's listener writes the heard text (``agent/heard.py``): the model draws no heard ids itself.
+    listener_heard: bool = False
 
     @abc.abstractmethod
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False) -> StepResult:
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
         """Append this frame's user codes ``(>= Q_in,)`` and produce the agent's slot.
 
         With ``force_silence`` the agent's slot is PAD + silence codes instead of a sample, and the
-        model sees exactly that in its context (how a barge-in cut is made visible to it).
+        model sees exactly that in its context (how a barge-in cut is made visible to it). With ``text_id``
+        (a heard id from the listener's recogniser) the text slot holds that id instead of a draw, and the
+        agent's audio ids are drawn after it as usual.
         """
 
     @abc.abstractmethod

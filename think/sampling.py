@@ -83,20 +83,26 @@ class SlotMasks:
             self.masks.append(mask.to(device))
 
         self._pad = layout.pad_id - self.rows[0][0]
-        self._text_masks: dict[float, torch.Tensor] = {0.0: self.masks[0]}
+        self._heard = (layout.heard_offset - self.rows[0][0], layout.heard_offset - self.rows[0][0]
+                       + layout.text_vocab_size) if layout.heard_text else None
+        self._text_masks: dict[tuple[float, bool], torch.Tensor] = {(0.0, True): self.masks[0]}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def text_mask(self, pad_bias: float) -> torch.Tensor:
-        """The text position's mask with ``pad_bias`` added at PAD (cached per value)."""
-        mask = self._text_masks.get(pad_bias)
+    def text_mask(self, pad_bias: float, heard: bool = True) -> torch.Tensor:
+        """The text position's mask with ``pad_bias`` added at PAD, and without the heard range unless
+        ``heard`` (a session whose listener writes the heard text draws none itself); cached per setting."""
+        heard = heard or self._heard is None
+        mask = self._text_masks.get((pad_bias, heard))
         if mask is None:
             if len(self._text_masks) > 16:
-                self._text_masks = {0.0: self.masks[0]}
+                self._text_masks = {(0.0, True): self.masks[0]}
             mask = self.masks[0].clone()
             mask[self._pad] += pad_bias
-            self._text_masks[pad_bias] = mask
+            if not heard:
+                mask[self._heard[0]:self._heard[1]] = float("-inf")
+            self._text_masks[(pad_bias, heard)] = mask
         return mask
 
 

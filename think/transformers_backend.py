@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from think.backend import Backend, BackendSession, StepResult
+from think.backend import Backend, BackendSession, StepResult, check_given_text
 from think.checkpoint import LoadedModel, load_checkpoint
 from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
@@ -180,23 +180,25 @@ class TransformersSession(BackendSession):
     def context_tokens(self) -> int:
         return self.fed
 
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False) -> StepResult:
-        return await asyncio.to_thread(self.step_sync, user_codes, force_silence)
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
+        return await asyncio.to_thread(self.step_sync, user_codes, force_silence, False, text_id)
 
-    def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False) -> StepResult:
+    def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
+                  text_id: int | None = None) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
         if not self._state_lock.acquire(blocking=False):
             if self.closed:
                 raise RuntimeError("This session is closed.")
             raise RuntimeError("This session is already running a step; steps of one session must not overlap.")
         try:
-            return self._step_locked(user_codes, force_silence, quiet)
+            return self._step_locked(user_codes, force_silence, quiet, text_id)
         finally:
             self._state_lock.release()
 
-    def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool) -> StepResult:
+    def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool, text_id: int | None) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
+        check_given_text(self.layout, text_id)
         t0 = time.perf_counter()
         lay = self.layout
         user_ids = lay.frame_user_ids(user_codes)
@@ -209,7 +211,7 @@ class TransformersSession(BackendSession):
             self.pending += user_ids + agent
             # Fed with the next frame's ids: one forward per forced frame instead of 1 + Q_out.
         else:
-            agent = self._sample_slot(user_ids)
+            agent = self._sample_slot(user_ids, text_id)
         self.window.append(user_ids + agent)
         text_id = agent[0]
         codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
@@ -225,16 +227,20 @@ class TransformersSession(BackendSession):
         self.fed += len(ids)
         return logits
 
-    def _sample_slot(self, user_ids: list[int]) -> list[int]:
+    def _sample_slot(self, user_ids: list[int], text_id: int | None = None) -> list[int]:
+        """The slot's 1 + Q_out ids: text (``text_id`` when given, else drawn) then the agent's audio."""
         s = self.sampling
         masks = self.backend.masks
         logits = self._feed(self.pending + user_ids, 0)
         self.pending = []
         out: list[int] = []
         for j in range(1 + self.layout.q_out):
-            temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
-            mask = masks.text_mask(s.pad_bias) if j == 0 else masks.masks[j]
-            token = masks.rows[j][0] + sample(logits, mask, temp, top_k, self.generator)
+            if j == 0 and text_id is not None:
+                token = int(text_id)
+            else:
+                temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
+                mask = masks.text_mask(s.pad_bias, heard=not self.listener_heard) if j == 0 else masks.masks[j]
+                token = masks.rows[j][0] + sample(logits, mask, temp, top_k, self.generator)
             out.append(token)
             if j < self.layout.q_out:
                 logits = self._feed([token], j + 1)

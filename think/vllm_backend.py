@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from think.adapters import resolve_adapter
-from think.backend import Backend, BackendSession, StepResult
+from think.backend import Backend, BackendSession, StepResult, check_given_text
 from think.checkpoint import check_model_dir
 from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
@@ -435,6 +435,11 @@ class VllmSession(BackendSession):
         top_ks = [sampling.text_top_k] + [sampling.audio_top_k] * lay.q_out
         biases = [{lay.pad_id: sampling.pad_bias} if sampling.pad_bias else {}] + [{}] * lay.q_out
         self._spec = slot_spec(ranges, temps, top_ks, biases)
+        # A listener that writes the heard text: the text position draws no heard ids.
+        no_heard = [r for r in ranges[0] if not (lay.heard_text and r[0] == lay.heard_offset)]
+        self._spec_no_heard = slot_spec([no_heard] + ranges[1:], temps, top_ks, biases)
+        # A frame whose text id is given: the request draws only the audio ids.
+        self._spec_audio = slot_spec(ranges[1:], temps[1:], top_ks[1:], biases[1:])
         self._greedy = all(t <= 0 for t in temps)
         self._sampling = sampling
 
@@ -442,18 +447,21 @@ class VllmSession(BackendSession):
     def context_tokens(self) -> int:
         return self.fed
 
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False) -> StepResult:
-        return await self.backend._submit(self._step(user_codes, force_silence))
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
+        return await self.backend._submit(self._step(user_codes, force_silence, False, text_id))
 
-    def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False) -> StepResult:
+    def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
+                  text_id: int | None = None) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
-        return self.backend._run(self._step(user_codes, force_silence, quiet))
+        return self.backend._run(self._step(user_codes, force_silence, quiet, text_id))
 
-    async def _step(self, user_codes: np.ndarray, force_silence: bool, quiet: bool = False) -> StepResult:
+    async def _step(self, user_codes: np.ndarray, force_silence: bool, quiet: bool = False,
+                    text_id: int | None = None) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
         if self.error is not None:
             raise self.error
+        check_given_text(self.layout, text_id)
         t0 = time.perf_counter()
         lay = self.layout
         user_ids = lay.frame_user_ids(user_codes)
@@ -466,6 +474,8 @@ class VllmSession(BackendSession):
         if force_silence:
             agent = list(self._silence_ids)
             self.pending += user_ids + agent  # sent with the next sampled frame, like the reference
+        elif text_id is not None:
+            agent = [int(text_id)] + await self._sample(self.pending + user_ids + [int(text_id)], given_text=True)
         else:
             agent = await self._sample(self.pending + user_ids)
         self.window.append(user_ids + agent)
@@ -478,17 +488,21 @@ class VllmSession(BackendSession):
         self.frame += 1
         return result
 
-    def _params(self) -> Any:
+    def _params(self, given_text: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = self.sampling
         seed = None if (self._greedy or s.seed is None) else (s.seed * 1_000_003 + self.frame) % (2 ** 31)
-        return SamplingParams(max_tokens=1 + self.layout.q_out, temperature=0.0 if self._greedy else 1.0,
+        spec = self._spec_audio if given_text else (self._spec_no_heard if self.listener_heard else self._spec)
+        return SamplingParams(max_tokens=self.layout.q_out + (0 if given_text else 1),
+                              temperature=0.0 if self._greedy else 1.0,
                               seed=seed, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA,
-                              extra_args={KEY: self._spec})
+                              extra_args={KEY: spec})
 
-    async def _sample(self, prompt: list[int]) -> list[int]:
+    async def _sample(self, prompt: list[int], given_text: bool = False) -> list[int]:
+        """The ids the engine draws after ``prompt``: the slot's 1 + Q_out, or its Q_out audio ids when the
+        prompt already ends with the slot's (given) text id."""
         from vllm.engine.protocol import StreamingInput
         from vllm.inputs import TokensPrompt
 
@@ -497,7 +511,7 @@ class VllmSession(BackendSession):
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
         self._inputs.put_nowait(StreamingInput(prompt=TokensPrompt(prompt_token_ids=prompt),
-                                               sampling_params=self._params()))
+                                               sampling_params=self._params(given_text)))
         try:
             tokens = await asyncio.wait_for(asyncio.shield(fut), self.backend.config.step_timeout_s)
         except asyncio.TimeoutError:
@@ -517,7 +531,7 @@ class VllmSession(BackendSession):
                 self._fail(SessionLost("A step was cancelled mid-frame; this session has ended."))
                 await asyncio.shield(self._end_request())
             raise
-        n = 1 + self.layout.q_out
+        n = self.layout.q_out + (0 if given_text else 1)
         if len(tokens) != n:
             err = SessionLost(f"The engine returned {len(tokens)} ids for a frame instead of {n}.")
             self._fail(err)

@@ -135,6 +135,37 @@ def test_teacher_forced_logprobs_and_greedy_ids_match_the_reference(engine, refe
     assert session.window.slots == ref_session.window.slots
 
 
+def test_text_ids_given_by_the_listener_match_the_reference_and_no_heard_id_is_drawn(engine, reference):
+    layout = engine.layout
+    frames = _frames(layout, 40, seed=7)
+
+    def given(i):  # a heard word piece from the listener every fifth frame
+        return layout.heard_id(100 + i) if i % 5 == 2 else None
+
+    def run(backend):
+        session = backend.open_session(GREEDY)
+        session.listener_heard = True
+        try:
+            return [session.step_sync(c, force_silence=_forced(i), text_id=given(i)) for i, c in enumerate(frames)]
+        finally:
+            if backend is engine:
+                asyncio.run(session.close())
+
+    ref_out, out = run(reference), run(engine)
+    assert [(r.text_id, r.agent_codes.tolist()) for r in out] == [(r.text_id, r.agent_codes.tolist()) for r in ref_out]
+    for i, r in enumerate(out):
+        if given(i) is not None and not _forced(i):
+            assert r.text_id == given(i)
+        elif not r.forced:
+            assert not layout.is_heard_id(r.text_id)
+    session = engine.open_session(GREEDY)
+    try:
+        with pytest.raises(ValueError, match="not an id the text slot can hold"):
+            session.step_sync(frames[0], text_id=layout.agent_offsets[0])
+    finally:
+        asyncio.run(session.close())
+
+
 def test_two_sessions_with_different_adapters_run_concurrently(engine, reference):
     layout = engine.layout
     frames = _frames(layout, 30, seed=3)

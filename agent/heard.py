@@ -1,0 +1,151 @@
+"""The heard text a session's listener writes: the recogniser's finished words as a heard-text model's heard ids.
+
+A heard-text model (``think/layout.py``) was trained with the user's words in its text slot, placed by
+``place_heard`` (``agent/training/tokenize.py``): each word's pieces on the frames right after the word, never
+inside the agent's own turn, dropped when more than ``HEARD_MAX_LAG`` frames late. :class:`HeardWriter` does the
+same live: the recogniser (``listen/recognizer.py``) hears each user frame, and every word it finishes is queued
+as pieces; each frame the session asks :meth:`HeardWriter.next_id` for the id to put in the text slot (or None:
+the model draws its own text), and tells the writer what the slot held (:meth:`HeardWriter.observe`), so it
+knows when the agent is speaking.
+
+``HeardConfig.source`` picks who writes the transcript: ``model`` (the model draws heard ids, as before),
+``recognizer``, or ``auto`` (the recogniser when the model has a heard-text layout and a recogniser is found).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.training.tokenize import HEARD_MAX_LAG
+from listen.resample import StreamingResampler
+from think.layout import DuplexLayout
+
+SOURCES = ("auto", "model", "recognizer")
+# The agent's turn ends at its end-of-turn id; a model that never writes one is taken to have stopped after
+# this many frames without a word piece (2 s), so the transcript does not stop for good.
+SPEAKING_TIMEOUT_FRAMES = 25
+# After this many frames the VAD calls silence (1 s), a word still being spelled is taken as finished and the
+# recogniser's stream starts afresh: it was trained on turns with under a second of silence before them.
+RESET_AFTER_SILENT_FRAMES = 12
+
+
+@dataclass
+class HeardConfig:
+    """Who writes a heard-text model's transcript of the user.
+
+    Attributes:
+        source: ``auto`` (the recogniser when the model has heard text and a recogniser is found), ``model``
+            (the model draws its heard ids itself) or ``recognizer`` (an error if it cannot be used).
+        recognizer: a local recogniser directory (``duplex recognizer train``); empty: the shipped one.
+        max_lag_frames: a queued word piece more than this many frames after its word was finished is dropped
+            (the agent spoke meanwhile), as in training.
+    """
+
+    source: str = "auto"
+    recognizer: str = ""
+    max_lag_frames: int = HEARD_MAX_LAG
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"heard.source must be one of {', '.join(SOURCES)}, got {self.source!r}.")
+        if isinstance(self.max_lag_frames, bool) or not isinstance(self.max_lag_frames, int) or self.max_lag_frames < 0:
+            raise ValueError(f"heard.max_lag_frames must be an integer >= 0, got {self.max_lag_frames!r}.")
+
+
+def load_heard_recognizer(config: HeardConfig, layout: DuplexLayout):
+    """The recogniser model a session should use, or None when the model writes its own transcript."""
+    from listen.recognizer import shipped_recognizer_dir
+
+    if config.source == "model":
+        return None
+    if not layout.heard_text:
+        if config.source == "recognizer":
+            raise ValueError("heard.source=recognizer needs a heard-text model (duplex model init --heard-text).")
+        return None
+    if not config.recognizer and shipped_recognizer_dir() is None:
+        if config.source == "recognizer":
+            raise FileNotFoundError("heard.source=recognizer, but no recogniser ships with this copy; pass "
+                                    "heard.recognizer=DIR (duplex recognizer train).")
+        return None
+    return _cached_recognizer(config.recognizer or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_recognizer(path: str | None):
+    """One model per directory for every session of a process (each session keeps its own stream state)."""
+    from listen.recognizer import load_recognizer
+
+    return load_recognizer(path)
+
+
+class HeardWriter:
+    """One session's writer: ``hear`` every user frame, then ``next_id`` and ``observe`` around the model step.
+
+    ``recognizer``: a model from :func:`listen.recognizer.load_recognizer` (shared by sessions; the stream
+    state is this writer's). ``codec_rate``: the rate of the user frames' audio."""
+
+    def __init__(self, recognizer, layout: DuplexLayout, tokenizer, codec_rate: int,
+                 max_lag_frames: int = HEARD_MAX_LAG) -> None:
+        from listen.recognizer import StreamingRecognizer
+
+        if not layout.heard_text:
+            raise ValueError("A heard writer needs a heard-text layout.")
+        self.layout = layout
+        self.tokenizer = tokenizer
+        self.max_lag = max_lag_frames
+        self.recognizer = StreamingRecognizer(recognizer)
+        self.resampler = StreamingResampler(codec_rate, recognizer.cfg.sample_rate, "LQ")
+        self.queue: collections.deque[tuple[int, int]] = collections.deque()  # (heard id, last frame it may go in)
+        self.speaking = False
+        self.since_piece = 0  # frames since the agent's last word piece
+        self.silent = 0  # frames in a row the VAD called silence
+        self.words: list[str] = []  # every word finished so far (for reports)
+        self.dropped = 0
+
+    def reset(self) -> None:
+        self.recognizer.reset()
+        self.resampler.reset()
+        self.queue.clear()
+        self.speaking = False
+        self.since_piece = 0
+        self.silent = 0
+        self.words.clear()
+        self.dropped = 0
+
+    def hear(self, audio: np.ndarray, frame: int, speech: bool = True) -> list[str]:
+        """Feed one user frame's audio ``(frame_samples,)`` at the codec rate and its VAD flag; returns the
+        words it finished."""
+        words = self.recognizer.push(self.resampler.process(np.asarray(audio, np.float32)))
+        self.silent = 0 if speech else self.silent + 1
+        if self.silent == RESET_AFTER_SILENT_FRAMES:
+            words += self.recognizer.flush()
+            self.recognizer.reset()
+        for word in words:
+            for piece in self.tokenizer.encode(" " + word).ids:
+                self.queue.append((self.layout.heard_id(piece), frame + self.max_lag))
+        self.words += words
+        return words
+
+    def next_id(self, frame: int) -> int | None:
+        """The heard id for this frame's text slot, or None (the model draws its text)."""
+        while self.queue and self.queue[0][1] < frame:
+            self.queue.popleft()
+            self.dropped += 1
+        if self.speaking or not self.queue:
+            return None
+        return self.queue.popleft()[0]
+
+    def observe(self, text_id: int, forced_silence: bool) -> None:
+        """What the text slot held this frame: the agent speaks from its first word piece to its end-of-turn
+        (or a cut), and no heard id goes inside that span."""
+        lay = self.layout
+        self.since_piece += 1
+        if forced_silence or text_id == lay.eot_id:
+            self.speaking = False
+        elif text_id < lay.text_vocab_size and text_id != lay.pad_id:
+            self.speaking, self.since_piece = True, 0
+        elif self.since_piece > SPEAKING_TIMEOUT_FRAMES:
+            self.speaking = False

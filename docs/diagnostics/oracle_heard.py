@@ -1,0 +1,99 @@
+"""How far would a heard-text model get if its transcript of the user were right? Free-running, frame by
+frame through a real backend session, on held-out dialogues tokenized the way training saw them:
+
+- ``free``: the model samples every text id itself, its heard ids included (what a live session does);
+- ``oracle``: at every frame where the dialogue's own heard text has a word piece (``place_heard``), that id
+  is written into the text slot instead of a sample, and the model may not draw heard ids itself. Everything
+  else (when to speak, what to answer, the audio) is still the model's.
+
+Scored like ``duplex eval`` (``answer_score`` over the frames from the question's end to the next user turn):
+the answer rate with an oracle transcript is the ceiling a better recogniser in front of this model could
+reach, without the model learning anything new. Prints JSON. Not part of the package.
+
+    THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle]
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.evaluate import answer_score, held_out_records
+from agent.training.tokenize import tokenize_dialogue
+from streaming.codecs.base import load_codec
+from think.sampling import SamplingConfig, sample
+from think.transformers_backend import TransformersBackend
+
+model_dir, data, split, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+modes = (sys.argv[5] if len(sys.argv) > 5 else "free,oracle").split(",")
+backend = TransformersBackend.from_dir(model_dir, threads=int(os.environ.get("THREADS", "2")))
+lay = backend.layout
+assert lay.heard_text, "this diagnostic needs a heard-text model (duplex model init --heard-text)"
+codec, tok = load_codec(lay.codec.name, **lay.codec.options), backend.tokenizer
+masks = backend.masks
+lo0 = masks.rows[0][0]
+no_heard = masks.masks[0].clone()
+no_heard[lay.heard_offset - lo0: lay.heard_offset - lo0 + lay.text_vocab_size] = float("-inf")
+
+
+def run(ids: np.ndarray, frames: int, oracle: bool, seed: int) -> list[int]:
+    """The text id the session put in each frame's slot."""
+    sess = backend.open_session(SamplingConfig(seed=seed), "")
+    body = ids[1: 1 + frames * lay.slot_size].reshape(frames, lay.slot_size)
+    s, out_text = sess.sampling, []
+    for t in range(frames):
+        user = [int(x) for x in body[t, : lay.q_in]]
+        gt = int(body[t, lay.q_in])
+        forced = gt if oracle and lay.is_heard_id(gt) else None
+        if sess.window.should_rebase(False):
+            sess._rebase()
+        logits = sess._feed(sess.pending + user, 0)
+        sess.pending = []
+        slot = []
+        for j in range(1 + lay.q_out):
+            if j == 0 and forced is not None:
+                token = forced
+            else:
+                temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
+                mask = (no_heard if oracle else masks.masks[0]) if j == 0 else masks.masks[j]
+                token = masks.rows[j][0] + sample(logits, mask, temp, top_k, sess.generator)
+            slot.append(token)
+            if j < lay.q_out:
+                logits = sess._feed([token], j + 1)
+        sess.pending = [slot[-1]]
+        sess.window.append(user + slot)
+        out_text.append(slot[0])
+    return out_text
+
+
+def said(text_ids: list[int]) -> str:
+    return tok.decode([i for i in text_ids if i < lay.text_vocab_size and i != lay.pad_id])
+
+
+torch.set_grad_enabled(False)
+rows = {m: [] for m in modes}
+for n, (wav, rec) in enumerate(held_out_records(data, split, limit)):
+    d = tokenize_dialogue(wav, rec, lay, codec, tok)
+    frame_s = lay.frame_ms / 1000.0
+    turns = rec.get("turns", [])
+    for mode in modes:
+        text = run(d.ids, d.frames, mode == "oracle", seed=n)
+        for qa in rec.get("qa", []):
+            if qa.get("completed") is False or qa.get("turn_index") is None:
+                continue
+            q = turns[qa["turn_index"]]
+            a = int(float(q["end"]) / frame_s)
+            nxt = [u["start"] for u in turns if u["speaker"] == "user" and u["start"] > q["end"] + 0.3]
+            b = int(min(nxt) / frame_s) if nxt else d.frames
+            got = said(text[a:b])
+            rows[mode].append({"question": qa["question"], "expected": qa["answer"], "said": got.strip(),
+                               **answer_score(got, qa["answer"])})
+    print(f"{n + 1} dialogues: " + ", ".join(
+        f"{m} {sum(r['contains'] for r in rows[m])}/{len(rows[m])}" for m in modes), file=sys.stderr, flush=True)
+
+summary = {m: {"answers_correct": sum(r["contains"] for r in v), "questions": len(v),
+               "answer_f1_mean": round(float(np.mean([r["f1"] for r in v])), 4) if v else None} for m, v in rows.items()}
+print(json.dumps({"model": model_dir, "split": split, "summary": summary,
+                  "examples": {m: v[:12] for m, v in rows.items()}}, indent=1))

@@ -1,0 +1,230 @@
+"""A small streaming speech recogniser of the user: PCM in, finished words out, frame by frame.
+
+Why it exists: a heard-text model (``think/layout.py``) writes its transcript of the user into the text slot,
+and the answers follow that transcript (``docs/diagnostics/oracle_heard.py``). Learning recognition inside the
+duplex model from codec ids is slow on a CPU; this recogniser learns it directly from the synthetic dialogues'
+user turns (``agent/recognizer_train.py``) and its words are written as the model's heard ids
+(``agent/heard.py``). The model still hears the audio at every frame.
+
+Architecture (all causal, explicit streaming state, ~1.5 M parameters)::
+
+    PCM 16 kHz -> causal log-mel (25 ms windows ending at each 10 ms hop; 0-3.5 kHz, so an 8 kHz input path
+      and a 48 kHz one give the same features) -> stack ``stack`` hops (40 ms) -> Linear
+      -> ``conv_layers`` causal depthwise-conv blocks -> GRU (``rnn_layers``) -> Linear over blank + alphabet
+
+Trained with CTC on each user turn's text plus a trailing space, so a word is finished the step the model
+emits the space after it (at a turn's end: once it hears the silence after the last word). Greedy decoding.
+
+Shapes: ``forward`` takes PCM ``(B, N)`` and returns log-probabilities ``(B, N // (stack*hop), classes)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streaming.codecs.fsq import mel_filterbank
+
+ALPHABET = " abcdefghijklmnopqrstuvwxyz',-?.!"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "recognizer"
+
+
+@dataclass
+class RecognizerConfig:
+    """Shape of a recogniser (saved as ``config.json`` beside its weights)."""
+
+    sample_rate: int = 16000  # input rate of the model; ``StreamingRecognizer`` resamples to it
+    hop: int = 160  # samples per feature hop (10 ms)
+    win: int = 400  # analysis window (25 ms), ending at each hop's end
+    n_fft: int = 512
+    n_mels: int = 48
+    fmax: float = 3500.0  # every input path passes 0-3.5 kHz (codec2 runs at 8 kHz; soxr LQ rolls off above)
+    stack: int = 4  # hops per model step (40 ms)
+    dim: int = 256
+    conv_layers: int = 2
+    kernel: int = 5
+    rnn_layers: int = 2
+    alphabet: str = ALPHABET  # class k+1 is alphabet[k]; class 0 is the CTC blank
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RecognizerConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown recogniser config fields {unknown}.")
+        return cls(**d)
+
+    @property
+    def step_samples(self) -> int:
+        return self.hop * self.stack
+
+    @property
+    def classes(self) -> int:
+        return 1 + len(self.alphabet)
+
+
+def normalize_text(text: str, alphabet: str = ALPHABET) -> str:
+    """Lower-case, characters outside ``alphabet`` dropped, spaces collapsed (what the recogniser writes)."""
+    keep = "".join(ch for ch in text.lower() if ch in alphabet)
+    return " ".join(keep.split())
+
+
+def build_model(cfg: RecognizerConfig):
+    """The torch module (built lazily: ``import listen`` stays numpy-only)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        """Residual causal depthwise conv (state: the last ``kernel - 1`` steps) + pointwise MLP."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Conv1d(cfg.dim, cfg.dim, cfg.kernel, groups=cfg.dim)
+            self.norm = nn.LayerNorm(cfg.dim)
+            self.mlp = nn.Sequential(nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, cfg.dim))
+
+        def forward(self, x, state=None):  # x (B, T, D)
+            n = cfg.kernel - 1
+            if state is None:
+                state = x.new_zeros(x.shape[0], n, x.shape[2])
+            padded = torch.cat([state, x], dim=1)
+            y = self.dw(padded.transpose(1, 2)).transpose(1, 2)
+            return x + self.mlp(self.norm(y)), padded[:, -n:]
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cfg = cfg
+            fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmax=cfg.fmax)
+            self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)
+            self.register_buffer("window", torch.hann_window(cfg.win, periodic=True), persistent=False)
+            self.inp = nn.Linear(cfg.n_mels * cfg.stack, cfg.dim)
+            self.blocks = nn.ModuleList(Block() for _ in range(cfg.conv_layers))
+            self.rnn = nn.GRU(cfg.dim, cfg.dim, cfg.rnn_layers, batch_first=True)
+            self.out = nn.Linear(cfg.dim, cfg.classes)
+
+        def features(self, pcm, state=None):
+            """PCM ``(B, n*stack*hop)`` -> log-mel steps ``(B, n, stack*n_mels)``, state (the last window's
+            context)."""
+            ctx = cfg.win - cfg.hop
+            if state is None:
+                state = pcm.new_zeros(pcm.shape[0], ctx)
+            x = torch.cat([state, pcm], dim=-1)
+            frames = x.unfold(-1, cfg.win, cfg.hop) * self.window  # (B, hops, win)
+            mel = torch.log(torch.matmul(torch.fft.rfft(frames, n=cfg.n_fft).abs() ** 2, self.mel_fb.T) + 1e-6)
+            b, hops, m = mel.shape
+            return ((mel + 6.0) / 4.0).reshape(b, hops // cfg.stack, cfg.stack * m), x[:, -ctx:]
+
+        def forward(self, pcm, state: dict | None = None, feats=None):
+            """Log-probabilities ``(B, steps, classes)`` and the new state. ``feats`` (from :meth:`features`)
+            skips the front end (training on precomputed features)."""
+            state = state or {}
+            new = {}
+            if feats is None:
+                feats, new["mel"] = self.features(pcm, state.get("mel"))
+            h = self.inp(feats)
+            for i, block in enumerate(self.blocks):
+                h, new[f"conv{i}"] = block(h, state.get(f"conv{i}"))
+            h, new["rnn"] = self.rnn(h, state.get("rnn"))
+            return torch.log_softmax(self.out(h), dim=-1), new
+
+    return Model()
+
+
+def save_recognizer(model, out_dir: str | os.PathLike, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={k: str(v) for k, v in (extra or {}).items()})
+
+
+def load_recognizer(path: str | os.PathLike | None = None):
+    """The model in ``path`` (``config.json`` + ``model.safetensors``), or the shipped one when ``path`` is
+    None; float32, eval mode."""
+    from safetensors.torch import load_file
+
+    d = Path(path) if path is not None else ASSETS_DIR
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        where = "no recogniser ships with this copy" if path is None else f"{d} has no config.json + model.safetensors"
+        raise FileNotFoundError(f"No speech recogniser found: {where}; train one with `duplex recognizer train`.")
+    cfg = RecognizerConfig.from_dict(json.loads((d / "config.json").read_text()))
+    model = build_model(cfg)
+    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    return model.eval()
+
+
+def shipped_recognizer_dir() -> Path | None:
+    return ASSETS_DIR if (ASSETS_DIR / "model.safetensors").is_file() else None
+
+
+@dataclass
+class RecognizerState:
+    """One stream's state: the model's (front-end context, conv and GRU states), the samples not yet a
+    whole step, and the greedy decoder's (last class, the word being spelled)."""
+
+    model: dict = field(default_factory=dict)
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    last_class: int = 0
+    word: str = ""
+    steps: int = 0
+
+
+def greedy_words(classes: list[int], alphabet: str, state: RecognizerState) -> list[str]:
+    """CTC greedy decoding of one stream's step classes: repeats merged, blanks dropped; a word is returned
+    when the space after it arrives. Updates ``state``."""
+    words = []
+    for c in classes:
+        if c != state.last_class and c != 0:
+            ch = alphabet[c - 1]
+            if ch == " ":
+                if state.word:
+                    words.append(state.word)
+                state.word = ""
+            else:
+                state.word += ch
+        state.last_class = c
+    return words
+
+
+class StreamingRecognizer:
+    """Feeds one stream's PCM (at ``cfg.sample_rate``, float32 mono) and returns the words it finished.
+
+    Stateful per session: :meth:`reset` starts a new stream. Costs one small forward per 40 ms step."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.model = model
+        self.cfg: RecognizerConfig = model.cfg
+        self._torch = torch
+        self.state = RecognizerState()
+
+    def reset(self) -> None:
+        self.state = RecognizerState()
+
+    def push(self, pcm: np.ndarray) -> list[str]:
+        """Words finished by this audio ``(n,)`` (any length; samples short of a step wait for the next)."""
+        st = self.state
+        pcm = np.concatenate([st.pending, np.asarray(pcm, np.float32).reshape(-1)])
+        n = len(pcm) // self.cfg.step_samples * self.cfg.step_samples
+        st.pending = pcm[n:]
+        if n == 0:
+            return []
+        torch = self._torch
+        with torch.inference_mode():
+            logp, st.model = self.model(torch.from_numpy(pcm[:n])[None], st.model)
+        classes = logp[0].argmax(-1).tolist()
+        st.steps += len(classes)
+        return greedy_words(classes, self.cfg.alphabet, st)
+
+    def flush(self) -> list[str]:
+        """The word still being spelled, if any (end of input)."""
+        word, self.state.word = self.state.word, ""
+        return [word] if word else []

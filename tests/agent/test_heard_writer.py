@@ -1,0 +1,136 @@
+"""The listener's recogniser writes a heard-text model's transcript (agent/heard.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.cli import main
+from agent.config import SessionConfig
+from agent.heard import HeardConfig, HeardWriter, load_heard_recognizer
+from agent.session import Session
+from listen.recognizer import RecognizerConfig, build_model, save_recognizer
+from streaming.clock import FrameClock
+from streaming.codecs import load_codec
+from think.layout import DuplexLayout
+from think.tokenizer import default_tokenizer
+from think.transformers_backend import TransformersBackend
+
+
+@pytest.fixture(scope="module")
+def recognizer_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("recognizer") / "rec"
+    save_recognizer(build_model(RecognizerConfig(dim=32, rnn_layers=1)), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def heard_model(nano_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("heard") / "model"
+    assert main(["model", "init", str(d), "--heard-text-from", str(nano_model_dir)]) == 0
+    return d
+
+
+def _scripted(writer: HeardWriter, words_at: dict[int, list[str]]) -> None:
+    """The writer's recogniser finishes ``words_at[k]`` on its k-th frame (a trained one is not needed here)."""
+    calls = iter(range(10 ** 6))
+    writer.recognizer.push = lambda pcm: words_at.get(next(calls), [])
+
+
+def test_words_go_into_the_text_slot_only_while_the_agent_is_quiet_and_stale_pieces_are_dropped(heard_model,
+                                                                                                recognizer_dir):
+    lay, tok = DuplexLayout.load(heard_model), default_tokenizer()
+    writer = HeardWriter(load_heard_recognizer(HeardConfig(recognizer=str(recognizer_dir)), lay), lay, tok, 8000,
+                         max_lag_frames=2)
+    _scripted(writer, {0: ["what", "colour"], 6: ["is", "it?"]})
+    pieces = [lay.heard_id(i) for i in tok.encode(" what").ids + tok.encode(" colour").ids]
+    assert len(pieces) <= 3  # all of them fit in frames 0..2, before their lag of 2 runs out
+    got = []
+    for f in range(4):
+        writer.hear(np.zeros(640, np.float32), f)
+        got.append(writer.next_id(f))
+        writer.observe(got[-1] or lay.pad_id, False)
+    assert got == pieces + [None] * (4 - len(pieces))
+    # The agent starts speaking: nothing is written inside its turn, and what waits too long is dropped.
+    writer.observe(tok.encode(" hi").ids[0], False)
+    for f in range(4, 9):
+        writer.hear(np.zeros(640, np.float32), f)
+        assert writer.next_id(f) is None
+        writer.observe(lay.pad_id, False)
+    writer.observe(lay.eot_id, False)  # its turn ends; the words heard at frame 6 are stale at 9 (lag 2)
+    assert writer.next_id(9) is None
+    assert writer.dropped == len(tok.encode(" is").ids + tok.encode(" it?").ids)
+    assert writer.words == ["what", "colour", "is", "it?"]
+
+
+async def test_a_session_writes_the_recognisers_words_into_the_text_slot_as_heard_ids(heard_model, recognizer_dir):
+    codec, tok = load_codec("codec2"), default_tokenizer()
+    backend = TransformersBackend.from_dir(heard_model)
+    lay = backend.layout
+    cfg = SessionConfig(heard=HeardConfig(source="recognizer", recognizer=str(recognizer_dir)))
+    cfg.sampling.pad_bias = 12.0  # the random model keeps quiet, so nothing holds the words back
+    session = Session(backend.open_session(cfg.sampling), codec, tok, cfg, input_rate=8000)
+    assert session.model.listener_heard and session.heard_writer is not None
+    words = ["what", "colour", "is", "the", "sky?"]
+    # each word as it is finished (one piece per frame; a word's pieces may wait max_lag_frames at most)
+    _scripted(session.heard_writer, {5: ["what"], 6: ["colour"], 8: ["is"], 9: ["the"], 10: ["sky?"]})
+    await session.push_audio(np.zeros(8000 * 3, np.float32))
+    await session.end_input()
+    outs = [o async for o in session.run(FrameClock(0.08, realtime=False))]
+    expected = [lay.heard_id(i) for w in words for i in tok.encode(" " + w).ids]
+    assert [o.text_id for o in outs[5:5 + len(expected)]] == expected  # from the frame the words were finished
+    assert not any(lay.is_heard_id(o.text_id) for o in outs[:5] + outs[5 + len(expected):])
+    assert "".join(o.heard_delta for o in outs).strip() == "what colour is the sky?"
+    assert not any(o.text_delta for o in outs)
+    await session.close()
+
+
+@pytest.mark.parametrize("listener_heard", [False, True])
+def test_a_session_whose_listener_writes_the_transcript_never_draws_heard_ids(heard_model, listener_heard):
+    from think.sampling import SamplingConfig
+
+    backend = TransformersBackend.from_dir(heard_model)
+    session = backend.open_session(SamplingConfig(text_temperature=3.0, text_top_k=0, seed=1))
+    session.listener_heard = listener_heard
+    rng = np.random.default_rng(0)
+    sizes = np.asarray(backend.layout.codec.codebook_sizes[: backend.layout.q_in])
+    drawn = [session.step_sync(rng.integers(0, sizes)).text_id for _ in range(40)]
+    heard = sum(backend.layout.is_heard_id(t) for t in drawn)
+    # A random model at a high temperature draws heard ids when it may (so the check can fail).
+    assert (heard == 0) if listener_heard else (heard > 5)
+
+
+def test_who_writes_the_transcript_is_resolved_with_clear_errors(nano_model_dir, heard_model, recognizer_dir):
+    plain, heard = DuplexLayout.load(nano_model_dir), DuplexLayout.load(heard_model)
+    assert load_heard_recognizer(HeardConfig(), plain) is None  # auto, a model without heard text
+    assert load_heard_recognizer(HeardConfig(source="model", recognizer=str(recognizer_dir)), heard) is None
+    assert load_heard_recognizer(HeardConfig(recognizer=str(recognizer_dir)), heard) is not None
+    with pytest.raises(ValueError, match="needs a heard-text model"):
+        load_heard_recognizer(HeardConfig(source="recognizer", recognizer=str(recognizer_dir)), plain)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_heard_recognizer(HeardConfig(source="recognizer", recognizer="/nonexistent/rec"), heard)
+    with pytest.raises(ValueError, match="heard.source must be one of"):
+        HeardConfig(source="asr")
+
+
+def test_a_given_text_id_that_the_text_slot_cannot_hold_is_refused(heard_model):
+    backend = TransformersBackend.from_dir(heard_model)
+    session = backend.open_session()
+    with pytest.raises(ValueError, match="not an id the text slot can hold"):
+        session.step_sync(np.zeros(backend.layout.q_in, np.int64), text_id=backend.layout.agent_offsets[0])
+
+
+def test_a_second_of_silence_finishes_the_word_being_spelled_and_restarts_the_stream(heard_model, recognizer_dir):
+    from agent.heard import RESET_AFTER_SILENT_FRAMES
+
+    lay, tok = DuplexLayout.load(heard_model), default_tokenizer()
+    writer = HeardWriter(load_heard_recognizer(HeardConfig(recognizer=str(recognizer_dir)), lay), lay, tok, 8000)
+    _scripted(writer, {})
+    writer.hear(np.zeros(640, np.float32), 0, speech=True)
+    writer.recognizer.state.word = "sky"  # the recogniser never heard the space after it
+    for f in range(1, RESET_AFTER_SILENT_FRAMES):
+        assert writer.hear(np.zeros(640, np.float32), f, speech=False) == []
+    assert writer.hear(np.zeros(640, np.float32), RESET_AFTER_SILENT_FRAMES, speech=False) == ["sky"]
+    assert writer.recognizer.state.word == "" and writer.recognizer.state.model == {}
+    assert writer.next_id(RESET_AFTER_SILENT_FRAMES) == lay.heard_id(tok.encode(" sky").ids[0])

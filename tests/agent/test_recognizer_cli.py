@@ -1,0 +1,32 @@
+"""``duplex recognizer train|eval`` end to end at smoke scale (the hand-made dialogues of test_training)."""
+from __future__ import annotations
+
+import json
+
+from listen.recognizer import load_recognizer
+from tests.agent.test_training import dialogues  # noqa: F401  (the hand-made dialogue fixture)
+
+
+def test_recognizer_trains_and_evaluates_from_the_cli(dialogues, run_cli, tmp_path):  # noqa: F811
+    out = tmp_path / "rec"
+    r = run_cli("recognizer", "train", "--data", dialogues, "--out", out, "--steps", "3", "--set", "eval_every=2",
+                "--set", "model.dim=32", "-q")
+    assert r.rc == 0, r.err
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["steps"] == 3 and final["train_turns"] == 2 and 0.0 <= final["val"]["cer"] <= 1.5
+    assert json.loads((out / "train_config.json").read_text())["model"] == {"dim": 32}
+    assert (out / "loss.png").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert load_recognizer(out / "best").cfg.dim == 32
+    r = run_cli("recognizer", "eval", "--model", out / "last", "--data", dialogues, "--split", "val", "-q")
+    assert r.rc == 0, r.err
+    result = json.loads(r.out)
+    assert result["turns"] == 1 and set(result) >= {"cer", "wer", "examples"}
+
+
+def test_recognizer_commands_name_a_missing_directory_in_one_sentence(run_cli, tmp_path):
+    r = run_cli("recognizer", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "rec", "-q")
+    assert r.rc == 2 and "No dialogue directory" in r.err
+    r = run_cli("recognizer", "eval", "--model", tmp_path / "none", "--data", tmp_path, "-q")
+    assert r.rc == 2 and "No speech recogniser found" in r.err
+    r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "steps=0", "-q")
+    assert r.rc == 2 and "steps must be an integer >= 1" in r.err

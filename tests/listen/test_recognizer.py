@@ -1,0 +1,80 @@
+"""The streaming recogniser of the user (listen/recognizer.py): streaming equals one-shot, greedy CTC words."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from listen.recognizer import (
+    ALPHABET,
+    RecognizerConfig,
+    RecognizerState,
+    StreamingRecognizer,
+    build_model,
+    greedy_words,
+    load_recognizer,
+    normalize_text,
+    save_recognizer,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model(RecognizerConfig(dim=64, rnn_layers=1)).eval()
+    with torch.no_grad():  # a random model would mostly draw blanks; make its classes vary
+        m.out.bias.zero_()
+        m.out.weight.normal_(0.0, 10.0)
+    return m
+
+
+def test_streamed_recognition_equals_one_shot_for_any_chunking(model):
+    rng = np.random.default_rng(0)
+    step = model.cfg.step_samples
+    t = np.arange(step * 37 + 100) / model.cfg.sample_rate
+    # noise whose level and colour change every step, so the classes (and the words) change too
+    pcm = (rng.standard_normal(len(t)) * np.repeat(rng.uniform(0.0, 0.5, 38), step)[: len(t)]
+           + 0.3 * np.sin(2 * np.pi * (200 + 3000 * t) * t)).astype(np.float32)
+    with torch.no_grad():
+        whole, _ = model(torch.from_numpy(pcm[: step * 37])[None])
+        parts, state = [], {}
+        for k in range(0, step * 37, step * 3):  # the module's own state, 3 steps at a time
+            lp, state = model(torch.from_numpy(pcm[k:min(k + step * 3, step * 37)])[None], state)
+            parts.append(lp)
+    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-4)
+    classes = whole[0].argmax(-1).tolist()
+    assert len(set(classes)) >= 3  # the check below compares real spelling, not runs of blanks
+    st = RecognizerState()
+    expected = greedy_words(classes, ALPHABET, st) + ([st.word] if st.word else [])
+    for chunks in ([len(pcm)], [1, 639, 1280, 3000, 7, 100000], list(rng.integers(1, 2000, 60))):
+        rec, words, at = StreamingRecognizer(model), [], 0
+        for n in chunks:
+            words += rec.push(pcm[at:at + int(n)])
+            at += int(n)
+        assert rec.state.steps == 37  # the last 100 samples wait for a whole step
+        assert words + rec.flush() == expected
+
+
+def test_greedy_decoding_finishes_a_word_at_the_space_after_it():
+    c = {ch: ALPHABET.index(ch) + 1 for ch in ALPHABET}
+    st = RecognizerState()
+    # "hi" with a repeat merged, a blank splitting a real double letter, then a space: one word.
+    assert greedy_words([0, c["h"], c["h"], 0, c["i"]], ALPHABET, st) == []
+    assert st.word == "hi"
+    assert greedy_words([c[" "], 0, c["s"], c["e"], 0, c["e"]], ALPHABET, st) == ["hi"]
+    assert greedy_words([c["?"], c[" "], c[" "]], ALPHABET, st) == ["see?"]
+    assert st.word == ""
+
+
+def test_text_is_normalized_to_the_recognizers_alphabet():
+    assert normalize_text("  Hello,  WORLD: it's 5 o'clock!") == "hello, world it's o'clock!"
+
+
+def test_weights_round_trip_and_a_missing_directory_gets_a_clear_error(model, tmp_path):
+    save_recognizer(model, tmp_path / "rec", {"step": 3})
+    again = load_recognizer(tmp_path / "rec")
+    pcm = torch.zeros(1, model.cfg.step_samples * 4)
+    with torch.no_grad():
+        assert torch.equal(again(pcm)[0], model(pcm)[0])
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_recognizer(tmp_path / "nowhere")
