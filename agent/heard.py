@@ -149,3 +149,27 @@ class HeardWriter:
             self.speaking, self.since_piece = True, 0
         elif self.since_piece > SPEAKING_TIMEOUT_FRAMES:
             self.speaking = False
+
+
+def recognized_heard(text: np.ndarray, user: np.ndarray, codec_rate: int, frame_samples: int, layout: DuplexLayout,
+                     tokenizer, recognizer, max_lag_frames: int = HEARD_MAX_LAG,
+                     vad_aggressiveness: int = 2) -> np.ndarray:
+    """A training text track ``(frames,)`` with its heard ids written as a live session's writer would: from
+    the recogniser's words on the user channel ``user`` (at ``codec_rate``, the session's audio), with the
+    session's VAD, in the frames the agent leaves free. The model then trains on the transcript, the errors and
+    the timing it will be given. Returns a new array; agent text, PAD and end-of-turn ids stay."""
+    from listen.vad import VoiceActivityDetector
+
+    out = np.where([layout.is_heard_id(int(t)) for t in text], layout.pad_id, text).astype(text.dtype)
+    writer = HeardWriter(recognizer, layout, tokenizer, codec_rate, max_lag_frames)
+    vad = VoiceActivityDetector(codec_rate, vad_aggressiveness)
+    pcm = np.pad(np.asarray(user, np.float32), (0, max(0, len(out) * frame_samples - len(user))))
+    for f in range(len(out)):
+        frame = pcm[f * frame_samples:(f + 1) * frame_samples]
+        writer.hear(frame, f, speech=vad.is_speech(frame)[0])
+        if out[f] == layout.pad_id:
+            given = writer.next_id(f)
+            if given is not None:
+                out[f] = given
+        writer.observe(int(out[f]), False)
+    return out

@@ -32,7 +32,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     index = write_shards(args.data, args.out, layout, codec, tokenizer, shard_size=args.shard_size,
                          progress=not args.quiet, align=not args.no_align, text_conversations=args.text_conversations,
                          chat_template=template, text_max_ids=args.text_max_ids,
-                         mic_paths=tuple(x.strip() for x in args.mic_paths.split(",") if x.strip()))
+                         mic_paths=tuple(x.strip() for x in args.mic_paths.split(",") if x.strip()),
+                         heard_recognizer=args.heard_recognizer)
     print(f"wrote {len(index['shards'])} shards to {args.out}: " + ", ".join(
         f"{split} {t['dialogues']} dialogues / {t['frames']} frames" for split, t in sorted(index["totals"].items())))
     if index.get("align_shards"):
@@ -103,6 +104,9 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--mic-paths", default=",".join(DEFAULT_MIC_PATHS), metavar="P1,P2",
                    help="live input paths the user channel is drawn through, one per dialogue (default: all of "
                         + ", ".join(DEFAULT_MIC_PATHS) + "; soxr-hq alone = the offline encoding)")
+    p.add_argument("--heard-recognizer", metavar="DIR",
+                   help="heard-text models: the heard ids are what this recogniser (duplex recognizer train) writes "
+                        "live, with its errors and timing, instead of the script's words (agent/heard.py)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 

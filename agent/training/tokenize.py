@@ -56,14 +56,19 @@ class TokenizedDialogue:
     split: str
 
 
-def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq",
-                    far: np.ndarray | None = None) -> np.ndarray:
+def _codec_rate_audio(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq",
+                      far: np.ndarray | None = None) -> np.ndarray:
     """Bring to the codec rate the way ``path`` (``mic_paths.py``) does (``far``: the agent's channel, for the
-    echo canceller of ``browser-apm``) and encode exactly ``frames`` frames -> ``(frames, Q)``."""
+    echo canceller of ``browser-apm``), exactly ``frames`` frames long ``(frames * frame_samples,)``."""
     x = to_codec_rate(pcm, rate, codec.spec.sample_rate, path, far=far)
     need = frames * codec.spec.frame_samples
-    x = np.pad(x[:need], (0, max(0, need - len(x))))
-    return codec.encode_all(x)[:frames]
+    return np.pad(x[:need], (0, max(0, need - len(x))))
+
+
+def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path: str = "soxr-hq",
+                    far: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_codec_rate_audio`, encoded -> ``(frames, Q)``."""
+    return codec.encode_all(_codec_rate_audio(codec, pcm, rate, frames, path, far))[:frames]
 
 
 def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np.ndarray:
@@ -152,24 +157,33 @@ def place_heard(text: np.ndarray, record: dict, layout: DuplexLayout, tokenizer,
 
 
 def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                      mic_paths: tuple[str, ...] = OFFLINE_PATHS) -> TokenizedDialogue:
-    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths)[0]
+                      mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None) -> TokenizedDialogue:
+    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths, heard_recognizer)[0]
 
 
 def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                                mic_paths: tuple[str, ...] = OFFLINE_PATHS
+                                mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None
                                 ) -> tuple[TokenizedDialogue, list[tuple[int, np.ndarray]]]:
     """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``).
-    The user channel takes one of ``mic_paths`` to the codec rate (drawn from the dialogue's id)."""
+    The user channel takes one of ``mic_paths`` to the codec rate (drawn from the dialogue's id). With a
+    heard-text layout and ``heard_recognizer`` (a model from ``listen.recognizer.load_recognizer``), the heard
+    ids are what that recogniser writes live (``agent.heard.recognized_heard``), not the script's words."""
     from agent.training.align import dialogue_alignments
 
     audio, rate = read_wav(wav_path)
     if audio.shape[1] != 2:
         raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
     frames = int(math.ceil(len(audio) / rate * 1000.0 / layout.frame_ms))
-    user = _encode_channel(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths), far=audio[:, 1])
+    user_pcm = _codec_rate_audio(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths),
+                                 far=audio[:, 1])
+    user = codec.encode_all(user_pcm)[:frames]
     agent = _encode_channel(codec, audio[:, 1], rate, frames)
     text = text_track(record, layout, tokenizer, frames)
+    if heard_recognizer is not None and layout.heard_text:
+        from agent.heard import recognized_heard
+
+        text = recognized_heard(text, user_pcm, codec.spec.sample_rate, codec.spec.frame_samples, layout, tokenizer,
+                                heard_recognizer)
     user_ids = layout.user_ids(user)  # (frames, Q_in)
     agent_ids = layout.agent_audio_ids(agent)  # (frames, Q_out)
     slots = np.concatenate([user_ids, text[:, None], agent_ids], axis=1)
@@ -284,19 +298,29 @@ def _shard_names(path: Path, key: str) -> list[str] | None:
 def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
                  shard_size: int = 256, progress: bool = True, align: bool = True, text_conversations: int = 0,
                  chat_template: str | None = None, text_val_percent: int = 5, text_max_ids: int = 512,
-                 mic_paths: tuple[str, ...] = DEFAULT_MIC_PATHS) -> dict:
+                 mic_paths: tuple[str, ...] = DEFAULT_MIC_PATHS, heard_recognizer: str | None = None) -> dict:
     """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards.
 
     ``align``: also write the turns as alignment sequences (``align-<split>-NNNN.npz``).
     ``text_conversations``: also write that many text-only chats (``text-<split>-NNNN.npz``), rendered with
     ``chat_template`` (ChatML when None), ``text_val_percent`` % held out, each at most ``text_max_ids`` ids.
     ``mic_paths``: the live input paths the user channel is drawn through, one per dialogue (``mic_paths.py``).
+    ``heard_recognizer``: a recogniser directory whose live output becomes the heard ids (heard-text layouts;
+    ``agent/heard.py``) instead of the script's words.
     """
     from tqdm import tqdm
 
     from agent.training.align import save_align_shard, shard_counts
 
     mic_paths = check_paths(mic_paths)
+    recognizer = None
+    if heard_recognizer:
+        if not layout.heard_text:
+            raise ValueError("--heard-recognizer needs a heard-text model (duplex model init --heard-text).")
+        from listen.recognizer import load_recognizer
+
+        recognizer = load_recognizer(heard_recognizer)
+    heard = f"recognizer:{Path(heard_recognizer).resolve()}" if heard_recognizer else "script"
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1 dialogue, got {shard_size}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -311,13 +335,16 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         if old_paths != mic_paths:
             raise ValueError(f"{out_dir} holds shards made with other microphone paths ({', '.join(old_paths)}); "
                              "use a new --out directory.")
+        if old.get("heard", "script") != heard and layout.heard_text:
+            raise ValueError(f"{out_dir} holds shards whose heard text came from {old.get('heard', 'script')}; "
+                             "use a new --out directory.")
     by_split: dict[str, list[tuple[Path, dict]]] = {}
     for wav, record in iter_dialogues(data_dir):
         by_split.setdefault(record.get("split", "train"), []).append((wav, record))
     # Claim the directory for this layout before the first shard: a run stopped half-way (Ctrl-C) and run again
     # with another --model must be refused, not resumed from shards of the other layout; training refuses an
     # unfinished index.
-    _write_index(index_path, {**old, "layout": layout.to_dict(), "mic_paths": list(mic_paths),
+    _write_index(index_path, {**old, "layout": layout.to_dict(), "mic_paths": list(mic_paths), "heard": heard,
                               "shards": old.get("shards", []), "incomplete": True})
     chunks = [(split, n, items[i:i + shard_size]) for split, items in sorted(by_split.items())
               for n, i in enumerate(range(0, len(items), shard_size))]
@@ -336,7 +363,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         else:
             done = []
             for wav, record in chunk:  # the bar moves per dialogue, not per shard of hundreds
-                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths))
+                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths, recognizer))
                 bar.update(1)
             offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
@@ -355,8 +382,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         t["frames"] += int(frames.sum())
         t["ids"] += int(offsets[-1])
     bar.close()
-    index = {"layout": layout.to_dict(), "source": str(data_dir), "mic_paths": list(mic_paths), "shards": shards,
-             "totals": totals}
+    index = {"layout": layout.to_dict(), "source": str(data_dir), "mic_paths": list(mic_paths), "heard": heard,
+             "shards": shards, "totals": totals}
     if align:
         index["align_shards"] = align_shards
     if text_conversations > 0:

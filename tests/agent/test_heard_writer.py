@@ -15,6 +15,7 @@ from streaming.codecs import load_codec
 from think.layout import DuplexLayout
 from think.tokenizer import default_tokenizer
 from think.transformers_backend import TransformersBackend
+from tests.agent.test_training import dialogues  # noqa: F401  (the hand-made dialogue fixture)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,42 @@ def test_a_second_of_silence_finishes_the_word_being_spelled_and_restarts_the_st
     assert writer.hear(np.zeros(640, np.float32), RESET_AFTER_SILENT_FRAMES, speech=False) == ["sky"]
     assert writer.recognizer.state.word == "" and writer.recognizer.state.model == {}
     assert writer.next_id(RESET_AFTER_SILENT_FRAMES) == lay.heard_id(tok.encode(" sky").ids[0])
+
+
+def test_training_heard_text_can_be_what_the_recogniser_writes_live(heard_model, recognizer_dir, monkeypatch):
+    from agent.heard import recognized_heard
+    from listen.recognizer import StreamingRecognizer
+
+    lay, tok = DuplexLayout.load(heard_model), default_tokenizer()
+    calls = iter(range(10 ** 6))
+    words_at = {1: ["what"], 11: ["is"], 20: ["it?"]}
+    monkeypatch.setattr(StreamingRecognizer, "push", lambda self, pcm: words_at.get(next(calls), []))
+    text = np.full(30, lay.pad_id, np.int64)
+    text[[2, 3]] = [lay.heard_id(5), lay.heard_id(6)]  # the script's heard words: replaced
+    text[10:15] = tok.encode(" the sky is blue today").ids[:5]
+    text[15] = lay.eot_id
+    out = recognized_heard(text, np.zeros(30 * 640, np.float32), 8000, 640, lay, tok,
+                           load_heard_recognizer(HeardConfig(recognizer=str(recognizer_dir)), lay))
+    heard = {f: int(t) for f, t in enumerate(out) if lay.is_heard_id(int(t))}
+    it = [lay.heard_id(i) for i in tok.encode(" it?").ids]
+    # "what" the frame it was finished; "is" (finished while the agent spoke) waited past its lag and was dropped
+    assert heard == {1: lay.heard_id(tok.encode(" what").ids[0]), **{20 + k: h for k, h in enumerate(it)}}
+    assert (out[10:16] == text[10:16]).all()  # the agent's own turn is untouched
+
+
+def test_tokenize_takes_the_heard_text_from_a_recogniser_and_keeps_shard_sets_apart(dialogues, heard_model,  # noqa: F811
+                                                                                    nano_model_dir, recognizer_dir,
+                                                                                    run_cli, tmp_path):
+    from agent.training.tokenize import read_index
+
+    out = tmp_path / "shards"
+    r = run_cli("data", "tokenize", "--data", dialogues, "--out", out, "--model", heard_model, "--mic-paths",
+                "soxr-lq", "--heard-recognizer", recognizer_dir, "-q")
+    assert r.rc == 0, r.err
+    assert read_index(out)["heard"] == f"recognizer:{recognizer_dir.resolve()}"
+    r = run_cli("data", "tokenize", "--data", dialogues, "--out", out, "--model", heard_model, "--mic-paths",
+                "soxr-lq", "-q")
+    assert r.rc == 2 and "heard text came from recognizer" in r.err
+    r = run_cli("data", "tokenize", "--data", dialogues, "--out", tmp_path / "plain", "--model", nano_model_dir,
+                "--heard-recognizer", recognizer_dir, "-q")
+    assert r.rc == 2 and "needs a heard-text model" in r.err
