@@ -42,6 +42,7 @@ class RecognizerTrainConfig:
     data: str = "runs/data-v2"
     out: str = "runs/recognizer"
     model: dict = field(default_factory=dict)
+    init: str = ""  # a recogniser directory to start from (its shape; ``model`` is then ignored)
     via_rate: int = 8000  # the user audio goes to this rate and back (soxr LQ) first, as a codec2 session's does
     steps: int = 6000
     max_seconds: float = 0.0
@@ -190,9 +191,10 @@ def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
     """Greedy-decoded character and word error rates (edit distance over the references' lengths)."""
     import torch
 
-    from listen.recognizer import RecognizerState, greedy_words
+    from listen.recognizer import Lexicon, RecognizerState, greedy_words
 
-    char_err = char_n = word_err = word_n = 0
+    lexicon = Lexicon(model.lexicon) if getattr(model, "lexicon", None) else None
+    char_err = char_n = word_err = word_n = lex_err = 0
     examples = []
     with torch.inference_mode():
         for i in range(0, len(feats), 32):
@@ -208,10 +210,14 @@ def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
                 char_n += len(ref)
                 word_err += _edit(hyp.split(), ref.split())
                 word_n += len(ref.split())
+                snapped = [lexicon.snap(w) for w in words] if lexicon else words
+                lex_err += _edit(snapped, ref.split())
                 if len(examples) < 6:
-                    examples.append({"ref": ref, "hyp": hyp})
-    return {"cer": round(char_err / max(1, char_n), 4), "wer": round(word_err / max(1, word_n), 4),
-            "turns": len(feats), "examples": examples}
+                    examples.append({"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {}))
+    result = {"cer": round(char_err / max(1, char_n), 4), "wer": round(word_err / max(1, word_n), 4)}
+    if lexicon:  # what a session gets: each finished word snapped to the lexicon
+        result["wer_lexicon"] = round(lex_err / max(1, word_n), 4)
+    return result | {"turns": len(feats), "examples": examples}
 
 
 def _edit(a: list, b: list) -> int:
@@ -234,8 +240,14 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    mcfg = RecognizerConfig.from_dict(cfg.model)
-    model = build_model(mcfg)
+    if cfg.init:
+        from listen.recognizer import load_recognizer
+
+        model = load_recognizer(cfg.init).train()
+        mcfg = model.cfg
+    else:
+        mcfg = RecognizerConfig.from_dict(cfg.model)
+        model = build_model(mcfg)
     dirs = [Path(d) for d in cfg.data.split(",") if d]
     for d in dirs:
         if not d.is_dir():
@@ -246,6 +258,7 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"No usable user turns in the train split of {cfg.data}.")
     val_f, val_t = val_f[: cfg.eval_turns], val_t[: cfg.eval_turns]
     labels = [torch.tensor(encode_labels(t, mcfg.alphabet)) for t in train_t]
+    model.lexicon = sorted({w for t in train_t for w in t.split()})  # saved with the weights (lexicon.json)
     max_skip = int((PAD_BEFORE_S - MIN_BEFORE_S) * mcfg.sample_rate) // mcfg.step_samples
     lengths = np.asarray([len(f) for f in train_f])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -354,6 +367,7 @@ def add_recognizer_commands(sub) -> None:
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule ends with it)")
     p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    p.add_argument("--init", help="a recogniser directory to continue from (its shape and weights)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set lr=1e-3 --set model.dim=320")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -372,7 +386,7 @@ def add_recognizer_commands(sub) -> None:
 def _cmd_train(args) -> int:
     from agent.config import apply_overrides, check_types, from_dict
 
-    data = {k: v for k, v in (("data", args.data), ("out", args.out), ("steps", args.steps),
+    data = {k: v for k, v in (("data", args.data), ("out", args.out), ("steps", args.steps), ("init", args.init),
                               ("max_seconds", args.max_seconds), ("threads", args.threads)) if v is not None}
     data = apply_overrides(data, args.overrides)
     check_types(RecognizerTrainConfig, {k: v for k, v in data.items() if k != "model"})

@@ -13,7 +13,10 @@ Architecture (all causal, explicit streaming state, ~1.5 M parameters)::
       -> ``conv_layers`` causal depthwise-conv blocks -> GRU (``rnn_layers``) -> Linear over blank + alphabet
 
 Trained with CTC on each user turn's text plus a trailing space, so a word is finished the step the model
-emits the space after it (at a turn's end: once it hears the silence after the last word). Greedy decoding.
+emits the space after it (at a turn's end: once it hears the silence after the last word). Greedy decoding;
+then each finished word outside the lexicon (``lexicon.json``: the words of the training turns, written by
+``duplex recognizer train``) is replaced by the nearest lexicon word within ``SNAP_DISTANCE`` (normalised
+Levenshtein distance, rapidfuzz), as a closed-domain recogniser's vocabulary would.
 
 Shapes: ``forward`` takes PCM ``(B, N)`` and returns log-probabilities ``(B, N // (stack*hop), classes)``.
 """
@@ -30,6 +33,8 @@ import numpy as np
 from streaming.codecs.fsq import mel_filterbank
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz',-?.!"
+LEXICON_FILE = "lexicon.json"
+SNAP_DISTANCE = 0.5  # a word this far (normalised edit distance) from every lexicon word is kept as spelled
 ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "recognizer"
 
 
@@ -135,12 +140,17 @@ def build_model(cfg: RecognizerConfig):
     return Model()
 
 
-def save_recognizer(model, out_dir: str | os.PathLike, extra: dict | None = None) -> None:
+def save_recognizer(model, out_dir: str | os.PathLike, extra: dict | None = None,
+                    lexicon: list[str] | None = None) -> None:
+    """``config.json`` + ``model.safetensors`` (+ ``lexicon.json`` when ``lexicon`` or the model has one)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2) + "\n")
+    lexicon = lexicon if lexicon is not None else getattr(model, "lexicon", None)
+    if lexicon:
+        (out / LEXICON_FILE).write_text(json.dumps(sorted(lexicon)) + "\n")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={k: str(v) for k, v in (extra or {}).items()})
 
@@ -157,7 +167,27 @@ def load_recognizer(path: str | os.PathLike | None = None):
     cfg = RecognizerConfig.from_dict(json.loads((d / "config.json").read_text()))
     model = build_model(cfg)
     model.load_state_dict(load_file(str(d / "model.safetensors")))
+    lex = d / LEXICON_FILE
+    model.lexicon = json.loads(lex.read_text()) if lex.is_file() else None
     return model.eval()
+
+
+class Lexicon:
+    """Snaps a spelled word to the nearest word of a closed vocabulary (or keeps it: see ``SNAP_DISTANCE``)."""
+
+    def __init__(self, words: list[str], max_distance: float = SNAP_DISTANCE) -> None:
+        self.words = list(words)
+        self.known = set(self.words)
+        self.max_distance = max_distance
+
+    def snap(self, word: str) -> str:
+        if word in self.known or not self.words:
+            return word
+        from rapidfuzz import distance, process
+
+        best = process.extractOne(word, self.words, scorer=distance.Levenshtein.normalized_distance,
+                                  score_cutoff=self.max_distance)
+        return best[0] if best else word
 
 
 def shipped_recognizer_dir() -> Path | None:
@@ -198,13 +228,15 @@ class StreamingRecognizer:
 
     Stateful per session: :meth:`reset` starts a new stream. Costs one small forward per 40 ms step."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, snap: bool = True) -> None:
         import torch
 
         self.model = model
         self.cfg: RecognizerConfig = model.cfg
         self._torch = torch
         self.state = RecognizerState()
+        words = getattr(model, "lexicon", None)
+        self.lexicon = Lexicon(words) if snap and words else None
 
     def reset(self) -> None:
         self.state = RecognizerState()
@@ -222,9 +254,12 @@ class StreamingRecognizer:
             logp, st.model = self.model(torch.from_numpy(pcm[:n])[None], st.model)
         classes = logp[0].argmax(-1).tolist()
         st.steps += len(classes)
-        return greedy_words(classes, self.cfg.alphabet, st)
+        return self._snapped(greedy_words(classes, self.cfg.alphabet, st))
 
     def flush(self) -> list[str]:
         """The word still being spelled, if any (end of input)."""
         word, self.state.word = self.state.word, ""
-        return [word] if word else []
+        return self._snapped([word] if word else [])
+
+    def _snapped(self, words: list[str]) -> list[str]:
+        return [self.lexicon.snap(w) for w in words] if self.lexicon else words

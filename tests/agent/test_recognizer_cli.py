@@ -16,7 +16,9 @@ def test_recognizer_trains_and_evaluates_from_the_cli(dialogues, run_cli, tmp_pa
     assert final["steps"] == 3 and final["train_turns"] == 2 and 0.0 <= final["val"]["cer"] <= 1.5
     assert json.loads((out / "train_config.json").read_text())["model"] == {"dim": 32}
     assert (out / "loss.png").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    assert load_recognizer(out / "best").cfg.dim == 32
+    best = load_recognizer(out / "best")
+    assert best.cfg.dim == 32 and "capital" in best.lexicon  # the training turns' words
+    assert "wer_lexicon" in final["val"]
     r = run_cli("recognizer", "eval", "--model", out / "last", "--data", dialogues, "--split", "val", "-q")
     assert r.rc == 0, r.err
     result = json.loads(r.out)

@@ -78,3 +78,25 @@ def test_weights_round_trip_and_a_missing_directory_gets_a_clear_error(model, tm
         assert torch.equal(again(pcm)[0], model(pcm)[0])
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_recognizer(tmp_path / "nowhere")
+
+
+def test_a_finished_word_snaps_to_the_nearest_lexicon_word_only_when_it_is_close():
+    from listen.recognizer import Lexicon
+
+    lex = Lexicon(["something", "colour", "denmark", "is"])
+    assert lex.snap("somethin") == "something" and lex.snap("colur") == "colour"
+    assert lex.snap("is") == "is"  # known words stay
+    assert lex.snap("xq") == "xq"  # nothing near: kept as spelled (a new word is not forced into the lexicon)
+    assert Lexicon([]).snap("abc") == "abc"
+
+
+def test_the_lexicon_travels_with_the_weights_and_the_stream_uses_it(model, tmp_path):
+    save_recognizer(model, tmp_path / "rec", lexicon=["sky", "blue"])
+    again = load_recognizer(tmp_path / "rec")
+    assert again.lexicon == ["blue", "sky"]
+    rec = StreamingRecognizer(again)
+    rec.state.word = "skyy"
+    assert rec.flush() == ["sky"]
+    plain = StreamingRecognizer(again, snap=False)
+    plain.state.word = "skyy"
+    assert plain.flush() == ["skyy"]
