@@ -75,9 +75,7 @@ def _typed_override(item: str, root: type | None = None) -> str:
     import dataclasses
     import typing
 
-    import yaml
-
-    from agent.config import SessionConfig, kind_error, plain_kinds
+    from agent.config import SessionConfig, kind_error, parse_scalar, plain_kinds
 
     if "=" not in item:
         return item
@@ -92,10 +90,7 @@ def _typed_override(item: str, root: type | None = None) -> str:
             raise ValueError(f"--set {item}: {key} is a section; set one of its keys, e.g. "
                              f"{key}.{dataclasses.fields(hint)[0].name}=VALUE.")
         cls = hint
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
+    value = parse_scalar(raw)
     allowed = plain_kinds(cls)
     if allowed is None:
         return item

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,11 +135,19 @@ def check_types(cls: type, data: dict | None, where: str = "") -> None:
             raise ValueError(error)
 
 
-def _parse_scalar(text: str) -> Any:
+# YAML 1.1 reads "5e-4" (an exponent without a dot) as text; every user means the number.
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def parse_scalar(text: str) -> Any:
+    """A ``--set`` value as YAML reads it, with ``5e-4``-style numbers read as numbers."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -154,7 +163,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"Override {item!r}: {part} is not a section.")
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = parse_scalar(value)
     return data
 
 

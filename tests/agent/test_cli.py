@@ -128,3 +128,15 @@ def test_output_directory_that_is_a_file_is_one_sentence(run_cli, nano_model, tm
     assert res.rc == 2 and "Traceback" not in res.err
     assert res.error_lines == [f"duplex: error: {afile} is a file, but a directory is needed there; pass another path."]
     assert afile.read_text() == "in the way"
+
+
+def test_a_set_number_written_with_an_exponent_is_a_number_not_text(run_cli, nano_model, tmp_path):
+    from agent.config import apply_overrides
+    from agent.cli import _typed_override
+
+    # YAML 1.1 reads 5e-4 as text; a user means the number (lr=5e-4 failed with "lr must be a number").
+    assert apply_overrides({}, ["lr=5e-4", "x.y=1E3", "name=e5"]) == {"lr": 0.0005, "x": {"y": 1000.0}, "name": "e5"}
+    assert _typed_override("sampling.pad_bias=-1.5e0") == "sampling.pad_bias=-1.5e0"
+    assert _typed_override("system_prompt=5e-4") == 'system_prompt="5e-4"'  # a text setting keeps its text
+    r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "lr=abc", "-q")
+    assert r.rc == 2 and "lr must be a number" in r.err
