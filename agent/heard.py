@@ -42,11 +42,16 @@ class HeardConfig:
         recognizer: a local recogniser directory (``duplex recognizer train``); empty: the shipped one.
         max_lag_frames: a queued word piece more than this many frames after its word was finished is dropped
             (the agent spoke meanwhile), as in training.
+        during_agent_turn: also write word pieces while the agent speaks. The recogniser finishes a question's
+            last word ~0.26 s after the user stops (median, data-v2 test turns), often after the agent has
+            begun; held back, that word is lost. Off by default: models are trained with the pieces held back
+            (``place_heard``; ``duplex data tokenize --heard-recognizer`` writes them as this setting says).
     """
 
     source: str = "auto"
     recognizer: str = ""
     max_lag_frames: int = HEARD_MAX_LAG
+    during_agent_turn: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -88,7 +93,7 @@ class HeardWriter:
     state is this writer's). ``codec_rate``: the rate of the user frames' audio."""
 
     def __init__(self, recognizer, layout: DuplexLayout, tokenizer, codec_rate: int,
-                 max_lag_frames: int = HEARD_MAX_LAG) -> None:
+                 max_lag_frames: int = HEARD_MAX_LAG, during_agent_turn: bool = False) -> None:
         from listen.recognizer import StreamingRecognizer
 
         if not layout.heard_text:
@@ -96,6 +101,7 @@ class HeardWriter:
         self.layout = layout
         self.tokenizer = tokenizer
         self.max_lag = max_lag_frames
+        self.during_agent_turn = during_agent_turn
         self.recognizer = StreamingRecognizer(recognizer)
         self.resampler = StreamingResampler(codec_rate, recognizer.cfg.sample_rate, "LQ")
         self.queue: collections.deque[tuple[int, int]] = collections.deque()  # (heard id, last frame it may go in)
@@ -134,7 +140,7 @@ class HeardWriter:
         while self.queue and self.queue[0][1] < frame:
             self.queue.popleft()
             self.dropped += 1
-        if self.speaking or not self.queue:
+        if (self.speaking and not self.during_agent_turn) or not self.queue:
             return None
         return self.queue.popleft()[0]
 
@@ -153,15 +159,17 @@ class HeardWriter:
 
 def recognized_heard(text: np.ndarray, user: np.ndarray, codec_rate: int, frame_samples: int, layout: DuplexLayout,
                      tokenizer, recognizer, max_lag_frames: int = HEARD_MAX_LAG,
-                     vad_aggressiveness: int = 2) -> np.ndarray:
+                     vad_aggressiveness: int = 2, during_agent_turn: bool = False) -> np.ndarray:
     """A training text track ``(frames,)`` with its heard ids written as a live session's writer would: from
     the recogniser's words on the user channel ``user`` (at ``codec_rate``, the session's audio), with the
     session's VAD, in the frames the agent leaves free. The model then trains on the transcript, the errors and
-    the timing it will be given. Returns a new array; agent text, PAD and end-of-turn ids stay."""
+    the timing it will be given (``during_agent_turn`` as :class:`HeardConfig` says; inside the agent's turn a
+    piece takes a PAD frame, never one of the agent's own). Returns a new array; agent text, PAD and end-of-turn
+    ids stay."""
     from listen.vad import VoiceActivityDetector
 
     out = np.where([layout.is_heard_id(int(t)) for t in text], layout.pad_id, text).astype(text.dtype)
-    writer = HeardWriter(recognizer, layout, tokenizer, codec_rate, max_lag_frames)
+    writer = HeardWriter(recognizer, layout, tokenizer, codec_rate, max_lag_frames, during_agent_turn)
     vad = VoiceActivityDetector(codec_rate, vad_aggressiveness)
     pcm = np.pad(np.asarray(user, np.float32), (0, max(0, len(out) * frame_samples - len(user))))
     for f in range(len(out)):

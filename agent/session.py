@@ -97,7 +97,8 @@ class Session:
         self._full_silence_codes = np.asarray(codec.silence_codes(), dtype=np.int64)
         recognizer = load_heard_recognizer(self.config.heard, self.layout)
         self.heard_writer = None if recognizer is None else HeardWriter(
-            recognizer, self.layout, tokenizer, codec.spec.sample_rate, self.config.heard.max_lag_frames)
+            recognizer, self.layout, tokenizer, codec.spec.sample_rate, self.config.heard.max_lag_frames,
+            self.config.heard.during_agent_turn)
         model.listener_heard = self.heard_writer is not None
 
     # ---- input side ----------------------------------------------------------------------------

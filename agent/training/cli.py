@@ -33,7 +33,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                          progress=not args.quiet, align=not args.no_align, text_conversations=args.text_conversations,
                          chat_template=template, text_max_ids=args.text_max_ids,
                          mic_paths=tuple(x.strip() for x in args.mic_paths.split(",") if x.strip()),
-                         heard_recognizer=args.heard_recognizer)
+                         heard_recognizer=args.heard_recognizer, heard_during_agent_turn=args.heard_during_agent_turn)
     print(f"wrote {len(index['shards'])} shards to {args.out}: " + ", ".join(
         f"{split} {t['dialogues']} dialogues / {t['frames']} frames" for split, t in sorted(index["totals"].items())))
     if index.get("align_shards"):
@@ -107,6 +107,9 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--heard-recognizer", metavar="DIR",
                    help="heard-text models: the heard ids are what this recogniser (duplex recognizer train) writes "
                         "live, with its errors and timing, instead of the script's words (agent/heard.py)")
+    p.add_argument("--heard-during-agent-turn", action="store_true",
+                   help="with --heard-recognizer: write the user's words inside the agent's turns too (for "
+                        "sessions run with --set heard.during_agent_turn=true)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 

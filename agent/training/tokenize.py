@@ -157,17 +157,21 @@ def place_heard(text: np.ndarray, record: dict, layout: DuplexLayout, tokenizer,
 
 
 def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                      mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None) -> TokenizedDialogue:
-    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths, heard_recognizer)[0]
+                      mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None,
+                      heard_during_agent_turn: bool = False) -> TokenizedDialogue:
+    return tokenize_dialogue_and_turns(wav_path, record, layout, codec, tokenizer, mic_paths, heard_recognizer,
+                                       heard_during_agent_turn)[0]
 
 
 def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
-                                mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None
+                                mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None,
+                                heard_during_agent_turn: bool = False
                                 ) -> tuple[TokenizedDialogue, list[tuple[int, np.ndarray]]]:
     """The dialogue in the layout and its turns as alignment sequences (``(kind, ids)``, see ``align.py``).
     The user channel takes one of ``mic_paths`` to the codec rate (drawn from the dialogue's id). With a
     heard-text layout and ``heard_recognizer`` (a model from ``listen.recognizer.load_recognizer``), the heard
-    ids are what that recogniser writes live (``agent.heard.recognized_heard``), not the script's words."""
+    ids are what that recogniser writes live (``agent.heard.recognized_heard``; ``heard_during_agent_turn``: also
+    inside the agent's turns), not the script's words."""
     from agent.training.align import dialogue_alignments
 
     audio, rate = read_wav(wav_path)
@@ -183,7 +187,7 @@ def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayo
         from agent.heard import recognized_heard
 
         text = recognized_heard(text, user_pcm, codec.spec.sample_rate, codec.spec.frame_samples, layout, tokenizer,
-                                heard_recognizer)
+                                heard_recognizer, during_agent_turn=heard_during_agent_turn)
     user_ids = layout.user_ids(user)  # (frames, Q_in)
     agent_ids = layout.agent_audio_ids(agent)  # (frames, Q_out)
     slots = np.concatenate([user_ids, text[:, None], agent_ids], axis=1)
@@ -298,7 +302,8 @@ def _shard_names(path: Path, key: str) -> list[str] | None:
 def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout, codec: Codec, tokenizer,
                  shard_size: int = 256, progress: bool = True, align: bool = True, text_conversations: int = 0,
                  chat_template: str | None = None, text_val_percent: int = 5, text_max_ids: int = 512,
-                 mic_paths: tuple[str, ...] = DEFAULT_MIC_PATHS, heard_recognizer: str | None = None) -> dict:
+                 mic_paths: tuple[str, ...] = DEFAULT_MIC_PATHS, heard_recognizer: str | None = None,
+                 heard_during_agent_turn: bool = False) -> dict:
     """Tokenize every dialogue of ``data_dir`` into ``out_dir/<split>-NNNN.npz`` shards.
 
     ``align``: also write the turns as alignment sequences (``align-<split>-NNNN.npz``).
@@ -306,7 +311,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     ``chat_template`` (ChatML when None), ``text_val_percent`` % held out, each at most ``text_max_ids`` ids.
     ``mic_paths``: the live input paths the user channel is drawn through, one per dialogue (``mic_paths.py``).
     ``heard_recognizer``: a recogniser directory whose live output becomes the heard ids (heard-text layouts;
-    ``agent/heard.py``) instead of the script's words.
+    ``agent/heard.py``) instead of the script's words; ``heard_during_agent_turn``: written inside the agent's
+    turns too (``HeardConfig.during_agent_turn``).
     """
     from tqdm import tqdm
 
@@ -321,6 +327,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
 
         recognizer = load_recognizer(heard_recognizer)
     heard = f"recognizer:{Path(heard_recognizer).resolve()}" if heard_recognizer else "script"
+    if heard_recognizer and heard_during_agent_turn:
+        heard += " (also during the agent's turns)"
     if shard_size < 1:
         raise ValueError(f"--shard-size must be at least 1 dialogue, got {shard_size}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -363,7 +371,8 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
         else:
             done = []
             for wav, record in chunk:  # the bar moves per dialogue, not per shard of hundreds
-                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths, recognizer))
+                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths, recognizer,
+                                                        heard_during_agent_turn))
                 bar.update(1)
             offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)

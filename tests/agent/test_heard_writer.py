@@ -174,3 +174,17 @@ def test_tokenize_takes_the_heard_text_from_a_recogniser_and_keeps_shard_sets_ap
     r = run_cli("data", "tokenize", "--data", dialogues, "--out", tmp_path / "plain", "--model", nano_model_dir,
                 "--heard-recognizer", recognizer_dir, "-q")
     assert r.rc == 2 and "needs a heard-text model" in r.err
+
+
+def test_during_agent_turn_writes_a_late_last_word_inside_the_agents_turn(heard_model, recognizer_dir):
+    lay, tok = DuplexLayout.load(heard_model), default_tokenizer()
+    model = load_heard_recognizer(HeardConfig(recognizer=str(recognizer_dir)), lay)
+    got = {}
+    for during in (False, True):
+        writer = HeardWriter(model, lay, tok, 8000, max_lag_frames=2, during_agent_turn=during)
+        _scripted(writer, {1: ["denmark"]})
+        writer.observe(tok.encode(" the").ids[0], False)  # the agent has begun its answer
+        writer.hear(np.zeros(640, np.float32), 0)
+        writer.hear(np.zeros(640, np.float32), 1)
+        got[during] = writer.next_id(1)
+    assert got[False] is None and got[True] == lay.heard_id(tok.encode(" denmark").ids[0])
