@@ -93,6 +93,7 @@ def run_checks() -> list[Check]:
         _pkg("pycodec2", "pycodec2", "core (codec2)", "pip install pycodec2"),
         _pkg("snac", "snac", "snac codec", "pip install snac"),
         _pkg("safetensors", "safetensors", "core", "pip install safetensors"),
+        _pkg("rapidfuzz", "rapidfuzz", "the recogniser's lexicon (heard text)", "pip install rapidfuzz"),
         _pkg("gradio", "gradio", "web page", "pip install 'duplex-agent[web]'"),
         _pkg("aiomqtt", "aiomqtt", "daemon (MQTT)", "pip install 'duplex-agent[daemon]'"),
         _portaudio(),

@@ -1,5 +1,7 @@
 """Input side: PCM at any rate and channel count -> mono float32 -> resampled once -> codec frames
--> VAD flags -> codec ids (``Listener``). Imports only ``streaming`` (plus numpy, soxr, soundfile, webrtcvad)."""
+-> VAD flags -> codec ids (``Listener``). Imports only ``streaming`` (plus numpy, soxr, soundfile, webrtcvad).
+``listen/recognizer.py`` (imported on its own; torch, rapidfuzz) is the streaming recogniser whose words a
+heard-text model can be given (``agent/heard.py``)."""
 from listen.framer import Framer
 from listen.listener import Listener, UserFrame
 from listen.pcm import AudioInputError, float32_to_pcm16_bytes, pcm16_bytes_to_float32, to_float32_mono
