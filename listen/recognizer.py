@@ -158,15 +158,20 @@ def save_recognizer(model, out_dir: str | os.PathLike, extra: dict | None = None
 def load_recognizer(path: str | os.PathLike | None = None):
     """The model in ``path`` (``config.json`` + ``model.safetensors``), or the shipped one when ``path`` is
     None; float32, eval mode."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(path) if path is not None else ASSETS_DIR
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         where = "no recogniser ships with this copy" if path is None else f"{d} has no config.json + model.safetensors"
         raise FileNotFoundError(f"No speech recogniser found: {where}; train one with `duplex recognizer train`.")
-    cfg = RecognizerConfig.from_dict(json.loads((d / "config.json").read_text()))
-    model = build_model(cfg)
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    try:
+        cfg = RecognizerConfig.from_dict(json.loads((d / "config.json").read_text()))
+        model = build_model(cfg)
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+    except (ValueError, TypeError, RuntimeError, OSError, SafetensorError) as e:  # json, a field, the file, a shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"The speech recogniser in {d} could not be loaded ({first[:200]}).") from e
     lex = d / LEXICON_FILE
     model.lexicon = json.loads(lex.read_text()) if lex.is_file() else None
     return model.eval()

@@ -100,3 +100,14 @@ def test_the_lexicon_travels_with_the_weights_and_the_stream_uses_it(model, tmp_
     plain = StreamingRecognizer(again, snap=False)
     plain.state.word = "skyy"
     assert plain.flush() == ["skyy"]
+
+
+def test_a_corrupt_recogniser_is_refused_in_one_sentence(model, tmp_path):
+    save_recognizer(model, tmp_path / "rec")
+    (tmp_path / "rec" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_recognizer(tmp_path / "rec")
+    save_recognizer(model, tmp_path / "rec2")
+    (tmp_path / "rec2" / "config.json").write_text('{"dim": 64, "colour": 1}')
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_recognizer(tmp_path / "rec2")
