@@ -108,7 +108,7 @@ class HeardWriter:
         self.speaking = False
         self.since_piece = 0  # frames since the agent's last word piece
         self.silent = 0  # frames in a row the VAD called silence
-        self.words: list[str] = []  # every word finished so far (for reports)
+        self.words: collections.deque[str] = collections.deque(maxlen=256)  # the newest words (a session may run for days)
         self.dropped = 0
 
     def reset(self) -> None:
@@ -132,7 +132,7 @@ class HeardWriter:
         for word in words:
             for piece in self.tokenizer.encode(" " + word).ids:
                 self.queue.append((self.layout.heard_id(piece), frame + self.max_lag))
-        self.words += words
+        self.words.extend(words)
         return words
 
     def next_id(self, frame: int) -> int | None:

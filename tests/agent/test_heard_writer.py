@@ -62,7 +62,7 @@ def test_words_go_into_the_text_slot_only_while_the_agent_is_quiet_and_stale_pie
     writer.observe(lay.eot_id, False)  # its turn ends; the words heard at frame 6 are stale at 9 (lag 2)
     assert writer.next_id(9) is None
     assert writer.dropped == len(tok.encode(" is").ids + tok.encode(" it?").ids)
-    assert writer.words == ["what", "colour", "is", "it?"]
+    assert list(writer.words) == ["what", "colour", "is", "it?"]
 
 
 async def test_a_session_writes_the_recognisers_words_into_the_text_slot_as_heard_ids(heard_model, recognizer_dir):
