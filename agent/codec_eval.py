@@ -37,15 +37,10 @@ def normalize_text(t: str) -> list[str]:
 
 def word_errors(ref: str, hyp: str) -> tuple[int, int]:
     """(edit distance in words, reference words)."""
+    from rapidfuzz.distance import Levenshtein
+
     r, h = normalize_text(ref), normalize_text(hyp)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = d[j]
-            d[j] = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev = cur
-    return d[len(h)], len(r)
+    return Levenshtein.distance(r, h), len(r)
 
 
 class Recognizer:

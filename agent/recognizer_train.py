@@ -190,6 +190,7 @@ def _mask(x, cfg: RecognizerTrainConfig, n_mels: int, rng: np.random.Generator):
 def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
     """Greedy-decoded character and word error rates (edit distance over the references' lengths)."""
     import torch
+    from rapidfuzz.distance import Levenshtein
 
     from listen.recognizer import Lexicon, RecognizerState, greedy_words
 
@@ -206,28 +207,18 @@ def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
                 words = greedy_words(logp[k, : int(lengths[k])].argmax(-1).tolist(), model.cfg.alphabet, st)
                 words += [st.word] if st.word else []
                 hyp, ref = " ".join(words), texts[j].strip()
-                char_err += _edit(list(hyp), list(ref))
+                char_err += Levenshtein.distance(hyp, ref)
                 char_n += len(ref)
-                word_err += _edit(hyp.split(), ref.split())
+                word_err += Levenshtein.distance(hyp.split(), ref.split())
                 word_n += len(ref.split())
                 snapped = [lexicon.snap(w) for w in words] if lexicon else words
-                lex_err += _edit(snapped, ref.split())
+                lex_err += Levenshtein.distance(snapped, ref.split())
                 if len(examples) < 6:
                     examples.append({"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {}))
     result = {"cer": round(char_err / max(1, char_n), 4), "wer": round(word_err / max(1, word_n), 4)}
     if lexicon:  # what a session gets: each finished word snapped to the lexicon
         result["wer_lexicon"] = round(lex_err / max(1, word_n), 4)
     return result | {"turns": len(feats), "examples": examples}
-
-
-def _edit(a: list, b: list) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
 
 
 def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.codecs.fsq import mel_filterbank
+from streaming.codecs.fsq import causal_log_mel, mel_filterbank
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz',-?.!"
 LEXICON_FILE = "lexicon.json"
@@ -115,14 +115,9 @@ def build_model(cfg: RecognizerConfig):
         def features(self, pcm, state=None):
             """PCM ``(B, n*stack*hop)`` -> log-mel steps ``(B, n, stack*n_mels)``, state (the last window's
             context)."""
-            ctx = cfg.win - cfg.hop
-            if state is None:
-                state = pcm.new_zeros(pcm.shape[0], ctx)
-            x = torch.cat([state, pcm], dim=-1)
-            frames = x.unfold(-1, cfg.win, cfg.hop) * self.window  # (B, hops, win)
-            mel = torch.log(torch.matmul(torch.fft.rfft(frames, n=cfg.n_fft).abs() ** 2, self.mel_fb.T) + 1e-6)
+            mel, state = causal_log_mel(pcm, state, self.window, self.mel_fb, cfg.hop, cfg.n_fft, 1e-6)
             b, hops, m = mel.shape
-            return ((mel + 6.0) / 4.0).reshape(b, hops // cfg.stack, cfg.stack * m), x[:, -ctx:]
+            return ((mel + 6.0) / 4.0).reshape(b, hops // cfg.stack, cfg.stack * m), state
 
         def forward(self, pcm, state: dict | None = None, feats=None):
             """Log-probabilities ``(B, steps, classes)`` and the new state. ``feats`` (from :meth:`features`)

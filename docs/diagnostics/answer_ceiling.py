@@ -13,15 +13,11 @@
 """
 import collections
 import json
-import re
 import sys
 from pathlib import Path
 
+from agent.evaluate import _norm_words as words  # the words duplex eval's answer_score compares
 from agent.training.tokenize import iter_dialogues
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
 
 
 data, split = Path(sys.argv[1]), (sys.argv[2] if len(sys.argv) > 2 else "test")

@@ -23,7 +23,7 @@ import torch
 from agent.evaluate import answer_score, held_out_records
 from agent.training.tokenize import tokenize_dialogue
 from streaming.codecs.base import load_codec
-from think.sampling import SamplingConfig, sample
+from think.sampling import SamplingConfig
 from think.transformers_backend import TransformersBackend
 
 model_dir, data, split, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -32,39 +32,20 @@ backend = TransformersBackend.from_dir(model_dir, threads=int(os.environ.get("TH
 lay = backend.layout
 assert lay.heard_text, "this diagnostic needs a heard-text model (duplex model init --heard-text)"
 codec, tok = load_codec(lay.codec.name, **lay.codec.options), backend.tokenizer
-masks = backend.masks
-lo0 = masks.rows[0][0]
-no_heard = masks.masks[0].clone()
-no_heard[lay.heard_offset - lo0: lay.heard_offset - lo0 + lay.text_vocab_size] = float("-inf")
+user_offsets = np.asarray(lay.user_offsets[: lay.q_in])
 
 
 def run(ids: np.ndarray, frames: int, oracle: bool, seed: int) -> list[int]:
-    """The text id the session put in each frame's slot."""
+    """The text id the session put in each frame's slot (the oracle's heard ids are given to the step, as a
+    session's recogniser gives its words, and the model draws no heard ids itself)."""
     sess = backend.open_session(SamplingConfig(seed=seed), "")
+    sess.listener_heard = oracle
     body = ids[1: 1 + frames * lay.slot_size].reshape(frames, lay.slot_size)
-    s, out_text = sess.sampling, []
+    out_text = []
     for t in range(frames):
-        user = [int(x) for x in body[t, : lay.q_in]]
         gt = int(body[t, lay.q_in])
-        forced = gt if oracle and lay.is_heard_id(gt) else None
-        if sess.window.should_rebase(False):
-            sess._rebase()
-        logits = sess._feed(sess.pending + user, 0)
-        sess.pending = []
-        slot = []
-        for j in range(1 + lay.q_out):
-            if j == 0 and forced is not None:
-                token = forced
-            else:
-                temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
-                mask = (no_heard if oracle else masks.masks[0]) if j == 0 else masks.masks[j]
-                token = masks.rows[j][0] + sample(logits, mask, temp, top_k, sess.generator)
-            slot.append(token)
-            if j < lay.q_out:
-                logits = sess._feed([token], j + 1)
-        sess.pending = [slot[-1]]
-        sess.window.append(user + slot)
-        out_text.append(slot[0])
+        given = gt if oracle and lay.is_heard_id(gt) else None
+        out_text.append(sess.step_sync(body[t, : lay.q_in] - user_offsets, text_id=given).text_id)
     return out_text
 
 

@@ -154,6 +154,20 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: fl
     return fb.astype(np.float32)
 
 
+def causal_log_mel(pcm, state, window, filterbank, hop: int, n_fft: int, eps: float):
+    """Log mel power of PCM ``(B, n*hop)`` -> ``(B, n, n_mels)``, each window (``len(window)`` samples) ending
+    at its hop's end; ``state`` ``(B, len(window) - hop)`` is the samples before ``pcm`` (None: silence).
+    Returns the frames and the next state, so chunked calls equal one call."""
+    torch = _torch()
+    ctx = len(window) - hop
+    if state is None:
+        state = pcm.new_zeros(pcm.shape[0], ctx)
+    x = torch.cat([state, pcm], dim=-1)
+    frames = x.unfold(-1, len(window), hop) * window  # (B, n, win)
+    mel = torch.matmul(torch.fft.rfft(frames, n=n_fft).abs() ** 2, filterbank.T)
+    return torch.log(mel + eps), x[:, -ctx:]
+
+
 def build_model(cfg: FSQConfig):
     """The torch module (built lazily so ``import streaming`` stays numpy-only)."""
     torch = _torch()
@@ -237,14 +251,8 @@ def build_model(cfg: FSQConfig):
         def log_mel(self, pcm, state=None):
             """(B, n*hop) -> (B, n_mels, n) with each window ending at its hop's end."""
             c = self.cfg
-            ctx = c.mel_win - c.hop
-            if state is None:
-                state = pcm.new_zeros(pcm.shape[0], ctx)
-            x = torch.cat([state, pcm], dim=-1)
-            frames = x.unfold(-1, c.mel_win, c.hop) * self.mel_window  # (B, n, win)
-            spec = torch.fft.rfft(frames, n=c.mel_fft).abs() ** 2
-            mel = torch.matmul(spec, self.mel_fb.T)
-            return torch.log(mel + 1e-5).transpose(1, 2), x[:, -ctx:]
+            mel, state = causal_log_mel(pcm, state, self.mel_window, self.mel_fb, c.hop, c.mel_fft, 1e-5)
+            return mel.transpose(1, 2), state
 
         def encode_latent(self, pcm, state=None):
             """(B, n*latent_hops*hop) -> continuous pre-quantization latent (B, N, d), state."""
