@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heard-text", action="store_true", help="the text slot also carries the agent's transcript "
                    "of the user (heard ids; layout version 2), a dense listening target")
     p.add_argument("--heard-text-from", metavar="SRC", help="grow the checkpoint SRC into the heard-text layout "
-                   "(its weights kept, heard rows copied from the text rows) instead of making a new one")
+                   "(its weights kept, heard rows copied from the text rows; in a speech base, plus one shared 'heard' vector) "
+                   "instead of making a new one")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
     p.set_defaults(func=cmd_model_init)
     p = model.add_parser("delta", help="a speech base as a small delta on its base LLM (new rows + low-rank updates)")

@@ -112,7 +112,7 @@ def init_from_base(out_dir: str | Path, layout_for_vocab: Any, base: str | Path)
     layout: DuplexLayout = layout_for_vocab(text_vocab)
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=True)
     if layout.heard_text:
-        _heard_rows_from_text(model, layout)
+        _heard_rows_from_text(model, layout, heard_shift(model, text_vocab))
     model.config.pad_token_id = layout.pad_id
     out = _write(out_dir, model, layout, tokenizer, {"init": "base", "base": source,
                                                     "text_vocab_size": text_vocab})
@@ -129,7 +129,8 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
 
     The heard range is appended after every other id, so no existing id moves: the model keeps what it
     learned and only gains rows. Each heard row starts as a copy of its text twin's row ("hello" heard
-    starts where "hello" written is), and training separates them.
+    starts where "hello" written is), and training separates them. In a speech base (made from a base
+    LLM) every heard row is its twin plus one shared vector (:func:`heard_shift`), and stays so in training.
     """
     import dataclasses
 
@@ -140,9 +141,9 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
     layout = dataclasses.replace(old, heard_text=True, version=2)
     model = loaded.model
     model.resize_token_embeddings(padded_vocab(layout), mean_resizing=False)
-    _heard_rows_from_text(model, layout)
     info_path = Path(src) / "duplex_init.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    _heard_rows_from_text(model, layout, heard_shift(model, old.text_vocab_size) if info.get("base") else None)
     out = _write(out_dir, model, layout, loaded.tokenizer, {**info, "heard_text_from": str(src)})
     from think.base_llm import CHAT_TEMPLATE_FILE
 
@@ -151,18 +152,31 @@ def add_heard_text(src: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def _heard_rows_from_text(model: Any, layout: DuplexLayout) -> None:
-    """Start every heard row as a copy of its text twin (input embedding, and an untied output head)."""
+def heard_shift(model: Any, text_vocab: int, seed: int = 0) -> Any:
+    """The shared vector ``(hidden,)`` that tells a speech base's heard rows from their text twins: Gaussian,
+    at half the per-dimension spread of the text rows (large enough to be seen, small enough that the word
+    still dominates the row). A speech base trains it (``train_new_rows_only``) instead of 49,152 rows: its
+    heard range costs one row in the shipped delta (``think/delta.py``)."""
+    import torch
+
+    emb = model.get_input_embeddings().weight.detach()[:text_vocab].float()
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(emb.shape[1], generator=g) * emb.std(0) * 0.5
+
+
+def _heard_rows_from_text(model: Any, layout: DuplexLayout, shift: Any = None) -> None:
+    """Start every heard row as a copy of its text twin, plus ``shift`` ``(hidden,)`` if given (input
+    embedding, and an untied output head)."""
     import torch
 
     text = slice(0, layout.text_vocab_size)
     heard = slice(layout.heard_offset, layout.heard_offset + layout.text_vocab_size)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
-        emb[heard] = emb[text]
+        emb[heard] = emb[text] + (0 if shift is None else shift.to(emb.dtype))
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != emb.data_ptr():
-            head.weight[heard] = head.weight[text]
+            head.weight[heard] = head.weight[text] + (0 if shift is None else shift.to(head.weight.dtype))
 
 
 def _write(out_dir: str | Path, model: Any, layout: DuplexLayout, tokenizer: Any, provenance: dict) -> Path:

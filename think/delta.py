@@ -11,7 +11,8 @@ same base, checked by a fingerprint of its weights::
     duplex model init runs/smol/rebuilt --base smollm2 --delta runs/smol/delta
 
 A delta directory holds ``speech_delta.safetensors`` (tensors ``<name>:rows`` ``(n, hidden)`` from row
-``row_start``, ``<name>:up`` ``(out, k)`` / ``<name>:down`` ``(k, in)``, ``<name>:full`` for small tensors),
+``row_start`` (and ``<name>:heard_shift`` ``(hidden,)`` for a heard range kept as "text twin + one vector"),
+``<name>:up`` ``(out, k)`` / ``<name>:down`` ``(k, in)``, ``<name>:full`` for small tensors),
 ``speech_delta.json`` (what each entry is, the base fingerprint, the rebuild check), and the speech base's
 ``config.json``, ``duplex_layout.json``, chat template and provenance files.
 """
@@ -118,8 +119,7 @@ def make_delta(model_dir: str | Path, out_dir: str | Path, base: str | Path, tol
             if not torch.equal(w[:text_vocab], w0):
                 raise ValueError(f"The text rows of {name} changed in {model_dir}; a speech base keeps them as the "
                                  f"base's (only the new ids' rows train), so it cannot be stored as a delta.")
-            tensors[f"{name}:rows"] = stored(w[text_vocab:])
-            entries[name] = {"kind": "rows", "row_start": text_vocab, "rows": int(w.shape[0] - text_vocab)}
+            entries[name] = _rows_entry(name, w, speech.layout, tensors, stored)
             continue
         if w.shape != w0.shape:
             raise ValueError(f"{name} is {tuple(w.shape)} in {model_dir} but {tuple(w0.shape)} in {base}.")
@@ -155,6 +155,28 @@ def make_delta(model_dir: str | Path, out_dir: str | Path, base: str | Path, tol
     return index
 
 
+def _rows_entry(name: str, w: Any, layout: Any, tensors: dict, stored: Any) -> dict:
+    """The embedding's new rows ``w[text_vocab:]`` as delta tensors. A heard range whose rows are all "text
+    twin + one shared vector" (how a speech base trains it, ``agent/training/train.py``) is stored as that
+    vector, ``<name>:heard_shift`` ``(hidden,)``, not as 49,152 rows."""
+    import torch
+
+    text_vocab = layout.text_vocab_size
+    entry: dict = {"kind": "rows", "row_start": text_vocab, "rows": int(w.shape[0] - text_vocab)}
+    if layout.heard_text:
+        heard = slice(layout.heard_offset, layout.heard_offset + text_vocab)
+        offsets = w[heard] - w[:text_vocab]
+        shift = offsets.mean(0)
+        spread = float((offsets - shift).abs().max())
+        if spread <= 1e-4 * max(float(shift.abs().max()), 1e-12) + 1e-6:
+            tensors[f"{name}:heard_shift"] = stored(shift)
+            tensors[f"{name}:rows"] = stored(torch.cat([w[text_vocab:heard.start], w[heard.stop:]]))
+            entry.update(heard_start=heard.start, heard_rows=text_vocab, heard_spread=spread)
+            return entry
+    tensors[f"{name}:rows"] = stored(w[text_vocab:])
+    return entry
+
+
 def load_delta_index(delta_dir: str | Path) -> dict:
     path = Path(delta_dir) / DELTA_INDEX
     if not path.is_file():
@@ -186,8 +208,12 @@ def apply_delta(delta_dir: str | Path, base_model: Any, index: dict | None = Non
     state = {k: v.detach().to(torch.float32).clone() for k, v in base_model.state_dict().items()}
     for name, entry in index["entries"].items():
         if entry["kind"] == "rows":
-            start = entry["row_start"]
-            state[name] = torch.cat([state[name][:start], tensors[f"{name}:rows"].to(torch.float32)])
+            start, rows = entry["row_start"], tensors[f"{name}:rows"].to(torch.float32)
+            if "heard_start" in entry:  # heard row = text twin + the shared vector
+                heard = state[name][:entry["heard_rows"]] + tensors[f"{name}:heard_shift"].to(torch.float32)
+                before = entry["heard_start"] - start
+                rows = torch.cat([rows[:before], heard, rows[before:]])
+            state[name] = torch.cat([state[name][:start], rows])
         elif entry["kind"] == "full":
             state[name] = tensors[f"{name}:full"].to(torch.float32)
         else:

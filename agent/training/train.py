@@ -195,14 +195,21 @@ def _check_speech_base_init(cfg: TrainConfig, layout: DuplexLayout) -> dict:
     return info
 
 
-def train_new_rows_only(model: Any, first_new: int) -> list[torch.nn.Parameter]:
+def train_new_rows_only(model: Any, first_new: int, heard: slice | None = None) -> list[torch.nn.Parameter]:
     """Make the input embedding (and an untied output head) trainable with the gradient of rows
-    ``< first_new`` (the base's text ids) zeroed; returns those parameters (train them without weight decay)."""
+    ``< first_new`` (the base's text ids) zeroed; returns those parameters (train them without weight decay).
+
+    ``heard``: the heard range of a heard-text layout, whose rows start as their text twin plus one shared
+    vector (``think.checkpoint.heard_shift``). Each of its rows gets the range's summed gradient, so AdamW moves
+    them all alike and a heard row stays "text twin + shared vector": what the model learns there is that
+    one vector, and the shipped delta stores one row for the 49,152 (``think/delta.py``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def keep_base_rows(grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         grad[:first_new] = 0
+        if heard is not None:
+            grad[heard] = grad[heard].sum(0, keepdim=True)  # d loss / d (the shared vector)
         return grad
 
     params: list[torch.nn.Parameter] = []
@@ -238,7 +245,9 @@ def _build_model(cfg: TrainConfig, layout: DuplexLayout) -> Any:
                           target_modules=list(cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     if cfg.mode == "speech-base":
-        train_new_rows_only(model, layout.text_vocab_size)
+        heard = (slice(layout.heard_offset, layout.heard_offset + layout.text_vocab_size)
+                 if layout.heard_text else None)
+        train_new_rows_only(model, layout.text_vocab_size, heard)
     model.train()
     return model
 

@@ -307,6 +307,50 @@ def test_the_speech_base_ships_as_a_small_delta_and_rebuilds_from_the_installed_
     assert not (smol / "wrong" / "model.safetensors").exists()
 
 
+def test_a_heard_text_speech_base_trains_one_shared_heard_vector_and_ships_it_as_one_row(smol, stage_b):
+    """Heard text on a speech base: 49,152 heard rows are "text twin + one vector" in init, after training
+    (the vector trained, the invariant kept) and in the delta (one row, not 57 MB), and rebuild exactly."""
+    from safetensors.torch import load_file
+
+    from think.checkpoint import load_checkpoint
+    from think.delta import DELTA_INDEX, DELTA_WEIGHTS, compare_logits
+
+    heard_init, shards, out = smol / "heard-init", smol / "heard-shards", smol / "heard-b"
+    assert main(["model", "init", str(heard_init), "--heard-text-from", str(stage_b)]) == 0
+    lay = DuplexLayout.load(heard_init)
+    n, ho = lay.text_vocab_size, lay.heard_offset
+
+    def offsets(path):
+        emb = load_file(path / "model.safetensors")["model.embed_tokens.weight"]
+        off = emb[ho:ho + n] - emb[:n]
+        return emb, off.mean(0), float((off - off.mean(0)).abs().max())
+
+    emb0, shift0, spread0 = offsets(heard_init)
+    assert spread0 < 1e-5 and float(shift0.norm()) > 0.1  # one shared, visible vector from the start
+    assert main(["data", "tokenize", "--data", str(smol / "data"), "--out", str(shards), "--model", str(heard_init),
+                 "--text-conversations", "20", "-q"]) == 0
+    seen = np.concatenate([np.load(p)["ids"].ravel() for p in shards.glob("train-*.npz")])
+    assert (seen >= ho).any()  # the question's words went in as heard ids
+    _train(["--preset", "speech-duplex-smoke", "--shards", str(shards), "--out", str(out), "--init", str(heard_init)],
+           "heard stage")
+    emb1, shift1, spread1 = offsets(out)
+    assert torch.equal(emb1[:n], emb0[:n])
+    assert spread1 < 1e-5 and not torch.allclose(shift1, shift0)  # trained, and still one vector
+
+    delta = smol / "heard-delta"
+    assert main(["model", "delta", str(out), str(delta), "--base", "smollm2"]) == 0
+    index = json.loads((delta / DELTA_INDEX).read_text())
+    rows = next(e for e in index["entries"].values() if e["kind"] == "rows")
+    assert rows["heard_start"] == ho and rows["heard_rows"] == n
+    stored = load_file(delta / DELTA_WEIGHTS)
+    assert sum(t.shape[0] for k, t in stored.items() if k.endswith(":rows")) == emb1.shape[0] - 2 * n
+    assert main(["model", "init", str(smol / "heard-rebuilt"), "--base", "smollm2", "--delta", str(delta)]) == 0
+    a, b = load_checkpoint(out), load_checkpoint(smol / "heard-rebuilt")
+    assert a.layout == b.layout
+    check = compare_logits(a.model, b.model, a.layout.vocab_size, seed=1)
+    assert check["argmax_agreement"] >= 0.99 and check["max_abs_logit_diff"] < 0.05 * check["logit_scale"], check
+
+
 def test_a_lora_adapter_on_the_speech_base_is_servable(smol, stage_b):
     from think.transformers_backend import TransformersBackend
 
