@@ -49,14 +49,15 @@ gpu = dict(batch_size=32, device="auto", threads=4, steps=1000000, save_every=10
 extra = [item.split("=", 1) for item in rest]
 results = {}
 init = out / "init"
-for name, preset, budget in (("a", "train-speech-align", budget_a), ("speech-base", "train-speech-duplex", budget_b)):
+for stage, name, preset, budget in (("a", "a", "train-speech-align", budget_a),
+                                    ("b", "speech-base", "train-speech-duplex", budget_b)):
     if float(budget) <= 0:
         continue
     data = {**load_yaml(preset), **gpu, "shards": str(shards), "out": str(out / name), "init": str(init),
             "max_seconds": float(budget)}
     for key, value in extra:
-        stage, _, field = key.rpartition(".")
-        if stage and stage != name[0]:
+        only, _, field = key.rpartition(".")
+        if only and only != stage:
             continue
         kind = type(data.get(field, getattr(TrainConfig, field, "")))
         data[field] = kind(value) if kind in (int, float, str) else json.loads(value)
