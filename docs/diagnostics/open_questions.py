@@ -10,7 +10,10 @@ them; a speech base made from a text LLM might. Prints JSON (per question: what 
     python docs/diagnostics/open_questions.py MODEL_DIR [--set KEY=VALUE ...] [--voices en-gb+m4,en-029+Gene]
 
 ``--set`` takes session settings as `duplex eval` does, e.g. ``--set heard.source=recognizer --set
-heard.recognizer=runs/rec5/best --set heard.during_agent_turn=true``. Not part of the package.
+heard.recognizer=runs/rec5/best --set heard.during_agent_turn=true``. With ``--oracle`` (heard-text models, with
+those settings) the session's heard writer writes the question's true words instead of the recogniser's,
+all of them once the user has been quiet for ``ORACLE_AFTER`` frames (about when the recogniser finishes the
+last word): what the model would answer if it heard right. Not part of the package.
 """
 import argparse
 import asyncio
@@ -22,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+import agent.session
 from agent.evaluate import _norm_words, _run_dialogue
+from agent.heard import HeardWriter
 from agent.models import codec_for_layout
 from listen.wavio import read_wav, write_wav
 from think.transformers_backend import TransformersBackend
@@ -47,6 +52,30 @@ QUESTIONS = [
     ("what is the tallest animal in the world", ["giraffe"]),
 ]
 SILENCE_BEFORE, SILENCE_AFTER = 0.6, 5.0
+ORACLE_AFTER = 3  # quiet frames (240 ms): the recogniser's last word comes a median 0.26 s after speech ends
+
+
+class OracleWriter(HeardWriter):
+    """A heard writer that knows the question: its words go in once the user has spoken and then been quiet."""
+    question = ""
+
+    def reset(self) -> None:
+        super().reset()
+        self.spoke, self.quiet, self.done = False, 0, False
+
+    def hear(self, audio, frame: int, speech: bool = True) -> list[str]:
+        if not hasattr(self, "done"):
+            self.spoke, self.quiet, self.done = False, 0, False
+        self.spoke = self.spoke or speech
+        self.quiet = 0 if speech else self.quiet + 1
+        if self.done or not self.spoke or self.quiet < ORACLE_AFTER:
+            return []
+        self.done = True
+        words = OracleWriter.question.split()
+        pieces = [p for w in words for p in self.tokenizer.encode(" " + w).ids]
+        self.queue.extend((self.layout.heard_id(p), frame + self.max_lag + i) for i, p in enumerate(pieces))
+        self.words.extend(words)
+        return words
 
 
 def spoken(text: str, voice: str, tmp: Path, rate: int = 16000) -> tuple[Path, float]:
@@ -78,7 +107,10 @@ def main() -> int:
     p.add_argument("--echo-guard", action="store_true")
     p.add_argument("--no-barge-in", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--oracle", action="store_true", help="write the question's true words as the heard text")
     args = p.parse_args()
+    if args.oracle:
+        agent.session.HeardWriter = OracleWriter
     cfg = _session_config(args)
     backend = TransformersBackend.from_dir(args.model, threads=args.threads)
     codec = codec_for_layout(backend.layout)
@@ -87,6 +119,7 @@ def main() -> int:
         for voice in args.voices.split(","):
             for question, accept in QUESTIONS:
                 wav, end = spoken(question, voice, Path(tmp))
+                OracleWriter.question = question
                 outs, frame_s = asyncio.run(_run_dialogue(backend, codec, cfg, wav))
                 after = outs[int(SILENCE_BEFORE / frame_s):]
                 said = "".join(o.text_delta for o in outs[int(end / frame_s) - 2:]).strip()
