@@ -27,6 +27,8 @@ import numpy as np
 
 import agent.session
 from agent.evaluate import _norm_words, _run_dialogue
+from agent.cli import _add_session_flags, _session_config
+from agent.data.tts_engines import resample
 from agent.heard import HeardWriter
 from agent.models import codec_for_layout
 from listen.wavio import read_wav, write_wav
@@ -59,13 +61,15 @@ class OracleWriter(HeardWriter):
     """A heard writer that knows the question: its words go in once the user has spoken and then been quiet."""
     question = ""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.spoke, self.quiet, self.done = False, 0, False
+
     def reset(self) -> None:
         super().reset()
         self.spoke, self.quiet, self.done = False, 0, False
 
     def hear(self, audio, frame: int, speech: bool = True) -> list[str]:
-        if not hasattr(self, "done"):
-            self.spoke, self.quiet, self.done = False, 0, False
         self.spoke = self.spoke or speech
         self.quiet = 0 if speech else self.quiet + 1
         if self.done or not self.spoke or self.quiet < ORACLE_AFTER:
@@ -84,9 +88,7 @@ def spoken(text: str, voice: str, tmp: Path, rate: int = 16000) -> tuple[Path, f
     raw = tmp / "q.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
     audio, r = read_wav(raw)
-    import soxr
-
-    speech = soxr.resample(audio[:, 0], r, rate).astype(np.float32)
+    speech = resample(audio[:, 0], r, rate)
     user = np.concatenate([np.zeros(int(SILENCE_BEFORE * rate), np.float32), speech,
                            np.zeros(int(SILENCE_AFTER * rate), np.float32)])
     path = tmp / f"{abs(hash((text, voice)))}.wav"
@@ -95,17 +97,10 @@ def spoken(text: str, voice: str, tmp: Path, rate: int = 16000) -> tuple[Path, f
 
 
 def main() -> int:
-    from agent.cli import _session_config
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
     p.add_argument("--voices", default="en-gb+m4,en-029+Gene")
-    p.add_argument("--config")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--system-prompt")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--echo-guard", action="store_true")
-    p.add_argument("--no-barge-in", action="store_true")
+    _add_session_flags(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--oracle", action="store_true", help="write the question's true words as the heard text")
     args = p.parse_args()
