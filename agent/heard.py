@@ -30,6 +30,9 @@ SPEAKING_TIMEOUT_FRAMES = 25
 # After this many frames the VAD calls silence (1 s), a word still being spelled is taken as finished and the
 # recogniser's stream starts afresh: it was trained on turns with under a second of silence before them.
 RESET_AFTER_SILENT_FRAMES = 12
+# After this many silent frames (240 ms) the recogniser's beam search closes the utterance: it rarely agrees
+# on a last word before that, and the word would come too late for the model (``max_lag_frames``).
+END_UTTERANCE_AFTER_SILENT_FRAMES = 3
 
 
 @dataclass
@@ -46,16 +49,23 @@ class HeardConfig:
             last word ~0.26 s after the user stops (median, data-v2 test turns), often after the agent has
             begun; held back, that word is lost. Off by default: models are trained with the pieces held back
             (``place_heard``; ``duplex data tokenize --heard-recognizer`` writes them as this setting says).
+        decoder: the recogniser's decoding: ``auto`` (the beam search with its word language model when the
+            recogniser has ``lm.json``, else greedy), ``greedy`` (+ lexicon snap) or ``beam``.
     """
 
     source: str = "auto"
     recognizer: str = ""
     max_lag_frames: int = HEARD_MAX_LAG
     during_agent_turn: bool = False
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
+        from listen.recognizer import DECODERS
+
         if self.source not in SOURCES:
             raise ValueError(f"heard.source must be one of {', '.join(SOURCES)}, got {self.source!r}.")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"heard.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}.")
         if isinstance(self.max_lag_frames, bool) or not isinstance(self.max_lag_frames, int) or self.max_lag_frames < 0:
             raise ValueError(f"heard.max_lag_frames must be an integer >= 0, got {self.max_lag_frames!r}.")
 
@@ -93,7 +103,7 @@ class HeardWriter:
     state is this writer's). ``codec_rate``: the rate of the user frames' audio."""
 
     def __init__(self, recognizer, layout: DuplexLayout, tokenizer, codec_rate: int,
-                 max_lag_frames: int = HEARD_MAX_LAG, during_agent_turn: bool = False) -> None:
+                 max_lag_frames: int = HEARD_MAX_LAG, during_agent_turn: bool = False, decoder: str = "auto") -> None:
         from listen.recognizer import StreamingRecognizer
 
         if not layout.heard_text:
@@ -102,7 +112,7 @@ class HeardWriter:
         self.tokenizer = tokenizer
         self.max_lag = max_lag_frames
         self.during_agent_turn = during_agent_turn
-        self.recognizer = StreamingRecognizer(recognizer)
+        self.recognizer = StreamingRecognizer(recognizer, decoder=decoder)
         self.resampler = StreamingResampler(codec_rate, recognizer.cfg.sample_rate, "LQ")
         self.queue: collections.deque[tuple[int, int]] = collections.deque()  # (heard id, last frame it may go in)
         self.speaking = False
@@ -126,6 +136,8 @@ class HeardWriter:
         words it finished."""
         words = self.recognizer.push(self.resampler.process(np.asarray(audio, np.float32)))
         self.silent = 0 if speech else self.silent + 1
+        if self.silent == END_UTTERANCE_AFTER_SILENT_FRAMES:
+            words += self.recognizer.end_utterance()
         if self.silent == RESET_AFTER_SILENT_FRAMES:
             words += self.recognizer.flush()
             self.recognizer.reset()
@@ -159,17 +171,17 @@ class HeardWriter:
 
 def recognized_heard(text: np.ndarray, user: np.ndarray, codec_rate: int, frame_samples: int, layout: DuplexLayout,
                      tokenizer, recognizer, max_lag_frames: int = HEARD_MAX_LAG,
-                     vad_aggressiveness: int = 2, during_agent_turn: bool = False) -> np.ndarray:
+                     vad_aggressiveness: int = 2, during_agent_turn: bool = False, decoder: str = "auto") -> np.ndarray:
     """A training text track ``(frames,)`` with its heard ids written as a live session's writer would: from
     the recogniser's words on the user channel ``user`` (at ``codec_rate``, the session's audio), with the
     session's VAD, in the frames the agent leaves free. The model then trains on the transcript, the errors and
     the timing it will be given (``during_agent_turn`` as :class:`HeardConfig` says; inside the agent's turn a
-    piece takes a PAD frame, never one of the agent's own). Returns a new array; agent text, PAD and end-of-turn
+    piece takes a PAD frame, never one of the agent's own; ``decoder`` as :class:`HeardConfig` says). Returns a new array; agent text, PAD and end-of-turn
     ids stay."""
     from listen.vad import VoiceActivityDetector
 
     out = np.where([layout.is_heard_id(int(t)) for t in text], layout.pad_id, text).astype(text.dtype)
-    writer = HeardWriter(recognizer, layout, tokenizer, codec_rate, max_lag_frames, during_agent_turn)
+    writer = HeardWriter(recognizer, layout, tokenizer, codec_rate, max_lag_frames, during_agent_turn, decoder)
     vad = VoiceActivityDetector(codec_rate, vad_aggressiveness)
     pcm = np.pad(np.asarray(user, np.float32), (0, max(0, len(out) * frame_samples - len(user))))
     for f in range(len(out)):

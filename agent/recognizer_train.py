@@ -188,14 +188,22 @@ def _mask(x, cfg: RecognizerTrainConfig, n_mels: int, rng: np.random.Generator):
 
 
 def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
-    """Greedy-decoded character and word error rates (edit distance over the references' lengths)."""
+    """Greedy-decoded character and word error rates (edit distance over the references' lengths); with a
+    word LM on the model, also the streamed beam search's (``wer_beam``)."""
     import torch
     from rapidfuzz.distance import Levenshtein
 
     from listen.recognizer import Lexicon, RecognizerState, greedy_words
 
     lexicon = Lexicon(model.lexicon) if getattr(model, "lexicon", None) else None
-    char_err = char_n = word_err = word_n = lex_err = 0
+    beam = None
+    if getattr(model, "word_lm", None) is not None:
+        from agent.recognizer_lm import beam_words
+        from listen.ctc_beam import BeamConfig, StreamingBeamDecoder
+        from listen.recognizer import search_graph
+
+        beam = StreamingBeamDecoder(search_graph(model), BeamConfig.from_dict(model.word_lm[1]))
+    char_err = char_n = word_err = word_n = lex_err = beam_err = 0
     examples = []
     with torch.inference_mode():
         for i in range(0, len(feats), 32):
@@ -213,11 +221,18 @@ def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
                 word_n += len(ref.split())
                 snapped = [lexicon.snap(w) for w in words] if lexicon else words
                 lex_err += Levenshtein.distance(snapped, ref.split())
+                example = {"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {})
+                if beam is not None:  # what a session gets with lm.json: the streamed beam search
+                    beamed = beam_words(beam, logp[k, : int(lengths[k])].numpy())
+                    beam_err += Levenshtein.distance(beamed, ref.split())
+                    example["beam"] = " ".join(beamed)
                 if len(examples) < 6:
-                    examples.append({"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {}))
+                    examples.append(example)
     result = {"cer": round(char_err / max(1, char_n), 4), "wer": round(word_err / max(1, word_n), 4)}
-    if lexicon:  # what a session gets: each finished word snapped to the lexicon
+    if lexicon:  # greedy, each finished word snapped to the lexicon
         result["wer_lexicon"] = round(lex_err / max(1, word_n), 4)
+    if beam is not None:
+        result["wer_beam"] = round(beam_err / max(1, word_n), 4)
     return result | {"turns": len(feats), "examples": examples}
 
 
@@ -235,6 +250,7 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
         from listen.recognizer import load_recognizer
 
         model = load_recognizer(cfg.init).train()
+        model.word_lm = None  # counted afresh from this run's turns at the end
         mcfg = model.cfg
     else:
         mcfg = RecognizerConfig.from_dict(cfg.model)
@@ -298,6 +314,17 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     if final["cer"] < best:
         save_recognizer(model, out / "best", {"step": step})
     _plot(history, out / "loss.png")
+    # the word LM of the training turns and the beam's weights, tuned on val for each saved model
+    from agent.recognizer_lm import build_and_tune
+    from listen.recognizer import load_recognizer
+    from listen.word_lm import save_word_lm
+
+    for name in ("best", "last"):
+        saved = load_recognizer(out / name)
+        tuned = build_and_tune(saved, train_t, val_f, val_t)
+        save_word_lm(saved.word_lm[0], out / name, tuned["decode"])
+        if name == "last":
+            final = error_rates(saved, val_f, val_t)
     result = {"steps": step, "seconds": round(time.time() - t0, 1), "val": final, "best_val_cer": min(best, final["cer"]),
               "train_turns": len(train_f), "parameters": sum(p.numel() for p in model.parameters())}
     (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -326,8 +353,9 @@ def _plot(history: list[dict], path: Path) -> None:
 
 def eval_recognizer(model_dir: str | None, data: str, split: str = "test", limit: int = 0,
                     progress: bool = True, via_rate: int = 8000) -> dict:
-    """CER/WER of a recogniser (None: the shipped one) on the user turns of ``split``, greedy, one-shot
-    (the streamed decode is the same by construction; tested)."""
+    """CER/WER of a recogniser (None: the shipped one) on the user turns of ``split``: greedy one-shot, and
+    the beam search streamed 80 ms at a time when it has ``lm.json`` (streamed greedy decoding equals
+    one-shot by construction; tested)."""
     import torch
 
     from listen.recognizer import load_recognizer
@@ -372,6 +400,9 @@ def add_recognizer_commands(sub) -> None:
                    "as a codec2 session does (default 8000; 0: not)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)
+    from agent.recognizer_lm import add_lm_command
+
+    add_lm_command(rsub)
 
 
 def _cmd_train(args) -> int:

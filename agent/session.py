@@ -98,7 +98,7 @@ class Session:
         recognizer = load_heard_recognizer(self.config.heard, self.layout)
         self.heard_writer = None if recognizer is None else HeardWriter(
             recognizer, self.layout, tokenizer, codec.spec.sample_rate, self.config.heard.max_lag_frames,
-            self.config.heard.during_agent_turn)
+            self.config.heard.during_agent_turn, self.config.heard.decoder)
         model.listener_heard = self.heard_writer is not None
 
     # ---- input side ----------------------------------------------------------------------------

@@ -113,6 +113,8 @@ def test_who_writes_the_transcript_is_resolved_with_clear_errors(nano_model_dir,
         load_heard_recognizer(HeardConfig(source="recognizer", recognizer="/nonexistent/rec"), heard)
     with pytest.raises(ValueError, match="heard.source must be one of"):
         HeardConfig(source="asr")
+    with pytest.raises(ValueError, match="heard.decoder must be one of"):
+        HeardConfig(decoder="fancy")
 
 
 def test_a_given_text_id_that_the_text_slot_cannot_hold_is_refused(heard_model):
@@ -135,6 +137,29 @@ def test_a_second_of_silence_finishes_the_word_being_spelled_and_restarts_the_st
     assert writer.hear(np.zeros(640, np.float32), RESET_AFTER_SILENT_FRAMES, speech=False) == ["sky"]
     assert writer.recognizer.state.word == "" and writer.recognizer.state.model == {}
     assert writer.next_id(RESET_AFTER_SILENT_FRAMES) == lay.heard_id(tok.encode(" sky").ids[0])
+
+
+def test_a_short_pause_closes_the_beam_searchs_utterance_so_its_last_word_is_not_late(heard_model, recognizer_dir,
+                                                                                       tmp_path):
+    import shutil
+
+    from agent.heard import END_UTTERANCE_AFTER_SILENT_FRAMES
+    from listen.word_lm import WordNgramLM, save_word_lm
+
+    shutil.copytree(recognizer_dir, tmp_path / "rec")
+    (tmp_path / "rec" / "lexicon.json").write_text('["the", "sky", "is", "blue"]')
+    save_word_lm(WordNgramLM.from_sentences(["the sky is blue"]), tmp_path / "rec")
+    lay, tok = DuplexLayout.load(heard_model), default_tokenizer()
+    config = HeardConfig(recognizer=str(tmp_path / "rec"))
+    writer = HeardWriter(load_heard_recognizer(config, lay), lay, tok, 8000, decoder=config.decoder)
+    assert writer.recognizer.beam is not None
+    _scripted(writer, {})
+    writer.recognizer.beam.end = lambda: ["blue"]  # the search's last word, written when the utterance ends
+    writer.hear(np.zeros(640, np.float32), 0, speech=True)
+    for f in range(1, END_UTTERANCE_AFTER_SILENT_FRAMES):
+        assert writer.hear(np.zeros(640, np.float32), f, speech=False) == []
+    assert writer.hear(np.zeros(640, np.float32), END_UTTERANCE_AFTER_SILENT_FRAMES, speech=False) == ["blue"]
+    assert writer.next_id(END_UTTERANCE_AFTER_SILENT_FRAMES) == lay.heard_id(tok.encode(" blue").ids[0])
 
 
 def test_training_heard_text_can_be_what_the_recogniser_writes_live(heard_model, recognizer_dir, monkeypatch):

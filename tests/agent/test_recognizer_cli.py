@@ -18,17 +18,27 @@ def test_recognizer_trains_and_evaluates_from_the_cli(dialogues, run_cli, tmp_pa
     assert (out / "loss.png").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
     best = load_recognizer(out / "best")
     assert best.cfg.dim == 32 and "capital" in best.lexicon  # the training turns' words
-    assert "wer_lexicon" in final["val"]
+    assert "wer_lexicon" in final["val"] and 0.0 <= final["val"]["wer_beam"] <= 1.5
+    lm, decode = best.word_lm  # the word LM of the training turns, its weights tuned on val
+    assert lm.prob(("the", "capital"), "of") > lm.prob(("the", "capital"), "sky") and "lm_weight" in decode
     r = run_cli("recognizer", "eval", "--model", out / "last", "--data", dialogues, "--split", "val", "-q")
     assert r.rc == 0, r.err
     result = json.loads(r.out)
-    assert result["turns"] == 1 and set(result) >= {"cer", "wer", "examples"}
+    assert result["turns"] == 1 and set(result) >= {"cer", "wer", "wer_beam", "examples"}
+    (out / "last" / "lm.json").unlink()
+    r = run_cli("recognizer", "lm", "--model", out / "last", "--data", dialogues, "--order", "2", "-q")
+    assert r.rc == 0, r.err
+    made = json.loads(r.out)
+    assert made["order"] == 2 and made["train_turns"] == 2 and len(made["grid"]) == 8
+    assert load_recognizer(out / "last").word_lm[0].order == 2
 
 
 def test_recognizer_commands_name_a_missing_directory_in_one_sentence(run_cli, tmp_path):
     r = run_cli("recognizer", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "rec", "-q")
     assert r.rc == 2 and "No dialogue directory" in r.err
     r = run_cli("recognizer", "eval", "--model", tmp_path / "none", "--data", tmp_path, "-q")
+    assert r.rc == 2 and "No speech recogniser found" in r.err
+    r = run_cli("recognizer", "lm", "--model", tmp_path / "none", "--data", tmp_path, "-q")
     assert r.rc == 2 and "No speech recogniser found" in r.err
     r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "steps=0", "-q")
     assert r.rc == 2 and "steps must be an integer >= 1" in r.err

@@ -111,3 +111,43 @@ def test_a_corrupt_recogniser_is_refused_in_one_sentence(model, tmp_path):
     (tmp_path / "rec2" / "config.json").write_text('{"dim": 64, "colour": 1}')
     with pytest.raises(ValueError, match="could not be loaded"):
         load_recognizer(tmp_path / "rec2")
+
+
+
+class ScriptedModel:
+    """A recogniser stand-in whose log-probabilities per 40 ms step are given: ``(steps, classes)``."""
+
+    def __init__(self, logp: np.ndarray, lexicon: list[str], word_lm=None) -> None:
+        self.cfg, self.logp, self.lexicon, self.word_lm = RecognizerConfig(), torch.from_numpy(logp), lexicon, word_lm
+
+    def __call__(self, pcm, state):
+        at = state.get("at", 0)
+        n = pcm.shape[1] // self.cfg.step_samples
+        return self.logp[at:at + n][None], {"at": at + n}
+
+
+def test_with_a_word_lm_the_stream_decodes_through_the_beam_and_a_pause_ends_the_utterance(model, tmp_path):
+    from listen.word_lm import WordNgramLM, save_word_lm
+    from tests.listen.test_ctc_beam import emissions, silence, spell
+
+    save_recognizer(model, tmp_path / "rec", lexicon=["sky", "blue", "is", "the"])
+    with pytest.raises(ValueError, match="needs the recogniser's word language model"):
+        StreamingRecognizer(load_recognizer(tmp_path / "rec"), decoder="beam")
+    save_word_lm(WordNgramLM.from_sentences(["the sky is blue"]), tmp_path / "rec", {"lm_weight": 0.5})
+    again = load_recognizer(tmp_path / "rec")
+    assert again.word_lm[1] == {"lm_weight": 0.5}
+    assert StreamingRecognizer(again).beam is not None  # auto: the beam, since lm.json is there
+    assert StreamingRecognizer(again, decoder="greedy").beam is None
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        StreamingRecognizer(again, decoder="fancy")
+    # "the sky is blu" + a pause: greedy spells "blu" and waits for its space; the beam writes the word
+    logp = np.concatenate([emissions(spell("the skyy is blu")), silence(4)])
+    scripted = ScriptedModel(logp, again.lexicon, again.word_lm)
+    pcm = np.zeros(scripted.cfg.step_samples * len(logp), np.float32)
+    for decoder, expected, after_pause in (("beam", ["the", "sky", "is", "blue"], []), ("greedy", ["the", "sky", "is"], ["blue"])):
+        rec, words = StreamingRecognizer(scripted, decoder=decoder), []
+        for k in range(0, len(pcm), 1280):  # 80 ms pieces, as a session's writer feeds it
+            words += rec.push(pcm[k:k + 1280])
+        words += rec.end_utterance()
+        assert words == expected, decoder
+        assert rec.flush() == after_pause  # greedy: the word in progress, snapped
