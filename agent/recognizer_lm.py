@@ -63,28 +63,14 @@ def tune_beam(model, logps: list[np.ndarray], texts: list[str], chunk: int = 0) 
     return {"lm_weight": best["lm_weight"], "word_score": best["word_score"]}, grid
 
 
-def log_probs(model, feats: list[np.ndarray]) -> list[np.ndarray]:
-    """The model's log-probabilities ``(steps, classes)`` per turn (from cached features)."""
-    import torch
-
-    from agent.recognizer_train import _pad
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(feats), 32):
-            idx = np.arange(i, min(len(feats), i + 32))
-            x, lengths = _pad(feats, idx)
-            lp, _ = model(None, feats=x)
-            out += [lp[k, : int(lengths[k])].numpy() for k in range(len(idx))]
-    return out
-
-
 def build_and_tune(model, train_texts: list[str], val_feats: list[np.ndarray], val_texts: list[str],
                    order: int = 3) -> dict:
     """Attach a word LM of ``train_texts`` to ``model`` with the val-tuned weights; returns what was chosen."""
     attach_word_lm(model, train_texts, order=order)
     if not val_feats:  # nothing to tune on: the defaults
         return {"decode": {}, "grid": []}
+    from agent.recognizer_train import log_probs
+
     decode, grid = tune_beam(model, log_probs(model, val_feats), [t.strip() for t in val_texts])
     model.word_lm = (model.word_lm[0], decode)
     model._search_graph = None

@@ -187,10 +187,23 @@ def _mask(x, cfg: RecognizerTrainConfig, n_mels: int, rng: np.random.Generator):
     return x
 
 
+def log_probs(model, feats: list[np.ndarray]) -> list[np.ndarray]:
+    """The model's log-probabilities ``(steps, classes)`` per turn, from front-end features (batches of 32)."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(feats), 32):
+            idx = np.arange(i, min(len(feats), i + 32))
+            x, lengths = _pad(feats, idx)
+            lp, _ = model(None, feats=x)
+            out += [lp[k, : int(lengths[k])].numpy() for k in range(len(idx))]
+    return out
+
+
 def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
     """Greedy-decoded character and word error rates (edit distance over the references' lengths); with a
     word LM on the model, also the streamed beam search's (``wer_beam``)."""
-    import torch
     from rapidfuzz.distance import Levenshtein
 
     from listen.recognizer import Lexicon, RecognizerState, greedy_words
@@ -205,29 +218,24 @@ def error_rates(model, feats: list[np.ndarray], texts: list[str]) -> dict:
         beam = StreamingBeamDecoder(search_graph(model), BeamConfig.from_dict(model.word_lm[1]))
     char_err = char_n = word_err = word_n = lex_err = beam_err = 0
     examples = []
-    with torch.inference_mode():
-        for i in range(0, len(feats), 32):
-            idx = np.arange(i, min(len(feats), i + 32))
-            x, lengths = _pad(feats, idx)
-            logp, _ = model(None, feats=x)
-            for k, j in enumerate(idx):
-                st = RecognizerState()
-                words = greedy_words(logp[k, : int(lengths[k])].argmax(-1).tolist(), model.cfg.alphabet, st)
-                words += [st.word] if st.word else []
-                hyp, ref = " ".join(words), texts[j].strip()
-                char_err += Levenshtein.distance(hyp, ref)
-                char_n += len(ref)
-                word_err += Levenshtein.distance(hyp.split(), ref.split())
-                word_n += len(ref.split())
-                snapped = [lexicon.snap(w) for w in words] if lexicon else words
-                lex_err += Levenshtein.distance(snapped, ref.split())
-                example = {"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {})
-                if beam is not None:  # what a session gets with lm.json: the streamed beam search
-                    beamed = beam_words(beam, logp[k, : int(lengths[k])].numpy())
-                    beam_err += Levenshtein.distance(beamed, ref.split())
-                    example["beam"] = " ".join(beamed)
-                if len(examples) < 6:
-                    examples.append(example)
+    for logp, text in zip(log_probs(model, feats), texts):
+        st = RecognizerState()
+        words = greedy_words(logp.argmax(-1).tolist(), model.cfg.alphabet, st)
+        words += [st.word] if st.word else []
+        hyp, ref = " ".join(words), text.strip()
+        char_err += Levenshtein.distance(hyp, ref)
+        char_n += len(ref)
+        word_err += Levenshtein.distance(hyp.split(), ref.split())
+        word_n += len(ref.split())
+        snapped = [lexicon.snap(w) for w in words] if lexicon else words
+        lex_err += Levenshtein.distance(snapped, ref.split())
+        example = {"ref": ref, "hyp": hyp} | ({"lexicon": " ".join(snapped)} if lexicon else {})
+        if beam is not None:  # what a session gets with lm.json: the streamed beam search
+            beamed = beam_words(beam, logp)
+            beam_err += Levenshtein.distance(beamed, ref.split())
+            example["beam"] = " ".join(beamed)
+        if len(examples) < 6:
+            examples.append(example)
     result = {"cer": round(char_err / max(1, char_n), 4), "wer": round(word_err / max(1, word_n), 4)}
     if lexicon:  # greedy, each finished word snapped to the lexicon
         result["wer_lexicon"] = round(lex_err / max(1, word_n), 4)

@@ -194,7 +194,8 @@ def search_graph(model):
     graph = getattr(model, "_search_graph", None)
     if graph is None:
         lm, _ = model.word_lm
-        graph = model._search_graph = SearchGraph(lm, model.lexicon or lm.words, model.cfg.alphabet)
+        # the LM's vocabulary: the training turns' words (the lexicon) and any general-English base words
+        graph = model._search_graph = SearchGraph(lm, lm.words, model.cfg.alphabet)
     return graph
 
 
