@@ -94,6 +94,7 @@ def run_checks() -> list[Check]:
         _pkg("snac", "snac", "snac codec", "pip install snac"),
         _pkg("safetensors", "safetensors", "core", "pip install safetensors"),
         _pkg("rapidfuzz", "rapidfuzz", "the recogniser's lexicon (heard text)", "pip install rapidfuzz"),
+        _pkg("flashlight-text", "flashlight", "the recogniser's beam search (heard text)", "pip install flashlight-text"),
         _pkg("gradio", "gradio", "web page", "pip install 'duplex-agent[web]'"),
         _pkg("aiomqtt", "aiomqtt", "daemon (MQTT)", "pip install 'duplex-agent[daemon]'"),
         _portaudio(),
