@@ -58,6 +58,8 @@ class BeamConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"The beam search's {name} must be an integer >= 1, got {v!r}.")
+        if isinstance(self.commit_after, bool) or not isinstance(self.commit_after, int) or self.commit_after < -1:
+            raise ValueError(f"The beam search's commit_after must be an integer >= -1, got {self.commit_after!r}.")
         for name in ("lm_weight", "word_score", "beam_threshold", "commit_margin"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -99,6 +99,8 @@ def test_a_new_utterance_starts_afresh_and_bad_input_is_refused(graph):
         dec.step(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="beam must be an integer >= 1"):
         BeamConfig(beam=0)
+    with pytest.raises(ValueError, match="commit_after must be an integer >= -1"):
+        BeamConfig(commit_after=-2)
     with pytest.raises(ValueError, match="Unknown beam search settings"):
         BeamConfig.from_dict({"lm_weight": 0.5, "colour": 1})
     with pytest.raises(ValueError, match="lexicon of at least one word"):
