@@ -42,12 +42,10 @@ def word_error_rate(hyps: list[str], refs: list[str]) -> float:
     return round(err / max(1, sum(len(r.split()) for r in refs)), 4)
 
 
-def attach_word_lm(model, texts: list[str], decode: dict | None = None, order: int = 3) -> WordNgramLM:
-    """Counts ``texts`` (training turns) into ``model.word_lm`` with ``decode`` settings (default weights)."""
-    lm = WordNgramLM.from_sentences(texts, order=order)
+def attach_word_lm(model, lm: WordNgramLM, decode: dict | None = None) -> None:
+    """``model.word_lm`` = ``lm`` with ``decode`` settings (default weights); the search graph is rebuilt."""
     model.word_lm = (lm, dict(decode or {}))
     model._search_graph = None
-    return lm
 
 
 def tune_beam(model, logps: list[np.ndarray], texts: list[str], chunk: int = 0) -> tuple[dict, list[dict]]:
@@ -63,17 +61,16 @@ def tune_beam(model, logps: list[np.ndarray], texts: list[str], chunk: int = 0) 
     return {"lm_weight": best["lm_weight"], "word_score": best["word_score"]}, grid
 
 
-def build_and_tune(model, train_texts: list[str], val_feats: list[np.ndarray], val_texts: list[str],
-                   order: int = 3) -> dict:
-    """Attach a word LM of ``train_texts`` to ``model`` with the val-tuned weights; returns what was chosen."""
-    attach_word_lm(model, train_texts, order=order)
+def build_and_tune(model, lm: WordNgramLM, val_feats: list[np.ndarray], val_texts: list[str]) -> dict:
+    """Attach ``lm`` (counted from the training turns) to ``model`` with the val-tuned weights; returns what
+    was chosen."""
+    attach_word_lm(model, lm)
     if not val_feats:  # nothing to tune on: the defaults
         return {"decode": {}, "grid": []}
     from agent.recognizer_train import log_probs
 
     decode, grid = tune_beam(model, log_probs(model, val_feats), [t.strip() for t in val_texts])
-    model.word_lm = (model.word_lm[0], decode)
-    model._search_graph = None
+    attach_word_lm(model, lm, decode)
     return {"decode": decode, "grid": grid}
 
 
@@ -92,9 +89,9 @@ def make_word_lm(model_dir: str, data: str, order: int = 3, progress: bool = Tru
     if not train_texts:
         raise ValueError(f"No user turns in the train split of {data} to count words from.")
     val_feats, val_texts = featurize(model, user_turns(dirs, "val")[:400], None, progress, 8000)
-    chosen = build_and_tune(model, train_texts, val_feats, val_texts, order)
-    path = save_word_lm(model.word_lm[0], model_dir, model.word_lm[1])
-    lm = model.word_lm[0]
+    lm = WordNgramLM.from_sentences(train_texts, order=order)
+    chosen = build_and_tune(model, lm, val_feats, val_texts)
+    path = save_word_lm(lm, model_dir, model.word_lm[1])
     rates = error_rates(model, val_feats, val_texts) if val_feats else {}
     return {"wrote": str(path), "order": order, "train_turns": len(train_texts), "words": len(lm.words),
             "ngrams": len(lm.counts), "decode": chosen["decode"], "grid": chosen["grid"],

@@ -325,11 +325,12 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     # the word LM of the training turns and the beam's weights, tuned on val for each saved model
     from agent.recognizer_lm import build_and_tune
     from listen.recognizer import load_recognizer
-    from listen.word_lm import save_word_lm
+    from listen.word_lm import WordNgramLM, save_word_lm
 
+    lm = WordNgramLM.from_sentences(train_t)
     for name in ("best", "last"):
         saved = load_recognizer(out / name)
-        tuned = build_and_tune(saved, train_t, val_f, val_t)
+        tuned = build_and_tune(saved, lm, val_f, val_t)
         save_word_lm(saved.word_lm[0], out / name, tuned["decode"])
         if name == "last":
             final = error_rates(saved, val_f, val_t)

@@ -187,13 +187,13 @@ class StreamingBeamDecoder:
             return []
         self._decoder.decode_end()
         hyps = self._decoder.get_all_final_hypothesis()
-        words = self._take(self._word_ids(hyps[0])) if hyps else []
+        words = self._take(self._word_ids(hyps[0].words)) if hyps else []
         self._open, self._steps, self._committed = False, 0, 0
         return words
 
-    def _word_ids(self, hyp) -> list[int]:
+    def _word_ids(self, per_step: list[int]) -> list[int]:
         n = len(self.graph.words)
-        return [i for i in hyp.words if 0 <= i < n]
+        return [i for i in per_step if 0 <= i < n]
 
     def _agreed(self) -> list[int]:
         """The word ids the best ``commit_top`` hypotheses share from the utterance's start."""
@@ -201,15 +201,16 @@ class StreamingBeamDecoder:
         if not hyps:
             return []
         hyps = [h for h in hyps if h.score >= hyps[0].score - self.config.commit_margin]
-        seqs = [self._word_ids(h) for h in hyps]
+        best = hyps[0].words  # per step (-1: no word ends there); each .words access copies the path
+        seqs = [self._word_ids(best)] + [self._word_ids(h.words) for h in hyps[1:]]
         agreed = []
         for j in range(min(len(s) for s in seqs)):
             if any(s[j] != seqs[0][j] for s in seqs[1:]):
                 break
             agreed.append(seqs[0][j])
         if self.config.commit_after >= 0:  # the best hypothesis's words finished long enough ago
-            n, words = len(self.graph.words), hyps[0].words
-            old = [i for i in words[: max(0, len(words) - self.config.commit_after)] if 0 <= i < n]
+            n = len(self.graph.words)
+            old = [i for i in best[: max(0, len(best) - self.config.commit_after)] if 0 <= i < n]
             if len(old) > len(agreed):
                 agreed = old
         return agreed
