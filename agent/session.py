@@ -199,7 +199,10 @@ class Session:
             self.heard_writer.hear(np.zeros_like(user.audio.samples) if muted else user.audio.samples, tick.index,
                                    speech=user.speech and not muted)
             given = None if decision.force_silence else self.heard_writer.next_id(tick.index)
-        result = await self.model.step(codes, force_silence=decision.force_silence, text_id=given)
+        if self.config.heard.placement == "pad":
+            result = await self.model.step(codes, force_silence=decision.force_silence, heard_id=given)
+        else:
+            result = await self.model.step(codes, force_silence=decision.force_silence, text_id=given)
         if self.heard_writer is not None:
             self.heard_writer.observe(result.text_id, decision.force_silence)
         t1 = time.perf_counter()

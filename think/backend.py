@@ -36,10 +36,13 @@ class StepResult:
     extra: dict = field(default_factory=dict)
 
 
-def check_given_text(layout: DuplexLayout, text_id: int | None) -> None:
-    """Refuse a given text-slot id that is not one (a wrong id would corrupt the session's context)."""
+def check_given_text(layout: DuplexLayout, text_id: int | None, heard_id: int | None = None) -> None:
+    """Refuse a given text-slot id that is not one, or a heard id that is not a heard id (a wrong id would
+    corrupt the session's context)."""
     if text_id is not None and not layout.is_text_slot_id(int(text_id)):
         raise ValueError(f"{text_id} is not an id the text slot can hold.")
+    if heard_id is not None and not layout.is_heard_id(int(heard_id)):
+        raise ValueError(f"{heard_id} is not a heard id of this layout.")
 
 
 class BackendSession(abc.ABC):
@@ -50,13 +53,16 @@ class BackendSession(abc.ABC):
     listener_heard: bool = False
 
     @abc.abstractmethod
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
+                   heard_id: int | None = None) -> StepResult:
         """Append this frame's user codes ``(>= Q_in,)`` and produce the agent's slot.
 
         With ``force_silence`` the agent's slot is PAD + silence codes instead of a sample, and the
         model sees exactly that in its context (how a barge-in cut is made visible to it). With ``text_id``
-        (a heard id from the listener's recogniser) the text slot holds that id instead of a draw, and the
-        agent's audio ids are drawn after it as usual.
+        the text slot holds that id instead of a draw. With ``heard_id`` (the listener's next heard id) the
+        text slot is drawn as usual, and holds ``heard_id`` where the draw is PAD: the transcript takes only
+        the frames the agent leaves free, as in training (``recognized_heard``), and never delays its turn.
+        Either way the agent's audio ids are drawn after the text id.
         """
 
     @abc.abstractmethod

@@ -180,25 +180,27 @@ class TransformersSession(BackendSession):
     def context_tokens(self) -> int:
         return self.fed
 
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
-        return await asyncio.to_thread(self.step_sync, user_codes, force_silence, False, text_id)
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
+                   heard_id: int | None = None) -> StepResult:
+        return await asyncio.to_thread(self.step_sync, user_codes, force_silence, False, text_id, heard_id)
 
     def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
-                  text_id: int | None = None) -> StepResult:
+                  text_id: int | None = None, heard_id: int | None = None) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
         if not self._state_lock.acquire(blocking=False):
             if self.closed:
                 raise RuntimeError("This session is closed.")
             raise RuntimeError("This session is already running a step; steps of one session must not overlap.")
         try:
-            return self._step_locked(user_codes, force_silence, quiet, text_id)
+            return self._step_locked(user_codes, force_silence, quiet, text_id, heard_id)
         finally:
             self._state_lock.release()
 
-    def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool, text_id: int | None) -> StepResult:
+    def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool, text_id: int | None,
+                     heard_id: int | None = None) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
-        check_given_text(self.layout, text_id)
+        check_given_text(self.layout, text_id, heard_id)
         t0 = time.perf_counter()
         lay = self.layout
         user_ids = lay.frame_user_ids(user_codes)
@@ -211,7 +213,7 @@ class TransformersSession(BackendSession):
             self.pending += user_ids + agent
             # Fed with the next frame's ids: one forward per forced frame instead of 1 + Q_out.
         else:
-            agent = self._sample_slot(user_ids, text_id)
+            agent = self._sample_slot(user_ids, text_id, heard_id)
         self.window.append(user_ids + agent)
         text_id = agent[0]
         codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
@@ -227,8 +229,9 @@ class TransformersSession(BackendSession):
         self.fed += len(ids)
         return logits
 
-    def _sample_slot(self, user_ids: list[int], text_id: int | None = None) -> list[int]:
-        """The slot's 1 + Q_out ids: text (``text_id`` when given, else drawn) then the agent's audio."""
+    def _sample_slot(self, user_ids: list[int], text_id: int | None = None, heard_id: int | None = None) -> list[int]:
+        """The slot's 1 + Q_out ids: text (``text_id`` when given, else drawn, ``heard_id`` in place of a
+        drawn PAD) then the agent's audio."""
         s = self.sampling
         masks = self.backend.masks
         logits = self._feed(self.pending + user_ids, 0)
@@ -241,6 +244,8 @@ class TransformersSession(BackendSession):
                 temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
                 mask = masks.text_mask(s.pad_bias, heard=not self.listener_heard) if j == 0 else masks.masks[j]
                 token = masks.rows[j][0] + sample(logits, mask, temp, top_k, self.generator)
+                if j == 0 and heard_id is not None and token == self.layout.pad_id:
+                    token = int(heard_id)
             out.append(token)
             if j < self.layout.q_out:
                 logits = self._feed([token], j + 1)

@@ -46,7 +46,7 @@ from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
 from think.sampling import SamplingConfig
 from think.tokenizer import encode_system_prompt, load_tokenizer
-from think.vllm_masks import KEY, engine_env, slot_spec
+from think.vllm_masks import FILL_KEY, KEY, engine_env, slot_spec
 
 log = logging.getLogger(__name__)
 
@@ -447,21 +447,22 @@ class VllmSession(BackendSession):
     def context_tokens(self) -> int:
         return self.fed
 
-    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None) -> StepResult:
-        return await self.backend._submit(self._step(user_codes, force_silence, False, text_id))
+    async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
+                   heard_id: int | None = None) -> StepResult:
+        return await self.backend._submit(self._step(user_codes, force_silence, False, text_id, heard_id))
 
     def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
-                  text_id: int | None = None) -> StepResult:
+                  text_id: int | None = None, heard_id: int | None = None) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
-        return self.backend._run(self._step(user_codes, force_silence, quiet, text_id))
+        return self.backend._run(self._step(user_codes, force_silence, quiet, text_id, heard_id))
 
     async def _step(self, user_codes: np.ndarray, force_silence: bool, quiet: bool = False,
-                    text_id: int | None = None) -> StepResult:
+                    text_id: int | None = None, heard_id: int | None = None) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
         if self.error is not None:
             raise self.error
-        check_given_text(self.layout, text_id)
+        check_given_text(self.layout, text_id, heard_id)
         t0 = time.perf_counter()
         lay = self.layout
         user_ids = lay.frame_user_ids(user_codes)
@@ -477,7 +478,7 @@ class VllmSession(BackendSession):
         elif text_id is not None:
             agent = [int(text_id)] + await self._sample(self.pending + user_ids + [int(text_id)], given_text=True)
         else:
-            agent = await self._sample(self.pending + user_ids)
+            agent = await self._sample(self.pending + user_ids, heard_id=heard_id)
         self.window.append(user_ids + agent)
         codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
         compute_ms = (time.perf_counter() - t0) * 1000.0
@@ -488,7 +489,7 @@ class VllmSession(BackendSession):
         self.frame += 1
         return result
 
-    def _params(self, given_text: bool = False) -> Any:
+    def _params(self, given_text: bool = False, heard_id: int | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -498,9 +499,10 @@ class VllmSession(BackendSession):
         return SamplingParams(max_tokens=self.layout.q_out + (0 if given_text else 1),
                               temperature=0.0 if self._greedy else 1.0,
                               seed=seed, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA,
-                              extra_args={KEY: spec})
+                              extra_args={KEY: spec} if heard_id is None else
+                              {KEY: spec, FILL_KEY: [self.layout.pad_id, int(heard_id)]})
 
-    async def _sample(self, prompt: list[int], given_text: bool = False) -> list[int]:
+    async def _sample(self, prompt: list[int], given_text: bool = False, heard_id: int | None = None) -> list[int]:
         """The ids the engine draws after ``prompt``: the slot's 1 + Q_out, or its Q_out audio ids when the
         prompt already ends with the slot's (given) text id."""
         from vllm.engine.protocol import StreamingInput
@@ -511,7 +513,7 @@ class VllmSession(BackendSession):
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
         self._inputs.put_nowait(StreamingInput(prompt=TokensPrompt(prompt_token_ids=prompt),
-                                               sampling_params=self._params(given_text)))
+                                               sampling_params=self._params(given_text, heard_id)))
         try:
             tokens = await asyncio.wait_for(asyncio.shield(fut), self.backend.config.step_timeout_s)
         except asyncio.TimeoutError:

@@ -13,6 +13,10 @@ temperature and one ``allowed_token_ids`` per request, so this processor does th
   its top-k; a position with temperature 0 keeps only its argmax. The request itself runs at
   temperature 1 (or 0 when every position is greedy), so vLLM's own sampler only draws.
 
+* a frame whose listener has a heard id waiting also carries ``extra_args["duplex_fill"] = [pad, heard]``:
+  the text position's PAD logit moves to ``heard`` (and PAD is barred), so the draw is the heard id exactly
+  where it would have been PAD (``BackendSession.step``'s ``heard_id``).
+
 Requests without ``duplex_slot`` (e.g. teacher-forced log-prob checks) are left untouched. vLLM's
 log-probs are taken from the raw logits, before any processor.
 
@@ -34,6 +38,7 @@ except ImportError:  # pragma: no cover - only without vLLM
     process_dict_updates = None
 
 KEY = "duplex_slot"
+FILL_KEY = "duplex_fill"
 
 
 def slot_spec(ranges: list[list[tuple[int, int]]], temperatures: list[float], top_ks: list[int],
@@ -74,7 +79,7 @@ class DuplexSlotProcessor(LogitsProcessor):
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device
         self.vocab = vllm_config.model_config.get_vocab_size()
-        self.requests: dict[int, tuple[_Compiled, list[int]]] = {}
+        self.requests: dict[int, tuple[_Compiled, list[int], list[int] | None]] = {}
         self._compiled: dict[str, _Compiled] = {}
 
     @classmethod
@@ -105,8 +110,9 @@ class DuplexSlotProcessor(LogitsProcessor):
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         def new_state(params: Any, _prompt: Any, output_tok_ids: list[int]) -> Any:
-            spec = (getattr(params, "extra_args", None) or {}).get(KEY)
-            return None if spec is None else (self._compile(spec), output_tok_ids)
+            extra = getattr(params, "extra_args", None) or {}
+            spec = extra.get(KEY)
+            return None if spec is None else (self._compile(spec), output_tok_ids, extra.get(FILL_KEY))
 
         process_dict_updates(self.requests, batch_update, new_state)
 
@@ -114,11 +120,13 @@ class DuplexSlotProcessor(LogitsProcessor):
         """Batched over the duplex rows (no per-row device sync): mask, then temperature, then top-k."""
         if not self.requests:
             return logits
-        rows, masks, temps, ks = [], [], [], []
-        for row, (c, out) in self.requests.items():
+        rows, masks, temps, ks, fills = [], [], [], [], []
+        for row, (c, out, fill) in self.requests.items():
             j = len(out)
             if j >= c.n or row >= logits.shape[0]:
                 continue
+            if j == 0 and fill is not None:
+                fills.append((len(rows), int(fill[0]), int(fill[1])))
             rows.append(row)
             masks.append(c.masks[j])
             temps.append(c.temperature[j])
@@ -128,6 +136,10 @@ class DuplexSlotProcessor(LogitsProcessor):
         dev, vocab = logits.device, logits.shape[1]
         idx = torch.tensor(rows, device=dev)
         x = logits.index_select(0, idx).float() + torch.stack(masks)
+        for i, pad, heard in fills:  # the heard id is drawn where PAD would have been
+            if 0 <= pad < vocab and 0 <= heard < vocab:
+                x[i, heard] = x[i, pad]
+                x[i, pad] = float("-inf")
         t = torch.tensor(temps, device=dev, dtype=x.dtype).unsqueeze(1)
         greedy = t <= 0
         if any(tt <= 0 for tt in temps):  # greedy positions keep only their (masked) argmax

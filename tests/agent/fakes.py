@@ -31,7 +31,7 @@ class TalkingModel(BackendSession):
     def context_tokens(self) -> int:
         return self.frame * self.layout.slot_size
 
-    async def step(self, user_codes, force_silence=False, text_id=None):
+    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None):
         self.calls.append({"frame": self.frame, "user": np.asarray(user_codes).copy(), "forced": force_silence})
         lay = self.layout
         quiet = self.frame < self.talk_from or (self.talk_until is not None and self.frame >= self.talk_until)

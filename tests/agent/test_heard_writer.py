@@ -115,6 +115,8 @@ def test_who_writes_the_transcript_is_resolved_with_clear_errors(nano_model_dir,
         HeardConfig(source="asr")
     with pytest.raises(ValueError, match="heard.decoder must be one of"):
         HeardConfig(decoder="fancy")
+    with pytest.raises(ValueError, match="heard.placement must be one of"):
+        HeardConfig(placement="last")
 
 
 def test_a_given_text_id_that_the_text_slot_cannot_hold_is_refused(heard_model):
@@ -122,6 +124,43 @@ def test_a_given_text_id_that_the_text_slot_cannot_hold_is_refused(heard_model):
     session = backend.open_session()
     with pytest.raises(ValueError, match="not an id the text slot can hold"):
         session.step_sync(np.zeros(backend.layout.q_in, np.int64), text_id=backend.layout.agent_offsets[0])
+
+
+@pytest.mark.parametrize("pad_bias", [12.0, -12.0])
+def test_a_heard_id_takes_the_text_slot_only_where_the_model_draws_pad(heard_model, pad_bias):
+    from think.sampling import SamplingConfig
+
+    backend = TransformersBackend.from_dir(heard_model)
+    lay = backend.layout
+    session = backend.open_session(SamplingConfig(pad_bias=pad_bias, seed=3))
+    session.listener_heard = True
+    heard = lay.heard_id(7)
+    got = [session.step_sync(np.zeros(lay.q_in, np.int64), heard_id=heard).text_id for _ in range(6)]
+    if pad_bias > 0:  # the model keeps quiet: every frame it leaves free holds the listener's id
+        assert got == [heard] * 6
+    else:  # the model speaks every frame: its own text goes first, the heard id waits
+        assert all(t < lay.text_vocab_size and t != lay.pad_id for t in got)
+    with pytest.raises(ValueError, match="not a heard id"):
+        session.step_sync(np.zeros(lay.q_in, np.int64), heard_id=lay.pad_id)
+
+
+async def test_placed_on_pad_the_transcript_never_delays_the_agents_turn(heard_model, recognizer_dir):
+    """With ``placement=pad`` the recogniser's words wait for the frames the agent leaves free (as in training):
+    an agent that starts to speak while a word is still queued speaks at once, and the stale word is dropped."""
+    codec, tok = load_codec("codec2"), default_tokenizer()
+    backend = TransformersBackend.from_dir(heard_model)
+    lay = backend.layout
+    cfg = SessionConfig(heard=HeardConfig(source="recognizer", recognizer=str(recognizer_dir), placement="pad"))
+    cfg.sampling.pad_bias = -12.0  # the random model speaks at every frame
+    session = Session(backend.open_session(cfg.sampling), codec, tok, cfg, input_rate=8000)
+    _scripted(session.heard_writer, {2: ["what", "colour"]})
+    await session.push_audio(np.zeros(8000, np.float32))
+    await session.end_input()
+    outs = [o async for o in session.run(FrameClock(0.08, realtime=False))]
+    assert all(o.text_id < lay.text_vocab_size and o.text_id != lay.pad_id for o in outs if not o.forced)
+    assert not any(o.heard_delta for o in outs)
+    assert session.heard_writer.dropped == len(tok.encode(" what").ids + tok.encode(" colour").ids)
+    await session.close()
 
 
 def test_a_second_of_silence_finishes_the_word_being_spelled_and_restarts_the_stream(heard_model, recognizer_dir):

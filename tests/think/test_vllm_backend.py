@@ -166,6 +166,28 @@ def test_text_ids_given_by_the_listener_match_the_reference_and_no_heard_id_is_d
         asyncio.run(session.close())
 
 
+def test_a_waiting_heard_id_never_takes_a_frame_the_model_speaks_in(engine, reference):
+    """This model never draws PAD greedily, so a heard id offered at every frame must change nothing, in both
+    backends (where the draw is PAD, the heard id stands: test_vllm_masks.py and test_heard_writer.py)."""
+    layout = engine.layout
+    frames = _frames(layout, 30, seed=9)
+
+    def run(backend, offer):
+        session = backend.open_session(GREEDY)
+        session.listener_heard = True
+        try:
+            return [session.step_sync(c, force_silence=_forced(i), heard_id=layout.heard_id(100 + i) if offer else None)
+                    for i, c in enumerate(frames)]
+        finally:
+            if backend is engine:
+                asyncio.run(session.close())
+
+    plain = [(r.text_id, r.agent_codes.tolist()) for r in run(reference, False)]
+    assert all(t != layout.pad_id for i, (t, _) in enumerate(plain) if not _forced(i))  # the premise
+    for backend in (reference, engine):
+        assert [(r.text_id, r.agent_codes.tolist()) for r in run(backend, True)] == plain
+
+
 def test_two_sessions_with_different_adapters_run_concurrently(engine, reference):
     layout = engine.layout
     frames = _frames(layout, 30, seed=3)
