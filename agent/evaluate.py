@@ -174,7 +174,10 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
         if q_turn is None:
             continue
         a = frame(float(q_turn["end"]))
-        nxt = [tt["start"] for tt in turns if tt["speaker"] == "user" and tt["start"] > q_turn["end"] + 0.3]
+        # The answer runs until the user's next turn; a backchannel ("mm-hmm") inside the answer is not one
+        # (59 of data-v2's 410 completed test answers have one, and the script's own answer goes on after it).
+        nxt = [tt["start"] for tt in turns if tt["speaker"] == "user" and tt["start"] > q_turn["end"] + 0.3
+               and tt.get("kind") != "backchannel"]
         b = frame(min(nxt)) if nxt else n
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),

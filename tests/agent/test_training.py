@@ -267,6 +267,26 @@ def test_answer_score_rewards_the_expected_words():
     assert answer_score("", "paris")["f1"] == 0.0
 
 
+def test_a_user_backchannel_inside_the_answer_does_not_end_it():
+    from types import SimpleNamespace
+
+    from agent.evaluate import EvalConfig, score_dialogue
+
+    frame_s, pad, text_vocab = 0.08, 150, 100
+    words = {12: 7, 13: 8, 20: 9}  # the answer's three word ids; a user backchannel starts at frame 15
+    outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if f in range(12, 22) else 0.0), text_id=words.get(f, pad),
+                            text_delta={7: " the", 8: " sky", 9: " is blue"}.get(words.get(f), ""), heard_delta="")
+            for f in range(40)]
+    record = {"id": "d1", "events": [], "turns": [
+        {"speaker": "user", "start": 0.1, "end": 0.8, "kind": "request"},
+        {"speaker": "agent", "start": 0.96, "end": 1.8, "kind": "answer"},
+        {"speaker": "user", "start": 1.2, "end": 1.5, "kind": "backchannel"},
+        {"speaker": "user", "start": 2.6, "end": 3.0, "kind": "request"}],
+        "qa": [{"question": "what colour is the sky", "answer": "the sky is blue", "turn_index": 0}]}
+    score = score_dialogue(record, outs, frame_s, EvalConfig(), pad, text_vocab)
+    assert score.answers[0]["said"] == "the sky is blue" and score.answers[0]["contains"]
+
+
 def test_lora_adapter_trained_by_the_cli_changes_the_persona_and_serves_by_name(dialogues, nano_model_dir, tmp_path):
     """A persona adapter (the agent answers as a pirate) trained with `duplex train --preset lora`: vLLM-servable
     files, loads by name in the transformers backend, and makes the persona's answers more likely than the base."""
