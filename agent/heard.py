@@ -160,8 +160,9 @@ class HeardWriter:
         return words
 
     def next_id(self, frame: int) -> int | None:
-        """The heard id waiting for this frame's text slot, or None. It goes in only where the model draws
-        PAD (the backends' ``heard_id``); :meth:`observe` takes it off the queue once it is in."""
+        """The heard id waiting for this frame's text slot, or None. The session puts it in the slot
+        (``placement="first"``) or where the model draws PAD (``"pad"``); :meth:`observe` takes it off the
+        queue once it is in."""
         while self.queue and self.queue[0][1] < frame:
             self.queue.popleft()
             self.dropped += 1
