@@ -181,7 +181,7 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
         b = frame(min(nxt)) if nxt else n
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
-                              "frames": [a, b], **answer_score(said, qa["answer"])})
+                              "intent": qa.get("intent"), "frames": [a, b], **answer_score(said, qa["answer"])})
         if heard_text:  # what the model wrote down of the question, from its first part (before a pause) on
             i = qa["turn_index"]
             while i > 0 and turns[i - 1]["speaker"] == "user" and turns[i - 1].get("kind") == "request_start":
@@ -235,6 +235,14 @@ def summarize(scores: list[DialogueScore]) -> dict:
 
         errors = [word_errors(x["question"], x["heard_question"]) for x in heard]
         extra["question_heard_wer"] = round(sum(e for e, _ in errors) / max(1, sum(n for _, n in errors)), 4)
+    by_intent: dict[str, list[int]] = {}
+    for a in answers:
+        if a.get("intent"):
+            c = by_intent.setdefault(a["intent"], [0, 0])
+            c[0] += bool(a["contains"])
+            c[1] += 1
+    if by_intent:  # "correct/asked" per intent, the most asked first: where the answers are won or lost
+        extra["answers_by_intent"] = {k: f"{c}/{n}" for k, (c, n) in sorted(by_intent.items(), key=lambda kv: -kv[1][1])}
     return {
         "dialogues": len(scores),
         "turn_take_over_rate": rate(turn_ends, "took_over"),

@@ -267,14 +267,13 @@ def test_answer_score_rewards_the_expected_words():
     assert answer_score("", "paris")["f1"] == 0.0
 
 
-def test_a_user_backchannel_inside_the_answer_does_not_end_it():
+def _answered_sky():
+    """A scored-dialogue fixture: the agent says "the sky is blue" over frames 12-21, and a user backchannel
+    starts at frame 15, inside the answer."""
     from types import SimpleNamespace
 
-    from agent.evaluate import EvalConfig, score_dialogue
-
-    frame_s, pad, text_vocab = 0.08, 150, 100
-    words = {12: 7, 13: 8, 20: 9}  # the answer's three word ids; a user backchannel starts at frame 15
-    outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if f in range(12, 22) else 0.0), text_id=words.get(f, pad),
+    words = {12: 7, 13: 8, 20: 9}
+    outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if f in range(12, 22) else 0.0), text_id=words.get(f, 150),
                             text_delta={7: " the", 8: " sky", 9: " is blue"}.get(words.get(f), ""), heard_delta="")
             for f in range(40)]
     record = {"id": "d1", "events": [], "turns": [
@@ -282,9 +281,27 @@ def test_a_user_backchannel_inside_the_answer_does_not_end_it():
         {"speaker": "agent", "start": 0.96, "end": 1.8, "kind": "answer"},
         {"speaker": "user", "start": 1.2, "end": 1.5, "kind": "backchannel"},
         {"speaker": "user", "start": 2.6, "end": 3.0, "kind": "request"}],
-        "qa": [{"question": "what colour is the sky", "answer": "the sky is blue", "turn_index": 0}]}
-    score = score_dialogue(record, outs, frame_s, EvalConfig(), pad, text_vocab)
+        "qa": [{"question": "what colour is the sky", "answer": "the sky is blue", "intent": "colour", "turn_index": 0}]}
+    return record, outs
+
+
+def _score(record, outs):
+    from agent.evaluate import EvalConfig, score_dialogue
+
+    return score_dialogue(record, outs, 0.08, EvalConfig(), pad_id=150, text_vocab=100)
+
+
+def test_a_user_backchannel_inside_the_answer_does_not_end_it():
+    score = _score(*_answered_sky())
     assert score.answers[0]["said"] == "the sky is blue" and score.answers[0]["contains"]
+
+
+def test_eval_counts_the_right_answers_per_intent():
+    from agent.evaluate import summarize
+
+    record, outs = _answered_sky()
+    missed = _score({**record, "qa": [{**record["qa"][0], "answer": "the sea is green"}]}, outs)
+    assert summarize([_score(record, outs), missed])["answers_by_intent"] == {"colour": "1/2"}
 
 
 def test_lora_adapter_trained_by_the_cli_changes_the_persona_and_serves_by_name(dialogues, nano_model_dir, tmp_path):
