@@ -37,7 +37,8 @@ class RecognizerTrainConfig:
     overrides; ``steps``/``max_seconds`` whichever ends first; ``batch_steps`` model steps per batch (40 ms
     each, padding included); ``eval_every`` steps between val measurements (greedy CER/WER on ``eval_turns``
     val turns); ``via_rate`` the rate the user audio passes through before its features (0: none); ``threads``
-    torch CPU threads."""
+    torch CPU threads; ``device`` where the model trains (``auto``: CUDA when torch sees one; the features are
+    computed on the CPU first, and the weights are saved as CPU tensors either way)."""
 
     data: str = "runs/data-v2"
     out: str = "runs/recognizer"
@@ -60,6 +61,7 @@ class RecognizerTrainConfig:
     eval_turns: int = 400
     seed: int = 0
     threads: int = 2
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_steps", "eval_every", "eval_turns", "threads"):
@@ -192,11 +194,13 @@ def log_probs(model, feats: list[np.ndarray]) -> list[np.ndarray]:
     import torch
 
     out = []
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for i in range(0, len(feats), 32):
             idx = np.arange(i, min(len(feats), i + 32))
             x, lengths = _pad(feats, idx)
-            lp, _ = model(None, feats=x)
+            lp, _ = model(None, feats=x.to(device))
+            lp = lp.float().cpu()
             out += [lp[k, : int(lengths[k])].numpy() for k in range(len(idx))]
     return out
 
@@ -248,6 +252,9 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     import torch
     from tqdm import tqdm
 
+    from think.device import resolve_device
+
+    device = resolve_device(cfg.device)  # before any work: a missing GPU is one clear error
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -272,6 +279,7 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     if not train_f:
         raise ValueError(f"No usable user turns in the train split of {cfg.data}.")
     val_f, val_t = val_f[: cfg.eval_turns], val_t[: cfg.eval_turns]
+    model.to(device)
     labels = [torch.tensor(encode_labels(t, mcfg.alphabet)) for t in train_t]
     model.lexicon = sorted({w for t in train_t for w in t.split()})  # saved with the weights (lexicon.json)
     max_skip = int((PAD_BEFORE_S - MIN_BEFORE_S) * mcfg.sample_rate) // mcfg.step_samples
@@ -293,9 +301,10 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
         model.train()
         x, in_len = _pad(train_f, idx, rng.integers(0, max_skip + 1, len(idx)))
         x = _mask(x, cfg, mcfg.n_mels, rng)
-        logp, _ = model(None, feats=x)
+        logp, _ = model(None, feats=x.to(device))
         target = [labels[i] for i in idx]
-        loss = ctc(logp.transpose(0, 1), torch.cat(target), in_len, torch.tensor([len(t) for t in target]))
+        loss = ctc(logp.transpose(0, 1).float(), torch.cat(target).to(device), in_len.to(device),
+                   torch.tensor([len(t) for t in target], device=device))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

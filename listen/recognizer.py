@@ -155,7 +155,7 @@ def save_recognizer(model, out_dir: str | os.PathLike, extra: dict | None = None
         from listen.word_lm import save_word_lm
 
         save_word_lm(word_lm[0], out, word_lm[1])
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={k: str(v) for k, v in (extra or {}).items()})
 
 

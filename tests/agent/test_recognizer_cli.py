@@ -14,6 +14,7 @@ def test_recognizer_trains_and_evaluates_from_the_cli(dialogues, run_cli, tmp_pa
     assert r.rc == 0, r.err
     final = json.loads((out / "final_metrics.json").read_text())
     assert final["steps"] == 3 and final["train_turns"] == 2 and 0.0 <= final["val"]["cer"] <= 1.5
+    assert json.loads((out / "train_config.json").read_text())["device"] == "auto"
     assert json.loads((out / "train_config.json").read_text())["model"] == {"dim": 32}
     assert (out / "loss.png").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 3
     best = load_recognizer(out / "best")
@@ -42,3 +43,9 @@ def test_recognizer_commands_name_a_missing_directory_in_one_sentence(run_cli, t
     assert r.rc == 2 and "No speech recogniser found" in r.err
     r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "steps=0", "-q")
     assert r.rc == 2 and "steps must be an integer >= 1" in r.err
+    import torch
+
+    if not torch.cuda.is_available():  # a GPU asked for where there is none: one sentence, before any work
+        r = run_cli("recognizer", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "rec2",
+                    "--set", "device=cuda", "-q")
+        assert r.rc == 2 and "torch sees no CUDA device" in r.err and not (tmp_path / "rec2").exists()
