@@ -199,10 +199,9 @@ class Session:
             self.heard_writer.hear(np.zeros_like(user.audio.samples) if muted else user.audio.samples, tick.index,
                                    speech=user.speech and not muted)
             given = None if decision.force_silence else self.heard_writer.next_id(tick.index)
-        if self.config.heard.placement == "pad":
-            result = await self.model.step(codes, force_silence=decision.force_silence, heard_id=given)
-        else:
-            result = await self.model.step(codes, force_silence=decision.force_silence, text_id=given)
+        on_pad = self.config.heard.placement == "pad"  # the piece only where the model draws PAD, or first
+        result = await self.model.step(codes, force_silence=decision.force_silence,
+                                       text_id=None if on_pad else given, heard_id=given if on_pad else None)
         if self.heard_writer is not None:
             self.heard_writer.observe(result.text_id, decision.force_silence)
         t1 = time.perf_counter()

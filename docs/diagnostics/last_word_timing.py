@@ -20,6 +20,7 @@ from agent.codec_eval import word_errors
 from agent.evaluate import _norm_words as words
 from agent.training.tokenize import iter_dialogues
 from listen.recognizer import load_recognizer
+from listen.wavio import read_wav
 from think.checkpoint import load_checkpoint
 
 model, rec_dir, data, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
@@ -30,8 +31,6 @@ lay, tok = loaded.layout, loaded.tokenizer
 arrive, never, total, err, ref_words = [], 0, 0, 0, 0
 tests = [(wav, r) for wav, r in iter_dialogues(data) if r.get("split") == "test"][:n]
 for wav, record in tests:
-    from listen.wavio import read_wav
-
     audio, rate = read_wav(wav)
     user = soxr.resample(audio[:, 0], rate, 8000, "LQ").astype(np.float32)
     text = np.full(len(user) // 640, lay.pad_id, np.int64)
