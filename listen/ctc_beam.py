@@ -185,6 +185,12 @@ class StreamingBeamDecoder:
         """Close the utterance: its remaining words, as the best complete hypothesis has them."""
         if not self._open:
             return []
+        # The user stopped, so the word being spelled has ended: one certain space step finishes it (the
+        # recogniser rarely writes a turn's final space before the utterance is closed, and the search only
+        # writes words finished by a space).
+        end_of_word = np.full((1, self.graph.classes), -30.0, np.float32)
+        end_of_word[0, self.graph.space] = 0.0
+        self._decoder.decode_step(end_of_word.ctypes.data, 1, end_of_word.shape[1])
         self._decoder.decode_end()
         hyps = self._decoder.get_all_final_hypothesis()
         words = self._take(self._word_ids(hyps[0].words)) if hyps else []

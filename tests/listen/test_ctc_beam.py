@@ -88,6 +88,20 @@ def test_streamed_words_come_out_before_the_utterance_ends_and_match_the_whole_s
     assert early == whole[:len(early)] and len(early) < len(whole) and early + dec.end() == whole
 
 
+def test_closing_the_utterance_finishes_a_last_word_that_never_got_its_space(graph):
+    # the user stopped after "france": the recogniser spelled it but wrote no space after it
+    quiet = np.full((6, CLASSES), -80.0, np.float32)
+    quiet[:, 0] = 0.0  # certain blanks: no room left to slip a space in
+    spoken = emissions(spell("what is the capital of france"))[:-1]  # no blank after the "e" ...
+    spoken[-1] = -80.0
+    spoken[-1, 1 + ALPHABET.index("e")] = 0.0  # ... and the "e" itself certain
+    logp = np.concatenate([spoken, quiet])
+    for chunk in (0, 2):
+        assert decode_all(graph, logp, chunk=chunk) == ["what", "is", "the", "capital", "of", "france"]
+    # a word already finished by its space is not written twice
+    assert decode_all(graph, np.concatenate([emissions(spell("hello there ")), quiet])) == ["hello", "there"]
+
+
 def test_a_new_utterance_starts_afresh_and_bad_input_is_refused(graph):
     dec = StreamingBeamDecoder(graph)
     dec.step(emissions(spell("hello ")))
