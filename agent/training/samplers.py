@@ -5,12 +5,15 @@
   ``pad_weight``; user ids are context only.
 - ``listen`` / ``speak``: whole per-turn alignment sequences (``align.py``); ``text``: text-only chats
   (``textdata.py``), cut to the window.
+- ``heard_chat``: duplex windows with their questions and answers swapped for new exchanges
+  (``heard_chat.py``; heard-text layouts).
 
 Every batch is ``(x, y, weights, roles)``, each ``(B, T)``: inputs, next ids, their loss weights and the head
 (:func:`agent.training.loss.role_heads` index, -1 = none) that scores each target.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,13 +119,17 @@ def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int)
     wanted = [k for k, v in cfg.mix.items() if v > 0]
     sources: dict[str, WindowSampler | SequenceSampler] = {}
     align = load_align(cfg.shards, split) if {"listen", "speak"} & set(wanted) else {}
-    hint = {"duplex": "`duplex data tokenize`", "listen": "`duplex data tokenize` (without --no-align)",
+    hint = {"duplex": "`duplex data tokenize`", "heard_chat": "`duplex data tokenize`", "listen": "`duplex data tokenize` (without --no-align)",
             "speak": "`duplex data tokenize` (without --no-align)", "text": "`duplex data tokenize --text-conversations N`"}
     for name in wanted:
-        if name == "duplex":
+        if name in ("duplex", "heard_chat"):
             seqs = load_split(cfg.shards, split)
-            if seqs:
+            if seqs and name == "duplex":
                 sources[name] = WindowSampler(seqs, layout, cfg)
+            elif seqs:
+                from agent.training.heard_chat import HeardChatSampler
+
+                sources[name] = HeardChatSampler(WindowSampler(seqs, layout, cfg), layout, _tokenizer(cfg), cfg, split)
         elif name in ("listen", "speak"):
             kind = LISTEN if name == "listen" else SPEAK
             items = [(s, *align_targets(s, kind, layout)) for s in align.get(kind, [])]
@@ -139,3 +146,12 @@ def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int)
             raise ValueError(f"mix asks for {name!r} windows but {cfg.shards} has no {name} sequences in its train "
                              f"split; make them with {hint[name]}.")
     return MixSampler(sources, cfg.mix, layout, seed) if sources else None
+
+
+def _tokenizer(cfg: TrainConfig):
+    """The text tokenizer of the model being trained: its init checkpoint's, else the shipped one."""
+    from think.tokenizer import TOKENIZER_FILE, default_tokenizer, load_tokenizer
+
+    if cfg.init and (Path(cfg.init) / TOKENIZER_FILE).is_file():
+        return load_tokenizer(cfg.init)
+    return default_tokenizer()

@@ -13,7 +13,8 @@ embeddings take no weight decay, so those rows stay bit-identical and the base k
 At the end the adapter is merged (``merge_and_unload``) into a full checkpoint, the *speech base*, on
 which later adapters are plain vLLM-servable LoRA (mode "lora"). ``mix`` draws each window from one
 source: ``duplex`` (the layout's slot windows), ``listen`` / ``speak`` (per-turn alignment sequences,
-``align.py``) or ``text`` (text-only chats, ``textdata.py``): ``samplers.py`` draws the batches.
+``align.py``), ``text`` (text-only chats, ``textdata.py``) or ``heard_chat`` (duplex windows with new
+questions and answers, ``heard_chat.py``): ``samplers.py`` draws the batches.
 
 Outputs in ``out``: the model (safetensors) + ``duplex_layout.json`` + ``tokenizer.json`` (a checkpoint
 directory that ``--model`` accepts), or for LoRA ``adapter/`` (vLLM-servable: attention/MLP projections
@@ -43,7 +44,7 @@ from think.tokenizer import TOKENIZER_FILE
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("scratch", "lora", "speech-base")
-SOURCES = ("duplex", "listen", "speak", "text")
+SOURCES = ("duplex", "listen", "speak", "text", "heard_chat")
 INIT_FILE = "duplex_init.json"
 
 
@@ -59,8 +60,8 @@ class TrainConfig:
         model_preset: shape preset for a new model (nano, tiny, tiny-fsq, small).
         mode: "scratch" (train every weight of ``init``), "lora" (train a LoRA adapter on ``init``) or
             "speech-base" (LoRA + the new ids' embedding rows on a base-LLM checkpoint, merged at the end).
-        mix: source -> weight for drawing each window: ``duplex``, ``listen``, ``speak``, ``text`` (see the
-            module docstring); weights are normalised. Default: duplex windows only.
+        mix: source -> weight for drawing each window: ``duplex``, ``listen``, ``speak``, ``text``,
+            ``heard_chat`` (see the module docstring); weights are normalised. Default: duplex windows only.
         window_frames: frames per training window.
         batch_size: windows per step.
         steps: optimizer steps.

@@ -170,6 +170,11 @@ def test_heard_text_runs_end_to_end_through_tokenize_train_and_eval(dialogues, n
     assert sum(lay.is_heard_id(int(t)) for t in text) >= 10
     assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(run), "--init", str(model),
                  "--steps", "2", "-q"]) == 0
+    # the same shards also give heard_chat windows: new questions and answers in the dialogues' timing
+    swapped = tmp_path / "swapped"
+    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(swapped), "--init", str(model),
+                 "--steps", "2", "--set", 'mix={"duplex": 0.5, "heard_chat": 0.5}', "-q"]) == 0
+    assert "val_heard_chat" in json.loads((swapped / "final_metrics.json").read_text())
     data = tmp_path / "data"
     data.mkdir()
     record = _record(dialogues, "d2")
