@@ -38,6 +38,7 @@ from listen.resample import InputDecimator, OutputResampler
 from streaming import events as ev
 from streaming.clock import FollowingClock
 from streaming.events import EventError, error_event, server_event
+from think.context import PromptTooLong
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
@@ -297,6 +298,9 @@ class RealtimeConnection:
         if not data:
             return
         seconds = len(data) / 2 / self.settings.input_rate
+        if seconds > self.cfg.max_audio_ahead_seconds:  # more than the rate limit can ever let through at once
+            raise EventError("audio_too_large", f"This append holds {seconds:.2f} s of audio; send at most "
+                             f"{self.cfg.max_audio_ahead_seconds:.1f} s per append.", param="audio")
         if not self.audio_bucket.take(seconds):
             self.stats["audio_dropped_ms"] += seconds * 1000.0
             self._warn_once_per_second(
@@ -327,7 +331,7 @@ class RealtimeConnection:
         r = self.response
         sent = self._sent_ms(r) if r is not None and r.item_id == item else self.items.get(item)
         if sent is None:
-            raise EventError("item_not_found", f"No agent audio item {item!r} in this conversation.", param="item_id")
+            raise EventError("item_not_found", f"No agent audio item {ev.short_repr(item)} in this conversation.", param="item_id")
         if event["content_index"] != 0:
             raise EventError("invalid_field", "Agent items have one content part: content_index must be 0.",
                              param="content_index")
@@ -373,6 +377,9 @@ class RealtimeConnection:
                 await self._open_model()
             except (KeyError, ValueError, FileNotFoundError) as e:
                 self.settings = old
+                if isinstance(e, PromptTooLong):
+                    raise EventError("invalid_field", f"session.instructions: {e}",
+                                     param="session.instructions") from None
                 raise EventError("invalid_session", f"Cannot use that model/adapter: {e}",
                                  param="session.x_duplex") from None
             except BaseException:

@@ -73,7 +73,7 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
                          f"{', '.join(X_FIELDS)}.", param=f"session.x_duplex.{unknown[0]}")
     model = x.get("model", current.model)
     if not isinstance(model, str) or model not in models:
-        raise EventError("model_not_found", f"No model named {model!r}; models: {', '.join(models)}.",
+        raise EventError("model_not_found", f"No model named {ev.short_repr(model)}; models: {', '.join(models)}.",
                          param="session.x_duplex.model")
     adapter = x.get("adapter", current.adapter)
     if adapter is not None and not isinstance(adapter, str):
@@ -124,12 +124,13 @@ def check_output_modalities(s: dict, where: str = "session") -> None:
     ``s`` is a ``session`` (or a ``response.create``'s ``response``) object."""
     mods = s.get("output_modalities")
     if mods is not None and mods != ["audio"]:
-        raise EventError("invalid_field", f"output_modalities {mods!r} is not supported: the model answers in audio, "
+        raise EventError("invalid_field", f"output_modalities {ev.short_repr(mods)} is not supported: the model answers in audio, "
                          f"and its text comes as the audio's transcript; use [\"audio\"].",
                          param=f"{where}.output_modalities")
     beta = s.get("modalities")
-    if beta is not None and not (isinstance(beta, list) and "audio" in beta and set(beta) <= {"audio", "text"}):
-        raise EventError("invalid_field", f"modalities {beta!r} is not supported: the model answers in audio with "
+    if beta is not None and not (isinstance(beta, list) and all(isinstance(m, str) for m in beta)
+                                 and "audio" in beta and set(beta) <= {"audio", "text"}):
+        raise EventError("invalid_field", f"modalities {ev.short_repr(beta)} is not supported: the model answers in audio with "
                          f"a transcript; use [\"text\", \"audio\"].", param=f"{where}.modalities")
 
 

@@ -135,6 +135,12 @@ MAX_RATE = 48000
 DEFAULT_RATE = 24000  # the Realtime API's PCM rate
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message names the client's value, never copies it."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 class EventError(Exception):
     """A client event the server rejects; becomes an ``error`` event via :meth:`to_event`.
 
@@ -371,7 +377,7 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise EventError("invalid_event", 'an event needs a string "type".', event_id, param="type")
     validator = _VALIDATORS.get(etype)
     if validator is None:
-        raise EventError("unknown_event", f"unknown client event type {etype!r}; "
+        raise EventError("unknown_event", f"unknown client event type {short_repr(etype)}; "
                          f"supported: {', '.join(sorted(CLIENT_EVENTS))}.", event_id, param="type")
     try:
         validator(event)

@@ -31,6 +31,10 @@ class ContextConfig:
             raise ValueError("Need 0 < keep_fraction < soft_fraction <= 1.")
 
 
+class PromptTooLong(ValueError):
+    """The system prompt leaves the model's context no room for the conversation."""
+
+
 class ContextWindow:
     """Keeps the ids needed to rebuild the context, and decides when to rebase."""
 
@@ -38,7 +42,7 @@ class ContextWindow:
         self.prefix = list(prefix)
         fit = (max_positions - len(self.prefix) - 2 * slot_size) // slot_size
         if fit < 4:
-            raise ValueError(f"The model's context ({max_positions} ids) is too short for the system prompt "
+            raise PromptTooLong(f"The model's context ({max_positions} ids) is too short for the system prompt "
                              f"({len(self.prefix)} ids) and a few frames; shorten the system prompt.")
         self.hard_limit = min(config.max_frames, fit) if config.max_frames > 0 else fit
         self.soft_limit = max(2, int(self.hard_limit * config.soft_fraction))

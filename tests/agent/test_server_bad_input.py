@@ -127,6 +127,13 @@ async def _disconnect_mid_response(c: Client) -> None:
     c.ws.transport.abort()  # no close handshake, mid-response
 
 
+async def _long_append(c: Client) -> None:
+    """2.5 s of 8 kHz audio in one event (40 KB: under every size limit, over the 2 s rate budget)."""
+    await c.send("session.update", session={"audio": {"input": {"format": {"type": "audio/pcm", "rate": 8000}}}})
+    await c.until("session.updated")
+    await c.ws.send(_append(pcm16_b64(np.zeros(20000, np.float32))))
+
+
 async def _truncate_unknown(c: Client) -> None:
     await c.send("conversation.item.truncate", item_id="item_ghost", content_index=0, audio_end_ms=100)
 
@@ -181,6 +188,12 @@ CASES = {
                                       "invalid_field", None),
     "instructions_not_a_string": (lambda c: c.send("session.update", session={"instructions": 5}),
                                   "invalid_field", None),
+    "instructions_longer_than_the_models_context": (lambda c: c.send("session.update", session={
+        "x_duplex": {"model": "nano"}, "instructions": "hello " * 5000}), "invalid_field", None),
+    "a_modality_that_is_not_a_string": (lambda c: c.send("session.update", session={"modalities": ["audio", {}]}),
+                                        "invalid_field", None),
+    "one_append_longer_than_the_rate_limit_accepts": (_long_append, "audio_too_large", None),
+    "a_huge_unknown_event_type": (lambda c: c.send("y" * 60_000), "unknown_event", None),
 }
 FLOODS = ("flood_1000_events_per_second", "error_storm_of_unknown_events", "audio_far_ahead_of_real_time",
           "flood_then_list_as_type")
@@ -273,6 +286,9 @@ async def test_bad_input_gets_an_error_or_a_clean_close_and_the_server_keeps_ser
             err = await c.until("error", timeout=10, where=(lambda e: e["error"]["code"] == code) if flood else None)
             assert err["error"]["code"] == code, err
             assert err["error"]["message"] and err["error"]["type"]
+            assert len(err["error"]["message"]) < 1000, "the message names the client's value, never copies it"
+            if kind == "instructions_longer_than_the_models_context":
+                assert err["error"]["param"] == "session.instructions"
             # The offender's own conversation goes on: it still answers a valid event. After a flood the
             # server may still be reading (and dropping) the excess, so the client backs off and retries,
             # as a client told ``rate_limited`` should.
