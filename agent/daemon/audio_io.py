@@ -142,7 +142,7 @@ class SoundDeviceAudio:
         if error is not None:
             self.last_error = error
         if changed:
-            log.info("audio %s%s", state, f": {error}" if error else "")
+            (log.warning if state in ("lost", "retrying") else log.info)("audio %s%s", state, f": {error}" if error else "")
             self.on_state(self.describe())
 
     # ---- callbacks (PortAudio threads) ----------------------------------------------------------------

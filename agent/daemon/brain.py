@@ -134,7 +134,8 @@ class LocalBrain:
             def _load():
                 path = resolve_model(self.config.model)
                 backend = TransformersBackend.from_dir(path, context=self.session_config.context,
-                                                       threads=self.config.threads, engine=self.config.engine)
+                                                       threads=self.config.threads, engine=self.config.engine,
+                                                       adapters_dir=self.config.adapters_dir)
                 return backend, codec_for_layout(backend.layout, self.config.codec_weights)
 
             self.backend, self.codec = await asyncio.to_thread(_load)
@@ -226,11 +227,10 @@ class LocalBrain:
 
     def set_adapter(self, name: str | None) -> None:
         """Switch adapter: the conversation restarts with it (adapters are merged per session)."""
-        if name is not None:
-            names = getattr(self.backend, "adapter_names", None)
-            known = names() if callable(names) else names
-            if known is not None and name not in known:
-                raise ValueError(f"no adapter {name!r} (adapters: {', '.join(sorted(known)) or 'none'}).")
+        if name is not None:  # checked before the conversation is given up (AdapterError is a ValueError)
+            from think.adapters import resolve_adapter
+
+            resolve_adapter(getattr(self.backend, "adapters_dir", None) or self.config.adapters_dir, name)
         self.adapter = name
         self.restart()
 

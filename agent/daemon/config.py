@@ -187,6 +187,7 @@ class BrainConfig:
         url: ``ws://host:port/v1/realtime`` for ``remote``; token: its shared secret.
         remote_model: ``?model=`` name on the server (None = its default).
         adapter: LoRA adapter to start with (None = none).
+        adapters_dir: directory of LoRA adapters the local brain may switch to (``adapter`` names one of them).
         reconnect_initial_s / reconnect_max_s: backoff after the server goes away.
     """
 
@@ -199,6 +200,7 @@ class BrainConfig:
     token: str | None = None
     remote_model: str | None = None
     adapter: str | None = None
+    adapters_dir: str | None = None
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 10.0
 

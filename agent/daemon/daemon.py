@@ -223,7 +223,8 @@ class Daemon:
             online = "degraded"
         return {"state": online, "muted": self.muted, "volume": self.volume, "brain": brain, "audio": a,
                 "echo": self.echo.stats(), "uptime_s": round(time.time() - self.started_at, 1),
-                "mqtt_connects": self.mqtt.connects if self.mqtt else 0, "barge_ins": self.cuts}
+                "mqtt_connects": self.mqtt.connects if self.mqtt else 0,
+                "mqtt_dropped_acks": self.mqtt.dropped_reliable_messages if self.mqtt else 0, "barge_ins": self.cuts}
 
     def publish_state(self) -> None:
         if self.mqtt is not None:
@@ -336,6 +337,7 @@ class Daemon:
             if load_error is not None:
                 self._stop.set()
                 log.error("cannot load the model: %s", load_error)
+                self._on_brain_error("brain_failed", f"Cannot load the model: {load_error}")
         if self.audio is not None and not self._stop.is_set():
             tasks["audio"] = asyncio.create_task(self.audio.run())
         if self.config.audio.backend == "mqtt":

@@ -39,6 +39,9 @@ from agent.daemon.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
+# Acks and errors that may wait for the broker while connected (the control queue holds 1000 commands).
+RELIABLE_BACKLOG = 2000
+
 COMMANDS = {
     # command: {arg: (checker, description)}; request_id is allowed everywhere.
     "ping": {},
@@ -184,7 +187,9 @@ class MqttBridge:
         self.control_queue: asyncio.Queue[dict] = asyncio.Queue(maxsize=1000)
         self.state: dict = {"state": "starting"}
         self._state_dirty = True
-        self._reliable: collections.deque[_Out] = collections.deque(maxlen=config.outbox)
+        # Bounded by mqtt.outbox only while the broker is away: connected, every ack goes out (the control
+        # queue, 1000 deep, bounds how many can wait).
+        self._reliable: collections.deque[_Out] = collections.deque()
         self._streams: collections.deque[_Out] = collections.deque(maxlen=500)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -227,8 +232,10 @@ class MqttBridge:
         self._wake.set()
 
     def publish_reliable(self, name: str, obj: Any) -> None:
-        """QoS 1; kept in a bounded outbox while disconnected."""
-        if len(self._reliable) == self._reliable.maxlen:
+        """QoS 1; kept in a bounded outbox while disconnected (the oldest goes first, counted)."""
+        limit = self.config.outbox if not self.connected else max(self.config.outbox, RELIABLE_BACKLOG)
+        while len(self._reliable) >= limit:
+            self._reliable.popleft()
             self.dropped_reliable_messages += 1
         self._reliable.append(_Out(self.topic(name), json.dumps(obj).encode(), 1, False))
         self._wake.set()
@@ -290,8 +297,16 @@ class MqttBridge:
 
         c = self.config
         delay = c.reconnect_initial_s
+        fresh = False  # the broker's session from an earlier run of this process is gone
         while not self._stop.is_set():
             try:
+                if not fresh:
+                    # Commands queued for the persistent session while this daemon was not running are stale
+                    # (a mute sent an hour ago): a clean session drops them. Within this run, reconnects keep
+                    # the session, so commands sent during a broker hiccup are still carried out.
+                    async with aiomqtt.Client(c.host, **{**self._client_kwargs(), "clean_session": True}):
+                        pass
+                    fresh = True
                 async with aiomqtt.Client(c.host, **self._client_kwargs()) as client:
                     self._client = client
                     # A clear sent while offline was never seen: whatever is still retained is replayed now.

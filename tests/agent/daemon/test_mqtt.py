@@ -377,3 +377,75 @@ def test_unusable_tls_files_are_a_setting_error_at_start(tmp_path, pem):
         ca.write_bytes(pem)
     with pytest.raises(ValueError, match=r"MQTT TLS files cannot be used \(mqtt.ca_certs=.*ca.pem\)"):
         MqttBridge(MqttConfig(tls=True, ca_certs=str(ca)), "t1")
+
+
+class _Idle:
+    """A Daemon on an IdleBrain (no model) in this event loop."""
+
+    def __init__(self, port: int) -> None:
+        self.daemon = Daemon(make_config(port), brain=IdleBrain(), audio=None)
+
+    async def __aenter__(self) -> Daemon:
+        self.task = asyncio.create_task(self.daemon.run())
+        deadline = time.monotonic() + 15
+        while not (getattr(self.daemon, "mqtt", None) is not None and self.daemon.mqtt.connected):  # subscribed
+            assert time.monotonic() < deadline, "the daemon did not connect"
+            await asyncio.sleep(0.05)
+        return self.daemon
+
+    async def __aexit__(self, *exc) -> None:
+        self.daemon.stop()
+        await asyncio.wait_for(self.task, 20)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def test_every_command_of_a_burst_gets_its_ack(mosquitto, watcher_factory):
+    """300 pings back to back: the outbox's bound is for broker outages, not for a connected burst."""
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w, _Idle(mosquitto.port):
+        await _ping(w, "first")
+        await w.wait_for("ack", lambda m: m.get("request_id") == "first", timeout=15)
+        for i in range(300):  # QoS 0: no wait for each PUBACK, so they arrive faster than acks can go out
+            await w.publish("duplex/t1/control/ping", json.dumps({"request_id": i}), qos=0)
+        await w.wait_for("ack", lambda m: m.get("request_id") == 299, timeout=30)
+        acked = {m.get("request_id") for m in w.on("ack")}
+        assert set(range(300)) <= acked, sorted(set(range(300)) - acked)[:10]
+
+
+async def _ping(w, request_id) -> bool:
+    await w.publish("duplex/t1/control/ping", json.dumps({"request_id": request_id}))
+    return True
+
+
+async def test_a_command_sent_while_the_daemon_was_stopped_is_not_carried_out_at_its_next_start(
+        mosquitto, watcher_factory):
+    async with watcher_factory(mosquitto.port, "duplex/t1/#") as w:
+        async with _Idle(mosquitto.port):
+            await _ping(w, "up")
+            await w.wait_for("ack", lambda m: m.get("request_id") == "up", timeout=15)
+        # stopped: the broker keeps the persistent session, and queues this for it
+        await w.publish("duplex/t1/control", json.dumps({"command": "mute", "request_id": "stale"}))
+        async with _Idle(mosquitto.port) as d:
+            await _ping(w, "again")
+            await w.wait_for("ack", lambda m: m.get("request_id") == "again", timeout=15)
+            await asyncio.sleep(0.5)
+            assert not d.muted
+            assert not [m for m in w.on("ack") if m.get("request_id") == "stale"]
+
+
+def test_an_adapter_the_local_brain_does_not_have_is_refused_before_the_conversation_restarts(tmp_path):
+    restarts = []
+    brain = LocalBrain(BrainConfig(adapters_dir=str(tmp_path)), SessionConfig(), input_rate=RATE)
+    brain.restart = lambda: restarts.append(1)
+    with pytest.raises(ValueError, match="No adapter named 'nope'"):
+        brain.set_adapter("nope")
+    with pytest.raises(ValueError, match="not a plain name"):
+        brain.set_adapter("../../etc")
+    plain = LocalBrain(BrainConfig(), SessionConfig(), input_rate=RATE)
+    plain.restart = lambda: restarts.append(1)
+    with pytest.raises(ValueError, match="no adapter directory is configured"):
+        plain.set_adapter("persona")
+    assert not restarts and brain.adapter is None and plain.adapter is None
+    plain.set_adapter(None)  # none is always fine
+    assert restarts == [1]
