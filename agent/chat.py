@@ -76,8 +76,8 @@ class ChatConfig:
                              f"got {self.tail_seconds}.")
         if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
             raise ValueError(f"--max-seconds must be a number of seconds > 0, got {self.max_seconds}.")
-        if self.out_rate is not None and not (isinstance(self.out_rate, int) and self.out_rate > 0):
-            raise ValueError(f"--out-rate must be a positive number of Hz, got {self.out_rate}.")
+        if self.out_rate is not None and not (isinstance(self.out_rate, int) and 1000 <= self.out_rate <= 768000):
+            raise ValueError(f"--out-rate must be 1000 to 768000 Hz, got {self.out_rate}.")
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise ValueError(f"--threads must be >= 1, got {self.threads}.")
 
@@ -94,7 +94,7 @@ class ChatConfig:
         if out.is_dir():
             raise ValueError(f"--out {out} is a directory; pass a file name such as {out / 'dialogue.wav'}.")
         fmt = out.suffix[1:].upper()
-        if fmt not in sf.available_formats() or not sf.check_format(fmt, "PCM_16"):
+        if fmt not in ("WAV", "FLAC"):
             raise ValueError(f"--out {out} must name a .wav (or .flac) file.")
         if out.exists() and Path(self.input).exists() and os.path.samefile(out, self.input):
             raise ValueError(f"--out {out} is the input file; writing it would destroy the input. "
@@ -108,6 +108,13 @@ class ChatConfig:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise ValueError(f"--out {out}: the directory {out.parent} is not writable; pass another path.")
+        existed = out.exists()
+        try:  # the file itself may refuse (read-only, immutable, /proc), even to root
+            open(out, "ab").close()
+        except OSError as e:
+            raise ValueError(f"--out {out} cannot be written ({e.strerror or e}); pass another path.") from None
+        if not existed:
+            out.unlink()
 
 
 def _side_path(output: Path, suffix: str) -> Path:

@@ -144,6 +144,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
           f"{summary['turn_latency_ms'].get('p50', 'n/a')} ms)")
     print(f"transcript: {cfg.output.with_suffix('.txt')}; latency report: "
           f"{cfg.output.with_name(cfg.output.stem + '.latency.json')}")
+    if summary.get("nonfinite_input_samples"):
+        print(f"note: {summary['nonfinite_input_samples']} input samples were NaN or infinite and were heard as "
+              f"silence.")
     if summary.get("agent_speaking_at_end"):
         print("note: the agent was still speaking when the output ended; pass a longer --tail (seconds) to hear "
               "the rest.")

@@ -285,7 +285,7 @@ def _plot(scores: list[DialogueScore], path: Path) -> None:
 def held_out_records(data: Path, split: str, limit: int = 0) -> list[tuple[Path, dict]]:
     """``(wav, record)`` of a split's dialogues in ``data``, in the order eval scores them (by file name), at
     most ``limit`` (0 = all)."""
-    from agent.training.tokenize import read_record
+    from agent.training.tokenize import check_dialogue_audio, read_record
 
     if limit < 0:
         raise ValueError(f"--limit must be >= 0 (0 = every dialogue), got {limit}.")
@@ -297,6 +297,7 @@ def held_out_records(data: Path, split: str, limit: int = 0) -> list[tuple[Path,
         if r.get("split") == split:
             if not p.with_suffix(".wav").is_file():  # found now, not after the dialogues before it were scored
                 raise FileNotFoundError(f"{p} has no audio file {p.with_suffix('.wav').name}.")
+            check_dialogue_audio(p.with_suffix(".wav"), r)
             records.append((p.with_suffix(".wav"), r))
             if limit and len(records) >= limit:
                 break

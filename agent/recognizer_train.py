@@ -68,6 +68,9 @@ class RecognizerTrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
+        m = self.max_seconds
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+            raise ValueError(f"max_seconds must be a number of seconds >= 0 (0: no limit), got {m!r}.")
 
 
 def user_turns(data_dirs: list[Path], split: str) -> list[tuple[Path, float, float, str]]:

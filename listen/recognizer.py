@@ -58,6 +58,17 @@ class RecognizerConfig:
     rnn_layers: int = 2
     alphabet: str = ALPHABET  # class k+1 is alphabet[k]; class 0 is the CTC blank
 
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "hop", "win", "n_fft", "n_mels", "stack", "dim", "conv_layers", "kernel",
+                     "rnn_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"The recogniser's {name} must be an integer >= 1, got {v!r}.")
+        if isinstance(self.fmax, bool) or not isinstance(self.fmax, (int, float)) or not 0 < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"The recogniser's fmax must be above 0 and at most half its sample rate, got {self.fmax!r}.")
+        if not isinstance(self.alphabet, str) or " " not in self.alphabet or len(set(self.alphabet)) != len(self.alphabet):
+            raise ValueError("The recogniser's alphabet must be a string of distinct characters with a space in it.")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RecognizerConfig":
         names = {f.name for f in fields(cls)}

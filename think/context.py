@@ -27,6 +27,9 @@ class ContextConfig:
     soft_fraction: float = 0.75
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int) or self.max_frames < 0:
+            raise ValueError(f"context.max_frames must be an integer >= 0 (0: the model's whole context), "
+                             f"got {self.max_frames!r}.")
         if not 0.0 < self.keep_fraction < self.soft_fraction <= 1.0:
             raise ValueError("Need 0 < keep_fraction < soft_fraction <= 1.")
 

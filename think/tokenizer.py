@@ -41,7 +41,11 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"No {TOKENIZER_FILE} in {directory}; a duplex checkpoint keeps its text "
                                 f"tokenizer there (rebuild the checkpoint with `duplex model init`).")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise ValueError(f"{path} is not a valid tokenizer file ({e}); rebuild the checkpoint with "
+                         f"`duplex model init`.") from None
 
 
 def encode_system_prompt(tokenizer: Tokenizer, prompt: str | None) -> list[int]:

@@ -163,6 +163,22 @@ def tokenize_dialogue(wav_path: Path, record: dict, layout: DuplexLayout, codec:
                                        heard_during_agent_turn)[0]
 
 
+def check_dialogue_audio(wav_path: Path, record: dict, channels: int | None = None, seconds: float | None = None) -> None:
+    """A dialogue's WAV must be stereo (user, agent) and as long as its record says (a truncated file would
+    be scored or trained on as a conversation in which nobody speaks). ``channels``/``seconds``: already read."""
+    from listen.wavio import wav_info
+
+    if channels is None or seconds is None:
+        info = wav_info(wav_path)
+        channels, seconds = info.channels, info.duration
+    if channels != 2:
+        raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {channels}.")
+    said = record.get("duration")
+    if isinstance(said, (int, float)) and not isinstance(said, bool) and seconds < float(said) - 0.5:
+        raise ValueError(f"{wav_path} holds {seconds:.1f} s of audio but its record says {float(said):.1f} s: the "
+                         f"file is truncated; make it again with `duplex data synth`.")
+
+
 def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayout, codec: Codec, tokenizer,
                                 mic_paths: tuple[str, ...] = OFFLINE_PATHS, heard_recognizer=None,
                                 heard_during_agent_turn: bool = False
@@ -175,8 +191,7 @@ def tokenize_dialogue_and_turns(wav_path: Path, record: dict, layout: DuplexLayo
     from agent.training.align import dialogue_alignments
 
     audio, rate = read_wav(wav_path)
-    if audio.shape[1] != 2:
-        raise ValueError(f"{wav_path} must have 2 channels (user, agent), has {audio.shape[1]}.")
+    check_dialogue_audio(wav_path, record, audio.shape[1], len(audio) / rate)
     frames = int(math.ceil(len(audio) / rate * 1000.0 / layout.frame_ms))
     user_pcm = _codec_rate_audio(codec, audio[:, 0], rate, frames, path_for(str(record["id"]), mic_paths),
                                  far=audio[:, 1])

@@ -210,6 +210,7 @@ def test_nan_and_inf_samples_are_silenced_and_counted(run_cli, nano_model, tmp_p
     assert res.rc == 0, res.err
     assert abs(sf.info(str(out)).duration - 1.0) <= FRAME_S
     assert _latency(out)["summary"]["nonfinite_input_samples"] == 102
+    assert "102 input samples were NaN or infinite" in res.out
     y, _ = read_stereo(out)
     assert np.isfinite(y).all() and np.abs(y[:, 0]).max() > 0.1
 
@@ -400,6 +401,13 @@ def test_damaged_weights_are_a_clear_error(run_cli, nano_model, question_wav, tm
                         "duplex model init")
 
 
+def test_a_damaged_tokenizer_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path):
+    model = _copy_model(nano_model, tmp_path / "model")
+    (model / "tokenizer.json").write_text('{"x": 1}')  # was a bare "Exception: expected ..." traceback
+    _assert_clean_error(_chat(run_cli, model, question_wav, tmp_path / "o.wav"), "not a valid tokenizer file",
+                        "duplex model init")
+
+
 @pytest.mark.parametrize("override, words", [
     ("nosuch=1", ["unknown setting", "nosuch"]),
     ("sampling.nosuch=1", ["unknown setting", "sampling.nosuch"]),
@@ -435,6 +443,8 @@ def test_text_setting_takes_any_value_as_text(run_cli, nano_model, question_wav,
     (["--max-seconds", "nan"], ["--max-seconds"]),
     (["--out-rate", "-5"], ["--out-rate"]),
     (["--out-rate", "0"], ["--out-rate"]),
+    (["--out-rate", "7"], ["--out-rate", "1000 to 768000"]),  # was accepted, and the output's length was wrong
+    (["--set", "context.max_frames=-1"], ["context.max_frames"]),  # was silently "the whole context"
     (["--threads", "-1"], ["--threads"]),
 ])
 def test_bad_numeric_flags_are_clear_errors(run_cli, nano_model, question_wav, tmp_path, flags, words):
@@ -451,6 +461,7 @@ def test_output_onto_the_input_is_refused_and_input_kept(run_cli, nano_model, qu
 
 @pytest.mark.parametrize("name, words", [("adir", ["is a directory"]), ("dialogue.xyz", ["must name a .wav"]),
                                          ("dialogue", ["must name a .wav"]),
+                                         ("dialogue.raw", ["must name a .wav"]),  # was a headerless file
                                          ("afile/o.wav", ["afile is a file, not a directory"]),
                                          ("afile/sub/o.wav", ["afile is a file, not a directory"])])
 def test_unwritable_output_name_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, name, words):
@@ -472,6 +483,12 @@ def test_read_only_output_directory_is_a_clear_error_before_the_model_loads(run_
     finally:
         ro.chmod(0o755)
     assert not any(ro.iterdir())
+
+
+def test_an_output_file_that_cannot_be_written_is_a_clear_error_before_the_model_loads(run_cli, nano_model,
+                                                                                        question_wav):
+    """/proc takes no new files, even from root: this was a libsndfile traceback after the model loaded."""
+    _assert_clean_error(_chat(run_cli, nano_model, question_wav, Path("/proc/duplex-out.wav")), "cannot be written")
 
 
 def test_interrupted_chat_keeps_the_audio_and_transcript_so_far(nano_model, question_wav, tmp_path):

@@ -43,6 +43,11 @@ def test_recognizer_commands_name_a_missing_directory_in_one_sentence(run_cli, t
     assert r.rc == 2 and "No speech recogniser found" in r.err
     r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "steps=0", "-q")
     assert r.rc == 2 and "steps must be an integer >= 1" in r.err
+    for budget in ("nan", "-5"):  # nan ran the whole default step count; -5 stopped at step 0
+        r = run_cli("recognizer", "train", "--data", tmp_path, "--max-seconds", budget, "-q")
+        assert r.rc == 2 and "max_seconds must be a number of seconds >= 0" in r.err, r.err
+    r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "model.dim=abc", "-q")
+    assert r.rc == 2 and "dim must be an integer >= 1" in r.err and "Traceback" not in r.err, r.err
     import torch
 
     if not torch.cuda.is_available():  # a GPU asked for where there is none: one sentence, before any work

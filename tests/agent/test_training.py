@@ -507,6 +507,29 @@ def test_a_malformed_dialogue_file_is_named_by_tokenize_and_eval(dialogues, nano
     assert "x.json" in err and named in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("damage, named", [
+    (lambda wav: wav.write_bytes(wav.read_bytes()[:100]), "is truncated"),  # 14 samples of a 3 s dialogue
+    (lambda wav: sf.write(wav, sf.read(wav)[0][:, 0], sf.info(wav).samplerate), "must have 2 channels"),
+])
+def test_a_dialogue_whose_audio_is_truncated_or_mono_is_named_by_tokenize_and_eval(dialogues, nano_model_dir,
+                                                                                  tmp_path, capsys, damage, named):
+    """A truncated WAV was scored as a conversation in which nobody spoke; a mono one was an IndexError."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in dialogues.glob("d2.*"):
+        (data / f.name).write_bytes(f.read_bytes())
+    record = json.loads((data / "d2.json").read_text())
+    (data / "d2.json").write_text(json.dumps({**record, "split": "test"}))
+    damage(data / "d2.wav")
+    assert main(["eval", "--data", str(data), "--out", str(tmp_path / "e"), "--model", str(nano_model_dir), "-q",
+                 "--mic-path", "soxr-hq"]) == 2
+    err = capsys.readouterr().err
+    assert "d2.wav" in err and named in err and "Traceback" not in err, err
+    assert _tokenize(data, nano_model_dir, tmp_path / "shards") == 2
+    err = capsys.readouterr().err
+    assert "d2.wav" in err and named in err, err
+
+
 def test_eval_and_tokenize_refuse_counts_that_mean_nothing(dialogues, nano_model_dir, tmp_path, capsys):
     assert main(["eval", "--data", str(dialogues), "--out", str(tmp_path / "e"), "--model", str(nano_model_dir),
                  "--split", "val", "--limit", "-1", "-q"]) == 2  # it used to score exactly one dialogue

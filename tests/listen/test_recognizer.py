@@ -111,6 +111,16 @@ def test_a_corrupt_recogniser_is_refused_in_one_sentence(model, tmp_path):
     (tmp_path / "rec2" / "config.json").write_text('{"dim": 64, "colour": 1}')
     with pytest.raises(ValueError, match="could not be loaded"):
         load_recognizer(tmp_path / "rec2")
+    (tmp_path / "rec2" / "config.json").write_text('{"dim": "abc"}')  # was a torch TypeError traceback
+    with pytest.raises(ValueError, match="dim must be an integer >= 1"):
+        load_recognizer(tmp_path / "rec2")
+
+
+@pytest.mark.parametrize("field, value, words", [("dim", "abc", "dim must be an integer"), ("stack", 0, "stack must"),
+                                                 ("fmax", 9000.0, "fmax must"), ("alphabet", "abc", "alphabet must")])
+def test_a_recogniser_shape_that_cannot_be_built_is_refused_in_one_sentence(field, value, words):
+    with pytest.raises(ValueError, match=words):
+        RecognizerConfig(**{field: value})
 
 
 
