@@ -96,6 +96,9 @@ class SearchGraph:
         for i, w in enumerate(self.words):
             self.trie.insert([1 + alphabet.index(ch) for ch in w] + [self.space], i, lm.logprob(start, w))
         self.trie.smear(SmearingMode.MAX)
+        # One certain word-end step (``StreamingBeamDecoder.end``): the user stopped, so the word being spelled ended.
+        self.word_end = np.full((1, self.classes), -30.0, np.float32)
+        self.word_end[0, self.space] = 0.0
 
 
 def _lm_adapter(graph: SearchGraph):
@@ -188,9 +191,8 @@ class StreamingBeamDecoder:
         # The user stopped, so the word being spelled has ended: one certain space step finishes it (the
         # recogniser rarely writes a turn's final space before the utterance is closed, and the search only
         # writes words finished by a space).
-        end_of_word = np.full((1, self.graph.classes), -30.0, np.float32)
-        end_of_word[0, self.graph.space] = 0.0
-        self._decoder.decode_step(end_of_word.ctypes.data, 1, end_of_word.shape[1])
+        end = self.graph.word_end
+        self._decoder.decode_step(end.ctypes.data, 1, end.shape[1])
         self._decoder.decode_end()
         hyps = self._decoder.get_all_final_hypothesis()
         words = self._take(self._word_ids(hyps[0].words)) if hyps else []

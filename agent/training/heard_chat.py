@@ -45,7 +45,7 @@ def qa_spans(text: np.ndarray, layout: DuplexLayout) -> list[tuple[int, int, int
     ``q0..q1`` with no agent text in it, answered by the agent turn ``a0..a1`` (first piece .. end-of-turn)
     that follows it. Agent turns with heard ids inside (an interruption) or cut by the window's end are
     left out."""
-    heard = np.asarray([layout.is_heard_id(int(t)) for t in text])
+    heard = _heard(text, layout)
     agent = (text >= 0) & (text < layout.text_vocab_size)
     spans, f, frames, last_end = [], 0, len(text), -1
     while f < frames:
@@ -66,6 +66,11 @@ def qa_spans(text: np.ndarray, layout: DuplexLayout) -> list[tuple[int, int, int
             continue
         spans.append((int(before[0]), int(before[-1]), a0, a1))
     return spans
+
+
+def _heard(text: np.ndarray, layout: DuplexLayout) -> np.ndarray:
+    """``layout.is_heard_id`` over a whole track ``(frames,)`` (the heard ids are the layout's last range)."""
+    return (text >= layout.heard_offset) & (text < layout.vocab_size)
 
 
 def _answer_slots(words: list[str], tokenizer, start: int) -> list[tuple[int, int]]:
@@ -122,7 +127,7 @@ class HeardChatSampler:
                 text[frame] = piece
                 text_w[frame] = self.cfg.text_weight
                 floor = max(floor, frame + 1)
-        text_w[[lay.is_heard_id(int(t)) for t in text]] = 0.0  # a new question may take a PAD frame before its run
+        text_w[_heard(text, lay)] = 0.0  # a new question may take a PAD frame before its run
         ids = ids.copy()
         ids[1 + lay.q_in::slot] = text
         # weights[i] scores ids[i + 1]: the text slot of frame f is ids[1 + f * slot + q_in]

@@ -119,17 +119,21 @@ def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int)
     wanted = [k for k, v in cfg.mix.items() if v > 0]
     sources: dict[str, WindowSampler | SequenceSampler] = {}
     align = load_align(cfg.shards, split) if {"listen", "speak"} & set(wanted) else {}
-    hint = {"duplex": "`duplex data tokenize`", "heard_chat": "`duplex data tokenize`", "listen": "`duplex data tokenize` (without --no-align)",
+    # duplex and heard_chat cut their windows from the same dialogues: loaded once
+    seqs = load_split(cfg.shards, split) if {"duplex", "heard_chat"} & set(wanted) else []
+    windows = WindowSampler(seqs, layout, cfg) if seqs else None
+    hint = {"duplex": "`duplex data tokenize`", "heard_chat": "`duplex data tokenize`",
+            "listen": "`duplex data tokenize` (without --no-align)",
             "speak": "`duplex data tokenize` (without --no-align)", "text": "`duplex data tokenize --text-conversations N`"}
     for name in wanted:
-        if name in ("duplex", "heard_chat"):
-            seqs = load_split(cfg.shards, split)
-            if seqs and name == "duplex":
-                sources[name] = WindowSampler(seqs, layout, cfg)
-            elif seqs:
+        if name == "duplex":
+            if windows is not None:
+                sources[name] = windows
+        elif name == "heard_chat":
+            if windows is not None:
                 from agent.training.heard_chat import HeardChatSampler
 
-                sources[name] = HeardChatSampler(WindowSampler(seqs, layout, cfg), layout, _tokenizer(cfg), cfg, split)
+                sources[name] = HeardChatSampler(windows, layout, _tokenizer(cfg), cfg, split)
         elif name in ("listen", "speak"):
             kind = LISTEN if name == "listen" else SPEAK
             items = [(s, *align_targets(s, kind, layout)) for s in align.get(kind, [])]
