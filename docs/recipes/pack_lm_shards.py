@@ -1,9 +1,10 @@
 """Pack `duplex data tokenize` shards small enough to carry to a GPU machine (64 MiB per call), and unpack them.
 
-    python docs/recipes/pack_lm_shards.py pack SHARDS OUT [--splits train,val] [--max-mb 40]
+    python docs/recipes/pack_lm_shards.py pack SHARDS OUT [--splits train,val] [--kinds shards,...] [--max-mb 40]
     python docs/recipes/pack_lm_shards.py unpack PACKED OUT
 
-Packing keeps the chosen splits (duplex, alignment and text shards alike), stores ids as uint16 when the
+Packing keeps the chosen splits of the chosen kinds (``--kinds``: duplex ``shards``, ``align_shards``,
+``text_shards``; all by default), stores ids as uint16 when the
 layout's vocabulary allows it (every id < 65536; SmolLM2 + codec2: 57,349) and compresses each file. Unpacking
 restores the int32 ids `duplex train` expects. Refuses to write more than --max-mb (say which splits to drop).
 """
@@ -19,13 +20,13 @@ import numpy as np
 KEYS = ("shards", "align_shards", "text_shards")
 
 
-def pack(src: Path, out: Path, splits: set[str], max_mb: float) -> int:
+def pack(src: Path, out: Path, splits: set[str], max_mb: float, kinds: tuple[str, ...] = KEYS) -> int:
     index = json.loads((src / "shards.json").read_text())
     small = index["layout"]["vocab_size"] <= 65536
     out.mkdir(parents=True, exist_ok=True)
     kept = dict(index)
     for key in KEYS:
-        kept[key] = [e for e in index.get(key, []) if e["split"] in splits]
+        kept[key] = [e for e in index.get(key, []) if e["split"] in splits and key in kinds]
         for e in kept[key]:
             z = dict(np.load(src / e["file"]))
             if small and z["ids"].size and int(z["ids"].max()) < 65536:
@@ -62,13 +63,17 @@ def main() -> int:
     a.add_argument("src", type=Path)
     a.add_argument("out", type=Path)
     a.add_argument("--splits", default="train,val")
+    a.add_argument("--kinds", default=",".join(KEYS), help="which shard kinds to keep (default: all)")
     a.add_argument("--max-mb", type=float, default=40.0)
     b = sub.add_parser("unpack")
     b.add_argument("src", type=Path)
     b.add_argument("out", type=Path)
     args = p.parse_args()
     if args.cmd == "pack":
-        return pack(args.src, args.out, set(args.splits.split(",")), args.max_mb)
+        kinds = tuple(args.kinds.split(","))
+        if set(kinds) - set(KEYS):
+            p.error(f"--kinds takes {', '.join(KEYS)}; got {args.kinds}")
+        return pack(args.src, args.out, set(args.splits.split(",")), args.max_mb, kinds)
     return unpack(args.src, args.out)
 
 

@@ -11,6 +11,9 @@
 # any: `duplex eval --device cuda`, at most E_SECONDS; with the staged recogniser writing the heard text).
 # The last call takes about A + B + E + 150 s (installs, unpacking, the merges, the delta, and the listening
 # check of each stage, at most 60 s each; LISTEN_TURNS=0 skips it), under the 600 s a call may run.
+# A tiny-model run staged beside it (LM_SHARDS=, LM_INIT=) trains on the same GPU at the same time
+# (docs/recipes/lm_gpu_train.py for LM_SECONDS, default A + B, with LM_ARGS: key=value ...; from the staged
+# checkpoint if any) and comes back as $OUT/lm-gpu.tgz.part*.
 set -u
 A=${1:-150}; B=${2:-180}; E=90
 shift $(( $# < 2 ? $# : 2 ))
@@ -27,11 +30,24 @@ python3 -c 'import soundfile, soxr, webrtcvad, gguf, pycodec2' 2>/dev/null || py
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 docs/recipes/pack_lm_shards.py unpack "$S/shards" "$S/shards-full" || exit 1
 OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
+LM_PID=
+if [ -d "$S/lm-shards" ]; then
+  python3 docs/recipes/pack_lm_shards.py unpack "$S/lm-shards" "$S/lm-shards-full" >/dev/null || exit 1
+  LM_INIT=(); [ -d "$S/lm-init" ] && LM_INIT=("init=$S/lm-init")
+  # shellcheck disable=SC2086  # LM_ARGS: key=value words
+  timeout $((${LM_SECONDS:-$((A + B))} + 60)) python3 docs/recipes/lm_gpu_train.py "${LM_SECONDS:-$((A + B))}" \
+    "$S/lm-shards-full" runs/lm-gpu model_preset=tiny "${LM_INIT[@]}" ${LM_ARGS:-} > "$S/lm.log" 2>&1 &
+  LM_PID=$!
+fi
 FROM=(); [ -d "$S/from-delta" ] && FROM=(--from-delta "$S/from-delta")
 timeout $((A + B + 150)) python3 docs/recipes/smol_gpu_train.py "$GGUF" "$S/shards-full" runs/smol-gpu "$A" "$B" "${FROM[@]}" "$@" 2>&1 | tail -n 6
 for d in a speech-base; do mkdir -p runs/smol-gpu/delta/$d && cp runs/smol-gpu/$d/{metrics.jsonl,loss.png,train_config.json,final_metrics.json} runs/smol-gpu/delta/$d/ 2>/dev/null; done
 # The delta goes to $OUT before the eval: what is under $OUT comes back even if the call runs out of time.
 (cd runs/smol-gpu/delta && tar czf - .) | split -b 15m - "$OUT/smol-delta.tgz.part"
+if [ -n "$LM_PID" ]; then
+  wait "$LM_PID"; echo "tiny model: $(tail -n 2 "$S/lm.log")"
+  (cd runs/lm-gpu && tar czf - --exclude=last --exclude=init .) | split -b 15m - "$OUT/lm-gpu.tgz.part"
+fi
 # Does each stage hear? Transcripts of test turns, own vs another turn's audio (needs the test split packed).
 mkdir -p runs/smol-gpu/delta/eval
 for m in a speech-base; do

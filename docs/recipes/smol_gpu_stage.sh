@@ -5,7 +5,9 @@
 # stage holds LAST and the tar's sha256. Run from the repo root:
 #   bash docs/recipes/smol_gpu_stage.sh SHARDS [EVAL_DATA [EVAL_N]]   # shards: `duplex data tokenize --model <smol init>`
 # Environment: FROM_DELTA=DIR (an earlier `duplex model delta`, to train on from there: smol_gpu_train.py
-# --from-delta), RECOGNIZER=DIR (`duplex recognizer train`: the device's eval writes the heard text with it).
+# --from-delta), RECOGNIZER=DIR (`duplex recognizer train`: the device's eval writes the heard text with it),
+# LM_SHARDS=DIR and LM_INIT=DIR (tiny-model shards, their train + val duplex windows only, and a checkpoint to
+# continue: smol_gpu_run.sh trains it beside the speech base on the same GPU, LM_SECONDS / LM_ARGS there).
 set -eu
 SHARDS=$1; EVAL_DATA=${2:-}; EVAL_N=${3:-20}
 GGUF=$(python -c 'from think.base_llm import resolve_base; d, f = resolve_base("smollm2"); print(d / f)')
@@ -29,6 +31,13 @@ fi
 if [ -n "${FROM_DELTA:-}" ]; then  # the delta's own files, not the evaluations kept beside it
   mkdir -p "$P/from-delta"
   for f in "$FROM_DELTA"/*; do if [ -f "$f" ]; then ln -s "$(realpath "$f")" "$P/from-delta/"; fi; done
+fi
+if [ -n "${LM_SHARDS:-}" ]; then
+  python docs/recipes/pack_lm_shards.py pack "$LM_SHARDS" "$P/lm-shards" --splits train,val --kinds shards --max-mb 64
+fi
+if [ -n "${LM_INIT:-}" ]; then
+  mkdir -p "$P/lm-init"
+  for f in "$LM_INIT"/*; do if [ -f "$f" ]; then ln -s "$(realpath "$f")" "$P/lm-init/"; fi; done
 fi
 if [ -n "${RECOGNIZER:-}" ]; then cp -r "$RECOGNIZER" "$P/recognizer"; fi
 mkdir -p .smol-parts && rm -f .smol-parts/*
