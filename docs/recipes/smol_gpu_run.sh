@@ -14,11 +14,26 @@
 # A tiny-model run staged beside it (LM_SHARDS=, LM_INIT=) trains on the same GPU at the same time
 # (docs/recipes/lm_gpu_train.py for LM_SECONDS, default A + B, with LM_ARGS: key=value ...; from the staged
 # checkpoint if any) and comes back as $OUT/lm-gpu.tgz.part*.
+# One call brings back at most ~60 MiB (RETURN_MB): parts past that wait on the device, and one more call on the
+# warm machine, `bash docs/recipes/smol_gpu_run.sh rest`, brings the next ~60 MiB of them.
 set -u
+S=/tmp/smol; mkdir -p "$S"
+OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
+keep_returnable() {  # by file name: what fits in RETURN_MB stays under $OUT, the rest waits in $S/later
+  local total=0 f size
+  mkdir -p "$S/later"
+  for f in $(ls -d "$OUT"/* "$S"/later/* 2>/dev/null | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2); do
+    size=$(stat -c %s "$f")
+    if [ $((total + size)) -le $((${RETURN_MB:-60} << 20)) ]; then total=$((total + size)); [ "$(dirname "$f")" = "$OUT" ] || mv "$f" "$OUT/"
+    else [ "$(dirname "$f")" = "$S/later" ] || mv "$f" "$S/later/"; fi
+  done
+  local left; left=$(ls "$S/later" | wc -l)
+  [ "$left" -eq 0 ] || echo "$left parts wait on the device ($(ls "$S/later" | tr '\n' ' ')): call 'bash docs/recipes/smol_gpu_run.sh rest' now"
+}
+if [ "${1:-}" = rest ]; then keep_returnable; ls -la "$OUT"; exit 0; fi
 A=${1:-150}; B=${2:-180}; E=90
 shift $(( $# < 2 ? $# : 2 ))
 case "${1:-}" in ''|*=*) ;; *) E=$1; shift ;; esac
-S=/tmp/smol; mkdir -p "$S"
 for d in .smol[0-9]*/; do [ -d "$d" ] && cp -r "$d". "$S/"; done
 if [ ! -f "$S/LAST" ]; then echo "staged: $(ls "$S" | tr '\n' ' ')"; exit 0; fi
 [ "$(cat "$S"/part-* | sha256sum | cut -d' ' -f1)" = "$(cat "$S/payload.sha256")" ] ||
@@ -29,7 +44,6 @@ python3 -c 'import soundfile, soxr, webrtcvad, gguf, pycodec2' 2>/dev/null || py
   --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl "$S"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 docs/recipes/pack_lm_shards.py unpack "$S/shards" "$S/shards-full" || exit 1
-OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
 LM_PID=
 if [ -d "$S/lm-shards" ]; then
   python3 docs/recipes/pack_lm_shards.py unpack "$S/lm-shards" "$S/lm-shards-full" >/dev/null || exit 1
@@ -69,4 +83,5 @@ if [ -d "$S/eval" ] && [ -f runs/smol-gpu/speech-base/config.json ]; then
   [ -f runs/smol-gpu/delta/eval/eval.json ] && tail -n 17 "$S/eval.log" || { echo "eval of $n dialogues scored none within $E s:"; tail -n 3 "$S/eval.log"; }
 fi
 tar czf "$OUT/smol-eval.tgz" -C runs/smol-gpu/delta eval
+keep_returnable
 ls -la "$OUT"
