@@ -211,6 +211,20 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def trained_window_frames(path: str | Path) -> int | None:
+    """The window, in frames, that the checkpoint's last training stage saw (``window_frames`` in the
+    ``train_config.json`` that ``duplex train`` writes beside the weights); None if it does not say.
+
+    Why: a model fine-tuned on short windows has never seen the duplex stream past them, even when its
+    base's positions reach further (SmolLM2: 8,192 ids, 628 frames, against stage b's 120-frame windows)."""
+    f = Path(path) / "train_config.json"
+    try:
+        frames = json.loads(f.read_text()).get("window_frames")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return frames if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else None
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load model, layout and tokenizer, and check that they agree."""
     import torch

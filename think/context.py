@@ -17,7 +17,8 @@ class ContextConfig:
     """Rolling-window policy, in frames (slots).
 
     Attributes:
-        max_frames: hard limit; 0 = derive from the model's max positions.
+        max_frames: hard limit; 0 = the window the model was trained on (``window_frames`` in its
+            ``train_config.json``), within its max positions; without one, as many as its positions hold.
         keep_fraction: share of the window kept after a rebase.
         soft_fraction: share of the window after which a quiet frame triggers the rebase.
     """
@@ -28,7 +29,7 @@ class ContextConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int) or self.max_frames < 0:
-            raise ValueError(f"context.max_frames must be an integer >= 0 (0: the model's whole context), "
+            raise ValueError(f"context.max_frames must be an integer >= 0 (0: the model's trained window), "
                              f"got {self.max_frames!r}.")
         if not 0.0 < self.keep_fraction < self.soft_fraction <= 1.0:
             raise ValueError("Need 0 < keep_fraction < soft_fraction <= 1.")
@@ -41,13 +42,17 @@ class PromptTooLong(ValueError):
 class ContextWindow:
     """Keeps the ids needed to rebuild the context, and decides when to rebase."""
 
-    def __init__(self, prefix: list[int], slot_size: int, max_positions: int, config: ContextConfig) -> None:
+    def __init__(self, prefix: list[int], slot_size: int, max_positions: int, config: ContextConfig,
+                 trained_frames: int | None = None) -> None:
+        """``trained_frames``: the model's training window (``think.checkpoint.trained_window_frames``); the
+        default limit when ``config.max_frames`` is 0. An explicit ``max_frames`` may go past it."""
         self.prefix = list(prefix)
         fit = (max_positions - len(self.prefix) - 2 * slot_size) // slot_size
         if fit < 4:
             raise PromptTooLong(f"The model's context ({max_positions} ids) is too short for the system prompt "
                              f"({len(self.prefix)} ids) and a few frames; shorten the system prompt.")
-        self.hard_limit = min(config.max_frames, fit) if config.max_frames > 0 else fit
+        limit = config.max_frames or trained_frames or fit
+        self.hard_limit = min(limit, fit)
         self.soft_limit = max(2, int(self.hard_limit * config.soft_fraction))
         self.keep = max(1, int(self.hard_limit * config.keep_fraction))
         self.slots: deque[list[int]] = deque(maxlen=self.hard_limit)

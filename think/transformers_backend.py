@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from think.backend import Backend, BackendSession, StepResult, check_given_text
-from think.checkpoint import LoadedModel, load_checkpoint
+from think.checkpoint import LoadedModel, load_checkpoint, trained_window_frames
 from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
 from think.lean_llama import LeanLlama
@@ -57,6 +57,7 @@ class TransformersBackend(Backend):
         # transformers 5.x renamed past_key_values to cache; accept either.
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 4096))
+        self.trained_frames = trained_window_frames(loaded.path)
         # One model, many sessions: forward passes are serialised (torch itself is not re-entrant per model
         # under inference mode with shared buffers on every build we use).
         self.lock = threading.Lock()
@@ -164,7 +165,8 @@ class TransformersSession(BackendSession):
             self.generator.manual_seed(sampling.seed)
         lay = self.layout
         prefix = lay.session_prefix(encode_system_prompt(backend.tokenizer, system_prompt))
-        self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context)
+        self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context,
+                                    backend.trained_frames)
         self.capacity = len(prefix) + (self.window.hard_limit + 2) * lay.slot_size
         self.stream = backend.new_stream(self.capacity)
         self.pending: list[int] = list(prefix)  # ids appended to the sequence but not yet fed

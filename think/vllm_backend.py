@@ -41,7 +41,7 @@ import numpy as np
 
 from think.adapters import resolve_adapter
 from think.backend import Backend, BackendSession, StepResult, check_given_text
-from think.checkpoint import check_model_dir
+from think.checkpoint import check_model_dir, trained_window_frames
 from think.context import ContextConfig, ContextWindow
 from think.layout import DuplexLayout
 from think.sampling import SamplingConfig
@@ -117,6 +117,7 @@ class VllmBackend(Backend):
         self.tokenizer = load_tokenizer(self.path)
         hf = json.loads((self.path / "config.json").read_text())
         self.max_positions = int(hf.get("max_position_embeddings", 4096))
+        self.trained_frames = trained_window_frames(self.path)
         if self.config.max_model_len:
             self.max_positions = min(self.max_positions, self.config.max_model_len)
         self.on_event = on_event
@@ -406,7 +407,8 @@ class VllmSession(BackendSession):
         self.record = record
         self.generation = backend.generation
         prefix = lay.session_prefix(encode_system_prompt(backend.tokenizer, system_prompt))
-        self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context)
+        self.window = ContextWindow(prefix, lay.slot_size, backend.max_positions, backend.context,
+                                    backend.trained_frames)
         self.pending: list[int] = list(prefix)
         self.fed = 0
         self.frame = 0

@@ -11,6 +11,9 @@ the answer rate with an oracle transcript is the ceiling a better recogniser in 
 reach, without the model learning anything new. Prints JSON. Not part of the package.
 
     THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle]
+
+``SAMPLING='{"text_temperature": 0}'`` (JSON) overrides the session's sampling defaults (``SamplingConfig``),
+``CONTEXT_FRAMES=N`` the session's ``context.max_frames``.
 """
 import json
 import os
@@ -23,12 +26,14 @@ import torch
 from agent.evaluate import answer_score, held_out_records
 from agent.training.tokenize import tokenize_dialogue
 from streaming.codecs.base import load_codec
+from think.context import ContextConfig
 from think.sampling import SamplingConfig
 from think.transformers_backend import TransformersBackend
 
 model_dir, data, split, limit = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 modes = (sys.argv[5] if len(sys.argv) > 5 else "free,oracle").split(",")
-backend = TransformersBackend.from_dir(model_dir, threads=int(os.environ.get("THREADS", "2")))
+backend = TransformersBackend.from_dir(model_dir, threads=int(os.environ.get("THREADS", "2")),
+                                      context=ContextConfig(max_frames=int(os.environ.get("CONTEXT_FRAMES", "0"))))
 lay = backend.layout
 assert lay.heard_text, "this diagnostic needs a heard-text model (duplex model init --heard-text)"
 codec, tok = load_codec(lay.codec.name, **lay.codec.options), backend.tokenizer
@@ -38,7 +43,7 @@ user_offsets = np.asarray(lay.user_offsets[: lay.q_in])
 def run(ids: np.ndarray, frames: int, oracle: bool, seed: int) -> list[int]:
     """The text id the session put in each frame's slot (the oracle's heard ids are given to the step, as a
     session's recogniser gives its words, and the model draws no heard ids itself)."""
-    sess = backend.open_session(SamplingConfig(seed=seed), "")
+    sess = backend.open_session(SamplingConfig(**{"seed": seed, **json.loads(os.environ.get("SAMPLING", "{}"))}), "")
     sess.listener_heard = oracle
     body = ids[1: 1 + frames * lay.slot_size].reshape(frames, lay.slot_size)
     out_text = []

@@ -142,6 +142,29 @@ def test_rolling_context_keeps_memory_flat_over_a_ten_minute_session(small_model
     assert (peak_end - peak_after_warmup) < 20 * 1024, f"peak RSS grew by {(peak_end - peak_after_warmup) / 1024:.1f} MB"
 
 
+@pytest.mark.parametrize("train_config, max_frames, expected", [
+    ('{"window_frames": 40}', 0, 40),     # the window its training saw
+    ('{"window_frames": 40}', 60, 60),    # an explicit limit may go past it
+    ('{"window_frames": 100000}', 0, None),  # never past the positions
+    (None, 0, None),                      # no training record: as many frames as the positions hold
+    ("not json", 0, None),
+])
+def test_sessions_stay_within_the_window_the_model_was_trained_on(small_model_dir, tmp_path, train_config,
+                                                                  max_frames, expected):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(small_model_dir, model)
+    (model / "train_config.json").unlink(missing_ok=True)
+    if train_config is not None:
+        (model / "train_config.json").write_text(train_config)
+    backend = TransformersBackend(load_checkpoint(model), context=ContextConfig(max_frames=max_frames))
+    session = backend.open_session(SamplingConfig(seed=0))
+    fit = (backend.max_positions - len(session.window.prefix) - 2 * backend.layout.slot_size) // backend.layout.slot_size
+    assert session.window.hard_limit == (expected or fit)
+    assert fit > 100  # the nano preset holds far more than the trained window
+
+
 def test_model_smaller_than_its_layout_is_rejected(small_model_dir, tmp_path):
     import json
     import shutil
