@@ -13,7 +13,8 @@ reach, without the model learning anything new. Prints JSON. Not part of the pac
     THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle]
 
 ``SAMPLING='{"text_temperature": 0}'`` (JSON) overrides the session's sampling defaults (``SamplingConfig``),
-``CONTEXT_FRAMES=N`` the session's ``context.max_frames``.
+``CONTEXT_FRAMES=N`` the session's ``context.max_frames``. ``AGENT_AUDIO=silent`` lets the agent's codebooks
+draw only their silence code (the text is still the model's): does the model's own audio derail its words?
 """
 import json
 import os
@@ -38,6 +39,11 @@ lay = backend.layout
 assert lay.heard_text, "this diagnostic needs a heard-text model (duplex model init --heard-text)"
 codec, tok = load_codec(lay.codec.name, **lay.codec.options), backend.tokenizer
 user_offsets = np.asarray(lay.user_offsets[: lay.q_in])
+if os.environ.get("AGENT_AUDIO") == "silent":
+    silence = lay.agent_audio_ids(lay.agent_silence_codes()).tolist()
+    for j, masks in enumerate(backend.masks.masks[1:], start=1):
+        masks.fill_(float("-inf"))
+        masks[silence[j - 1] - backend.masks.rows[j][0]] = 0.0
 
 
 def run(ids: np.ndarray, frames: int, oracle: bool, seed: int) -> list[int]:

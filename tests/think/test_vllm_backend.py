@@ -427,6 +427,7 @@ def _fake_backend(model_dir, adapters_dir=None):
     backend.layout = DuplexLayout.load(model_dir)
     backend.tokenizer = load_tokenizer(model_dir)
     backend.context, backend.max_positions, backend.generation = ContextConfig(), 4096, 1
+    backend.trained_frames = None
     backend.sessions, backend._lora_ids, backend._lora_lock = {}, {}, None
     backend.engine = _FakeEngine()
     return backend
