@@ -5,12 +5,14 @@ frame through a real backend session, on held-out dialogues tokenized the way tr
 - ``oracle``: at every frame where the dialogue's own heard text has a word piece (``place_heard``), that id
   is written into the text slot instead of a sample, and the model may not draw heard ids itself. Everything
   else (when to speak, what to answer, the audio) is still the model's.
+- ``answers``: as ``oracle``, and outside the scored answer windows the whole text slot is the script's (the
+  agent's earlier turns, its PADs): only each answer is the model's own, from a context that is right.
 
 Scored like ``duplex eval`` (``answer_score`` over the frames from the question's end to the next user turn):
 the answer rate with an oracle transcript is the ceiling a better recogniser in front of this model could
 reach, without the model learning anything new. Prints JSON. Not part of the package.
 
-    THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle]
+    THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle,answers]
 
 ``SAMPLING='{"text_temperature": 0}'`` (JSON) overrides the session's sampling defaults (``SamplingConfig``),
 ``CONTEXT_FRAMES=N`` the session's ``context.max_frames``. ``AGENT_AUDIO=silent`` lets the agent's codebooks
@@ -46,16 +48,17 @@ if os.environ.get("AGENT_AUDIO") == "silent":
         masks[silence[j - 1] - backend.masks.rows[j][0]] = 0.0
 
 
-def run(ids: np.ndarray, frames: int, oracle: bool, seed: int) -> list[int]:
+def run(ids: np.ndarray, frames: int, oracle: bool, seed: int, free: np.ndarray | None = None) -> list[int]:
     """The text id the session put in each frame's slot (the oracle's heard ids are given to the step, as a
-    session's recogniser gives its words, and the model draws no heard ids itself)."""
+    session's recogniser gives its words, and the model draws no heard ids itself). ``free`` ``(frames,)``:
+    where given, the script's text id is forced wherever it is False."""
     sess = backend.open_session(SamplingConfig(**{"seed": seed, **json.loads(os.environ.get("SAMPLING", "{}"))}), "")
     sess.listener_heard = oracle
     body = ids[1: 1 + frames * lay.slot_size].reshape(frames, lay.slot_size)
     out_text = []
     for t in range(frames):
         gt = int(body[t, lay.q_in])
-        given = gt if oracle and lay.is_heard_id(gt) else None
+        given = gt if (oracle and lay.is_heard_id(gt)) or (free is not None and not free[t]) else None
         out_text.append(sess.step_sync(body[t, : lay.q_in] - user_offsets, text_id=given).text_id)
     return out_text
 
@@ -70,15 +73,19 @@ for n, (wav, rec) in enumerate(held_out_records(data, split, limit)):
     d = tokenize_dialogue(wav, rec, lay, codec, tok)
     frame_s = lay.frame_ms / 1000.0
     turns = rec.get("turns", [])
+    spans = []  # (first frame, end frame, qa): where each answer is scored
+    for qa in rec.get("qa", []):
+        if qa.get("completed") is False or qa.get("turn_index") is None:
+            continue
+        q = turns[qa["turn_index"]]
+        nxt = [u["start"] for u in turns if u["speaker"] == "user" and u["start"] > q["end"] + 0.3]
+        spans.append((int(float(q["end"]) / frame_s), int(min(nxt) / frame_s) if nxt else d.frames, qa))
+    free = np.zeros(d.frames, dtype=bool)
+    for a, b, _ in spans:
+        free[a:b] = True
     for mode in modes:
-        text = run(d.ids, d.frames, mode == "oracle", seed=n)
-        for qa in rec.get("qa", []):
-            if qa.get("completed") is False or qa.get("turn_index") is None:
-                continue
-            q = turns[qa["turn_index"]]
-            a = int(float(q["end"]) / frame_s)
-            nxt = [u["start"] for u in turns if u["speaker"] == "user" and u["start"] > q["end"] + 0.3]
-            b = int(min(nxt) / frame_s) if nxt else d.frames
+        text = run(d.ids, d.frames, mode in ("oracle", "answers"), seed=n, free=free if mode == "answers" else None)
+        for a, b, qa in spans:
             got = said(text[a:b])
             rows[mode].append({"question": qa["question"], "expected": qa["answer"], "said": got.strip(),
                                **answer_score(got, qa["answer"])})
