@@ -19,13 +19,12 @@
 set -u
 S=/tmp/smol; mkdir -p "$S"
 OUT=${OUT:-runs/smol-gpu-out}; mkdir -p "$OUT"
-keep_returnable() {  # by file name: what fits in RETURN_MB stays under $OUT, the rest waits in $S/later
-  local total=0 f size
-  mkdir -p "$S/later"
-  for f in $(ls -d "$OUT"/* "$S"/later/* 2>/dev/null | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2); do
-    size=$(stat -c %s "$f")
-    if [ $((total + size)) -le $((${RETURN_MB:-60} << 20)) ]; then total=$((total + size)); [ "$(dirname "$f")" = "$OUT" ] || mv "$f" "$OUT/"
-    else [ "$(dirname "$f")" = "$S/later" ] || mv "$f" "$S/later/"; fi
+keep_returnable() {  # by file name: what fits in RETURN_MB goes to $OUT, the rest waits in $S/later
+  local total=0 name size
+  mkdir -p "$S/later" && mv "$OUT"/* "$S/later/" 2>/dev/null
+  for name in $(ls "$S/later"); do
+    size=$(stat -c %s "$S/later/$name")
+    if [ $((total + size)) -le $((${RETURN_MB:-60} << 20)) ]; then total=$((total + size)); mv "$S/later/$name" "$OUT/"; fi
   done
   local left; left=$(ls "$S/later" | wc -l)
   [ "$left" -eq 0 ] || echo "$left parts wait on the device ($(ls "$S/later" | tr '\n' ' ')): call 'bash docs/recipes/smol_gpu_run.sh rest' now"
