@@ -6,9 +6,8 @@ cut from 0.1-0.6 s before its start to 0.35 s after its end (the silence after t
 learns to finish it), labelled with the turn's text plus a trailing space. Turns the agent cut short (``cut_at``) are left out: their text is longer than their audio.
 The splits are the dialogues' own (held-out voices and slot values in val/test).
 
-Training: CTC (blank 0), AdamW, warm-up + cosine by steps or wall clock, SpecAugment-style masks, optional
-tempo and mel-band perturbation of the cached features (``stretch``, ``mel_shift``), batches of similar lengths.
-Outputs in ``--out``: ``train_config.json`` (the resolved config), ``best/`` and ``last/``
+Training: CTC (blank 0), AdamW, warm-up + cosine by steps or wall clock, SpecAugment-style masks, batches of
+similar lengths. Outputs in ``--out``: ``train_config.json`` (the resolved config), ``best/`` and ``last/``
 (``config.json`` + ``model.safetensors``, what ``load_recognizer`` loads), ``metrics.jsonl``, ``loss.png``,
 and the cached features ``features-<split>.npz`` (reused by a rerun on the same data and front end).
 """
@@ -39,8 +38,7 @@ class RecognizerTrainConfig:
     each, padding included); ``eval_every`` steps between val measurements (greedy CER/WER on ``eval_turns``
     val turns); ``via_rate`` the rate the user audio passes through before its features (0: none); ``threads``
     torch CPU threads; ``device`` where the model trains (``auto``: CUDA when torch sees one; the features are
-    computed on the CPU first, and the weights are saved as CPU tensors either way); ``stretch``/``mel_shift``
-    the per-batch tempo and mel-band perturbation (:func:`perturb`; 0: off)."""
+    computed on the CPU first, and the weights are saved as CPU tensors either way)."""
 
     data: str = "runs/data-v2"
     out: str = "runs/recognizer"
@@ -59,8 +57,6 @@ class RecognizerTrainConfig:
     freq_mask_width: int = 6
     time_masks: int = 2
     time_mask_steps: int = 4
-    stretch: float = 0.0  # each training turn's tempo scaled by 1 +- up to this (0.1: 0.9-1.1), on its features
-    mel_shift: int = 0  # each training turn's mel bands moved up or down by up to this many (a crude VTLP)
     eval_every: int = 250
     eval_turns: int = 400
     seed: int = 0
@@ -72,10 +68,6 @@ class RecognizerTrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
-        if isinstance(self.stretch, bool) or not isinstance(self.stretch, (int, float)) or not 0 <= self.stretch < 0.5:
-            raise ValueError(f"stretch must be a fraction from 0 to below 0.5, got {self.stretch!r}.")
-        if isinstance(self.mel_shift, bool) or not isinstance(self.mel_shift, int) or self.mel_shift < 0:
-            raise ValueError(f"mel_shift must be an integer >= 0, got {self.mel_shift!r}.")
         m = self.max_seconds
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
             raise ValueError(f"max_seconds must be a number of seconds >= 0 (0: no limit), got {m!r}.")
@@ -200,31 +192,6 @@ def _mask(x, cfg: RecognizerTrainConfig, n_mels: int, rng: np.random.Generator):
     return x
 
 
-def perturb(feat: np.ndarray, n_mels: int, stretch: float, mel_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """A training turn's features ``(steps, stack*n_mels)`` spoken at another tempo and a slightly other vocal
-    tract: the hops are resampled in time by a factor drawn from 1 +- ``stretch`` (linear interpolation, then
-    re-stacked), and the mel bands moved by up to ``mel_shift`` bands (the edge band repeated). The cached
-    features are computed once; this gives each epoch other voices for free, where the held-out voices are
-    what the recogniser fails on (data-v2: CER 0.22 on training turns, 0.33 on test turns)."""
-    steps, d = feat.shape
-    stack = d // n_mels
-    hops = feat.reshape(steps * stack, n_mels).astype(np.float32)
-    if stretch > 0:
-        n = max(stack, int(round(len(hops) * rng.uniform(1 - stretch, 1 + stretch))) // stack * stack)
-        where = np.linspace(0, len(hops) - 1, n)
-        lo = np.floor(where).astype(int)
-        hi = np.minimum(lo + 1, len(hops) - 1)
-        w = (where - lo)[:, None].astype(np.float32)
-        hops = hops[lo] * (1 - w) + hops[hi] * w
-    if mel_shift > 0:
-        k = int(rng.integers(-mel_shift, mel_shift + 1))
-        if k > 0:
-            hops = np.concatenate([np.repeat(hops[:, :1], k, 1), hops[:, :-k]], 1)
-        elif k < 0:
-            hops = np.concatenate([hops[:, -k:], np.repeat(hops[:, -1:], -k, 1)], 1)
-    return hops.reshape(-1, d).astype(feat.dtype)
-
-
 def log_probs(model, feats: list[np.ndarray]) -> list[np.ndarray]:
     """The model's log-probabilities ``(steps, classes)`` per turn, from front-end features (batches of 32)."""
     import torch
@@ -335,12 +302,7 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
         for g in opt.param_groups:
             g["lr"] = warmup_cosine(step, frac, peak=cfg.lr, floor=cfg.lr_min, warmup=cfg.warmup, steps=cfg.steps)
         model.train()
-        skip = rng.integers(0, max_skip + 1, len(idx))
-        if cfg.stretch or cfg.mel_shift:
-            views = [perturb(train_f[i][s:], mcfg.n_mels, cfg.stretch, cfg.mel_shift, rng) for i, s in zip(idx, skip)]
-            x, in_len = _pad(views, np.arange(len(views)))
-        else:
-            x, in_len = _pad(train_f, idx, skip)
+        x, in_len = _pad(train_f, idx, rng.integers(0, max_skip + 1, len(idx)))
         x = _mask(x, cfg, mcfg.n_mels, rng)
         logp, _ = model(None, feats=x.to(device))
         target = [labels[i] for i in idx]
