@@ -29,6 +29,8 @@ from listen.recognizer import RecognizerConfig, build_model, normalize_text, sav
 PAD_BEFORE_S, MIN_BEFORE_S = 0.6, 0.1
 # ... and ends this long after its last word (the silence in which the last word gets finished).
 PAD_AFTER_S = 0.35
+# The RecognizerConfig fields the cached features depend on.
+FRONT_END_FIELDS = ("sample_rate", "hop", "win", "n_fft", "n_mels", "fmax", "stack")
 
 
 @dataclass
@@ -104,7 +106,9 @@ def featurize(model, turns, cache: Path | None, progress: bool = True,
     import torch
     from tqdm import tqdm
 
-    key = json.dumps({"cfg": asdict(model.cfg), "via": via_rate, "turns": [(str(w), s, e, t) for w, s, e, t in turns]}, sort_keys=True)
+    # only the front end shapes the features: a wider or deeper network reuses the same cache
+    front = {k: v for k, v in asdict(model.cfg).items() if k in FRONT_END_FIELDS}
+    key = json.dumps({"cfg": front, "via": via_rate, "turns": [(str(w), s, e, t) for w, s, e, t in turns]}, sort_keys=True)
     digest = __import__("hashlib").sha256(key.encode()).hexdigest()[:16]
     if cache is not None and cache.is_file():
         z = np.load(cache, allow_pickle=False)

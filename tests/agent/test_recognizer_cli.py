@@ -54,3 +54,20 @@ def test_recognizer_commands_name_a_missing_directory_in_one_sentence(run_cli, t
         r = run_cli("recognizer", "train", "--data", tmp_path / "nothing", "--out", tmp_path / "rec2",
                     "--set", "device=cuda", "-q")
         assert r.rc == 2 and "torch sees no CUDA device" in r.err and not (tmp_path / "rec2").exists()
+
+
+def test_cached_features_serve_any_network_shape_with_the_same_front_end(dialogues, tmp_path):  # noqa: F811
+    from pathlib import Path
+
+    from agent.recognizer_train import featurize, user_turns
+    from listen.recognizer import RecognizerConfig, build_model
+
+    turns = user_turns([Path(dialogues)], "train")
+    cache = tmp_path / "features-train.npz"
+    feats, texts = featurize(build_model(RecognizerConfig(dim=16)), turns, cache, progress=False)
+    wider = build_model(RecognizerConfig(dim=24, rnn_layers=3))
+    wider.features = None  # computing features again would fail: they must come from the cache
+    again, texts2 = featurize(wider, turns, cache, progress=False)
+    assert texts2 == texts and all((a == b).all() for a, b in zip(feats, again))
+    other_front = build_model(RecognizerConfig(dim=16, n_mels=40))
+    assert featurize(other_front, turns, cache, progress=False)[0][0].shape[1] == 40 * other_front.cfg.stack
