@@ -51,6 +51,7 @@ if os.environ.get("HEARD"):
     recognizer = load_recognizer(os.environ["HEARD"])
 sampling = json.loads(os.environ.get("SAMPLING", "{}"))
 text_lo, text_hi = backend.masks.rows[0]
+trained = backend.trained_frames or 10 ** 6  # a window never runs past the frames the model trained on
 heard_rows = [t - text_lo for t in range(text_lo, text_hi) if lay.is_heard_id(t)]
 
 
@@ -89,8 +90,8 @@ for n, (wav, rec) in enumerate(held_out_records(data, "test", limit)):
         if first is None:
             continue
         # at most `before` frames of context, and room for ~2 s of answer inside the trained window
-        s = max(0, first - min(before, (backend.trained_frames or 10 ** 6) - 24))
-        b = min(b, s + (backend.trained_frames or 10 ** 6))  # stay inside the window the model trained on
+        s = max(0, first - min(before, trained - 24))
+        b = min(b, s + trained)
         seq = prefix + body[s:b].reshape(-1).tolist()
         logits = backend.model(torch.tensor([seq])).logits[0].float()
         # the logits that predict frame f's text id sit at the id before it
@@ -124,7 +125,8 @@ for n, (wav, rec) in enumerate(held_out_records(data, "test", limit)):
                      "tf_first_piece": tok.decode([gold]), "tf_first_p": round(float(at[gold - text_lo].exp()), 3),
                      "tf_first_rank": rank, "tf_first_p_pad": round(float(at[lay.pad_id - text_lo].exp()), 3),
                      "tf_first_argmax": label(int(at.argmax()) + text_lo),
-                     "tf_first_p_heard": round(float(lp_all[pos(first)][heard_rows].exp().sum()), 3), "tf_early_speak_mean": round(float(np.mean(early)), 3) if early else None,
+                     "tf_first_p_heard": round(float(lp_all[pos(first)][heard_rows].exp().sum()), 3),
+                     "tf_early_speak_mean": round(float(np.mean(early)), 3) if early else None,
                      "tf_piece_acc": round(float(np.mean(hits)), 3),
                      "fr_first_piece": first_drawn[1] if first_drawn else None,
                      "fr_first_offset_frames": first_drawn[0] if first_drawn else None,
@@ -142,5 +144,5 @@ summary = {
     "fr_answers_correct": int(sum(r["contains"] for r in rows)),
     "fr_f1_mean": round(float(np.mean([r["f1"] for r in rows])), 3),
 }
-print(json.dumps({"model": model_dir, "heard": os.environ.get("HEARD") or "script", "sampling": sampling, "before": before, "summary": summary, "rows": rows},
-                 indent=1))
+print(json.dumps({"model": model_dir, "heard": os.environ.get("HEARD") or "script", "sampling": sampling,
+                  "before": before, "summary": summary, "rows": rows}, indent=1))
