@@ -306,7 +306,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     try:
         m = synth(args.out, count=args.count, preset=args.preset, seed=args.seed, workers=args.workers,
-                  progress=not args.quiet, announce=lambda msg: print(f"duplex: {msg}", file=sys.stderr))
+                  progress=not args.quiet, announce=lambda msg: print(f"duplex: {msg}", file=sys.stderr),
+                  splits=[s for arg in args.split for s in arg.split(",") if s] if args.split else None)
     except MissingTTS as e:
         print(f"duplex: error: {e}", file=sys.stderr)
         return 2
@@ -322,6 +323,8 @@ def _add_data_synth(data_group: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="data-smoke", help="data-smoke, data-tiny (agent/presets/data-*.yaml) or a YAML file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes (each loads the agent voice)")
+    p.add_argument("--split", action="append", help="write only this split's dialogues out of --count, the same ones "
+                   "a full run writes (repeatable or comma-separated; e.g. --split test for a held-out set)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synth)
 

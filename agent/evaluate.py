@@ -7,9 +7,10 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
 - **turn take-over** at real turn ends (``turn_end``): did the agent start within ``take_over_window_s``,
   and how long after the user stopped (latency);
 - **pauses** (``pause``): did the agent wrongly take the turn during a mid-utterance pause (rate, lower is better);
-- **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop (rate, lower is better);
-- **interruptions** (``interruption``): time from the user's onset until the agent's audio stops, the share
-  stopping within 400 ms, and whether the agent then answers;
+- **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop, i.e. fall silent
+  while the user said "mm-hmm" (rate, lower is better);
+- **interruptions** (``interruption``): where the agent was talking at the user's onset, the time until its audio
+  stops and the share stopping within 400 ms; for all, whether the agent then answers;
 - **answers**: for each question (``qa``), the agent's text after the question vs the expected answer
   (normalised containment and word F1);
 - **listening** (heard-text layouts only): word error rate of the model's own transcript of each question
@@ -19,7 +20,10 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
   recogniser on the dialogue's clean agent channel (the TTS voice it was trained on) against the expected answer.
 
 "The agent is active" in a frame means its decoded audio is above ``active_rms`` or its text slot holds a
-word piece. Results: JSON (summary + per-dialogue) and, with matplotlib, a latency histogram.
+word piece; "it stops" means its audio stays at or below ``active_rms`` for ``stop_quiet_frames`` frames (a
+gap between words is not a stop). ``--reference`` scores the data's own agent channel the same way: a
+measure the script itself fails is broken. Results: JSON (summary + per-dialogue) and, with matplotlib, a
+latency histogram.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -53,7 +58,11 @@ class EvalConfig:
         limit: at most this many dialogues (0 = all).
         take_over_window_s: an answer must start within this long after a turn end.
         active_rms: agent audio level above which the agent counts as speaking.
-        stop_quiet_frames: consecutive quiet frames that count as "the agent stopped".
+        stop_quiet_frames: consecutive quiet frames that count as "the agent stopped" (5 = 400 ms). It must be
+            longer than the agent voice's own gaps between words (at most 320 ms in data-tiny's test
+            dialogues), or an agent that talks on through a user backchannel is scored as stopping at it.
+        reference: score each dialogue's own agent channel (the script) instead of a model: what a model that
+            does exactly what the data does gets, so a measure's best value on this data is known.
         asr: also score intelligibility through the offline recogniser.
         mic_path: how the user channel reaches the codec rate. Empty: the session resamples the WAV itself
             (what ``duplex chat`` does). A name from ``agent/training/mic_paths.py`` first takes it the way
@@ -67,7 +76,8 @@ class EvalConfig:
     limit: int = 0
     take_over_window_s: float = 2.0
     active_rms: float = 0.02
-    stop_quiet_frames: int = 2
+    stop_quiet_frames: int = 5
+    reference: bool = False
     asr: bool = False
     mic_path: str = ""
     device: str = "auto"
@@ -121,6 +131,50 @@ async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig,
     return outs, codec.spec.frame_ms / 1000.0
 
 
+def script_frames(wav: Path, record: dict, frame_s: float, pad_id: int) -> list[SimpleNamespace]:
+    """The dialogue's own agent channel (channel 1 of its WAV) cut into frames shaped like a session's output
+    (``mark.agent_rms``, ``text_id``, ``text_delta``), for ``score_dialogue``: each agent word's text stands in
+    the frame where the word starts, every other frame holds ``pad_id``; ``text_id`` 0 marks a word."""
+    audio, rate = read_wav(wav)
+    hop = int(round(rate * frame_s))
+    n = len(audio) // hop
+    agent = audio[: n * hop, 1].reshape(n, hop)
+    rms = np.sqrt((agent.astype(np.float64) ** 2).mean(axis=1))
+    text = [""] * n
+    for turn in record.get("turns", []):
+        if turn["speaker"] == "agent":
+            for w in turn.get("words") or []:
+                text[min(n - 1, int(float(w["start"]) / frame_s))] += " " + w["word"]
+    return [SimpleNamespace(mark=SimpleNamespace(agent_rms=float(rms[f])), text_id=0 if text[f] else pad_id,
+                            text_delta=text[f], heard_delta="") for f in range(n)]
+
+
+def answer_windows(record: dict, frame_s: float, n_frames: int) -> list[tuple[int, int, dict]]:
+    """Where each completed question's answer is scored: ``(first frame, end frame, qa)`` per question.
+
+    The window opens at the frame where the question's turn ends and runs until the user's next turn, clamped
+    to ``[0, n_frames]``. A user backchannel ("mm-hmm") inside the answer does not end it (59 of data-v2's 410
+    completed test answers have one, and the script's own answer goes on after it). An interrupted answer
+    (``completed: false``) is not expected to be complete, so it has no window. The diagnostics in
+    ``docs/diagnostics`` score the same windows.
+    """
+    turns = record.get("turns", [])
+
+    def frame(t: float) -> int:
+        return min(n_frames, max(0, int(t / frame_s)))
+
+    windows = []
+    for qa in record.get("qa", []):
+        i = qa.get("turn_index")
+        if qa.get("completed") is False or i is None or i >= len(turns):
+            continue
+        end = float(turns[i]["end"])
+        nxt = [float(u["start"]) for u in turns if u["speaker"] == "user" and float(u["start"]) > end + 0.3
+               and u.get("kind") != "backchannel"]
+        windows.append((frame(end), frame(min(nxt)) if nxt else n_frames, qa))
+    return windows
+
+
 def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pad_id: int, text_vocab: int,
                    heard_text: bool = False) -> DialogueScore:
     rms = np.asarray([o.mark.agent_rms for o in outs])
@@ -157,28 +211,24 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
             end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
             score.pauses.append({"time": t, "took_over": first_active(f + 1, end) is not None})
         elif kind == "user_backchannel":
+            # stopped: a silence that begins while the user says "mm-hmm" (its end: ``end``); the agent's
+            # answer ending later on its own is not a stop
             agent_was_active = bool(active[max(0, f - 2):f].any())
-            stop = stop_frame(f, min(n, f + window))
+            end = frame(float(ev.get("end", t + 0.5)))
+            stop = stop_frame(f, min(n, end + cfg.stop_quiet_frames))
             score.backchannels.append({"time": t, "agent_active": agent_was_active,
                                        "agent_stopped": agent_was_active and stop is not None})
         elif kind == "interruption":
+            # the script's agent talks at the onset; a model whose answer already ended has nothing to stop,
+            # so the stop is scored only where it was talking (``agent_active``)
+            agent_was_active = bool(active[max(0, f - 2):f].any())
             stop = stop_frame(f, min(n, f + window))
             resumed = first_active(stop + cfg.stop_quiet_frames, n) if stop is not None else None
-            score.interruptions.append({"time": t, "stop_ms": None if stop is None else round(max(0.0, stop * frame_s - t) * 1000, 1),
+            score.interruptions.append({"time": t, "agent_active": agent_was_active,
+                                        "stop_ms": None if stop is None else round(max(0.0, stop * frame_s - t) * 1000, 1),
                                         "answered_after": resumed is not None})
     turns = record.get("turns", [])
-    for qa in record.get("qa", []):
-        if qa.get("completed") is False:  # an interrupted answer is not expected to be complete
-            continue
-        q_turn = turns[qa["turn_index"]] if qa.get("turn_index") is not None and qa["turn_index"] < len(turns) else None
-        if q_turn is None:
-            continue
-        a = frame(float(q_turn["end"]))
-        # The answer runs until the user's next turn; a backchannel ("mm-hmm") inside the answer is not one
-        # (59 of data-v2's 410 completed test answers have one, and the script's own answer goes on after it).
-        nxt = [tt["start"] for tt in turns if tt["speaker"] == "user" and tt["start"] > q_turn["end"] + 0.3
-               and tt.get("kind") != "backchannel"]
-        b = frame(min(nxt)) if nxt else n
+    for a, b, qa in answer_windows(record, frame_s, n):
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
                               "intent": qa.get("intent"), "frames": [a, b], **answer_score(said, qa["answer"])})
@@ -225,7 +275,8 @@ def summarize(scores: list[DialogueScore]) -> dict:
     turn_ends = [x for s in scores for x in s.turn_ends]
     lat = [x["latency_ms"] for x in turn_ends if x["latency_ms"] is not None]
     inter = [x for s in scores for x in s.interruptions]
-    stops = [x["stop_ms"] for x in inter if x["stop_ms"] is not None]
+    talking = [x for x in inter if x.get("agent_active", True)]
+    stops = [x["stop_ms"] for x in talking if x["stop_ms"] is not None]
     backs = [x for s in scores for x in s.backchannels if x["agent_active"]]
     answers = [x for s in scores for x in s.answers]
     heard = [x for x in answers if "heard_question" in x]
@@ -249,10 +300,12 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "turn_latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
         "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
         "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),
+        "backchannels_agent_talking": len(backs),
         "backchannel_take_over_rate": rate(backs, "agent_stopped"),
         "interruptions": len(inter),
+        "interruptions_agent_talking": len(talking),
         "interruption_stop_within_400ms": round(float(np.mean([s is not None and s <= 400 for s in
-                                                              [x["stop_ms"] for x in inter]])), 4) if inter else None,
+                                                              [x["stop_ms"] for x in talking]])), 4) if talking else None,
         "interruption_stop_ms_median": round(float(np.median(stops)), 1) if stops else None,
         "interruption_answered_rate": rate(inter, "answered_after"),
         "answer_accuracy": rate(answers, "contains"),
@@ -317,29 +370,39 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
     session_cfg = session_cfg or SessionConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out must not cost the whole evaluation
-    backend = TransformersBackend.from_dir(resolve_model(model), device=str(resolve_device(cfg.device)))
-    codec = codec_for_layout(backend.layout)
-    lay = backend.layout
+    backend = None
+    if cfg.reference:  # the data's own agent channel, at the model's frame length; no weights are loaded
+        from think.layout import DuplexLayout
+
+        lay = DuplexLayout.load(resolve_model(model))
+        frame_s, source = lay.frame_ms / 1000.0, "reference: the dialogues' own agent channel"
+    else:
+        backend = TransformersBackend.from_dir(resolve_model(model), device=str(resolve_device(cfg.device)))
+        codec = codec_for_layout(backend.layout)
+        lay, source = backend.layout, str(backend.loaded.path)
     scores: list[DialogueScore] = []
     runs: list[tuple[list, Path, int]] = []
     stopped = False
     try:
         for wav, record in tqdm(records, desc="eval", unit="dialogue", disable=not progress):
-            outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
+            if backend is None:
+                outs = script_frames(wav, record, frame_s, lay.pad_id)
+            else:
+                outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
             scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size,
-                                         heard_text=lay.heard_text))
-            if cfg.asr:
+                                         heard_text=lay.heard_text and backend is not None))
+            if cfg.asr and backend is not None:
                 runs.append((outs, wav, codec.spec.sample_rate))
     except KeyboardInterrupt:
         if not scores:
             raise
         stopped = True  # Ctrl-C: the dialogues already scored are written, not thrown away
     summary = summarize(scores)
-    if cfg.asr and not stopped:
+    if cfg.asr and not stopped and backend is not None:
         from agent.codec_eval import Recognizer
 
         summary.update(intelligibility(Recognizer(), scores, runs))
-    result = {"summary": summary, "config": asdict(cfg), "model": str(backend.loaded.path),
+    result = {"summary": summary, "config": asdict(cfg), "model": source,
               "complete": not stopped, "dialogues": [asdict(s) for s in scores]}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(scores, out / "eval.png")

@@ -260,8 +260,13 @@ def check_tts(cfg: SynthConfig) -> None:
 
 
 def synth(out: str | Path, count: int | None = None, preset: str | None = "data-smoke", seed: int = 0,
-          workers: int = 1, progress: bool = True, announce=print) -> dict:
-    """Write ``count`` dialogues (default: the preset's) into ``out`` and return the manifest."""
+          workers: int = 1, progress: bool = True, announce=print, splits: list[str] | None = None) -> dict:
+    """Write ``count`` dialogues (default: the preset's) into ``out`` and return the manifest.
+
+    ``splits`` (e.g. ``["test"]``) writes only the dialogues of those splits out of the ``count``: the same
+    dialogues, byte for byte, that a full run writes (each dialogue's randomness depends on its index alone),
+    so a held-out set can be made without its training dialogues.
+    """
     from tqdm import tqdm
 
     cfg = load_preset(preset)
@@ -273,14 +278,20 @@ def synth(out: str | Path, count: int | None = None, preset: str | None = "data-
         raise ValueError(f"--seed must be >= 0, got {seed}.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be a number of processes >= 1, got {workers!r}.")
+    if splits is not None:
+        unknown = sorted(set(splits) - set(cfg.splits))
+        if unknown or not splits:
+            raise ValueError(f"--split must name the preset's splits ({', '.join(cfg.splits)}), got "
+                             f"{', '.join(unknown) or 'none'}.")
     check_tts(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(cfg.count)
-            if not ((out / f"{dialogue_id(i)}.wav").exists() and (out / f"{dialogue_id(i)}.json").exists())]
+    todo = [i for i in range(cfg.count) if (splits is None or split_of(i, cfg) in splits)
+            and not ((out / f"{dialogue_id(i)}.wav").exists() and (out / f"{dialogue_id(i)}.json").exists())]
     if todo:
         est = len(todo) * cfg.seconds_per_dialogue / min(workers, os.cpu_count() or 1)
-        announce(f"{len(todo)} of {cfg.count} dialogues to write ({cfg.count - len(todo)} already there); "
+        wanted = cfg.count if splits is None else sum(split_of(i, cfg) in splits for i in range(cfg.count))
+        announce(f"{len(todo)} of {wanted} dialogues to write ({wanted - len(todo)} already there); "
                  f"estimated {est / 60:.1f} min at ~{60 / cfg.seconds_per_dialogue:.0f} dialogues/min per worker.")
     # one ONNX Runtime thread per worker: other thread counts change Piper's float rounding (and so the
     # output bytes); use --workers to use more cores
@@ -303,14 +314,14 @@ def synth(out: str | Path, count: int | None = None, preset: str | None = "data-
     finally:
         bar.close()
     elapsed = time.time() - t0
-    manifest = build_manifest(out, cfg, seed)
+    manifest = build_manifest(out, cfg, seed, splits)
     if todo:
         manifest["last_run"] = {"dialogues": len(todo), "seconds": round(elapsed, 1), "workers": workers}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def build_manifest(out: Path, cfg: SynthConfig, seed: int) -> dict:
+def build_manifest(out: Path, cfg: SynthConfig, seed: int, only_splits: list[str] | None = None) -> dict:
     splits: dict = defaultdict(lambda: {"dialogues": 0, "duration_s": 0.0, "user_voices": set()})
     events: dict = defaultdict(lambda: {"count": 0, "duration_s": 0.0})
     events_split: dict = defaultdict(lambda: defaultdict(int))
@@ -318,7 +329,8 @@ def build_manifest(out: Path, cfg: SynthConfig, seed: int) -> dict:
     phen: Counter = Counter()
     intents: Counter = Counter()
     align = set()
-    for i in range(cfg.count):
+    written = [i for i in range(cfg.count) if only_splits is None or split_of(i, cfg) in only_splits]
+    for i in written:
         rec = json.loads((out / f"{dialogue_id(i)}.json").read_text())
         s = splits[rec["split"]]
         s["dialogues"] += 1
@@ -340,7 +352,8 @@ def build_manifest(out: Path, cfg: SynthConfig, seed: int) -> dict:
     return {
         "format": "duplex-dialogues/1",
         "sample_rate": tts.SAMPLE_RATE, "channels": {"0": "user as heard (augmented, with echo)", "1": "agent clean"},
-        "count": cfg.count, "seed": seed, "agent_voice": tts.AGENT_VOICE,
+        "count": len(written), "seed": seed, "agent_voice": tts.AGENT_VOICE,
+        **({"only_splits": sorted(only_splits), "of_count": cfg.count} if only_splits is not None else {}),
         "word_alignment": sorted(a for a in align if a),
         "total_duration_s": round(sum(s["duration_s"] for s in splits.values()), 2),
         "splits": {k: {"dialogues": v["dialogues"], "duration_s": round(v["duration_s"], 2),

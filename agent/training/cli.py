@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from agent.evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr, mic_path=args.mic_path,
-                     device=args.device)
+                     device=args.device, reference=args.reference)
     result = run_eval(cfg, args.model, args.out, resolve_session_config(args.config, args.overrides),
                       progress=not args.quiet)
     print(json.dumps(result["summary"], indent=2))
@@ -137,6 +137,9 @@ def add_commands(sub: argparse._SubParsersAction, data_group: argparse._SubParse
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0, help="at most this many dialogues")
     p.add_argument("--asr", action="store_true", help="also score intelligibility with Whisper tiny.en ([eval] extra)")
+    p.add_argument("--reference", action="store_true",
+                   help="score the dialogues' own agent channel instead of a model: the best each measure can be "
+                        "on this data (the model's layout sets only the frame length)")
     p.add_argument("--mic-path", default="", metavar="PATH",
                    help="take the user channel the way a live input does first (agent/training/mic_paths.py), e.g. "
                         "browser-apm for the page; default: the session resamples the WAV")

@@ -1,8 +1,8 @@
 """Where does a heard-text model lose an answer it "knows" teacher-forced? At the answer's first piece, or after?
 
 For each completed question of the first N held-out dialogues (tokenized as training saw them, the script's
-heard ids in the text slot), one window of the dialogue that ends at the next user turn and starts up to
-``BEFORE`` frames before the answer's first piece:
+heard ids in the text slot), one window of the dialogue that ends where ``duplex eval``'s answer window ends
+(``answer_windows``) and starts up to ``BEFORE`` frames before the answer's first piece:
 
 - teacher-forced (one forward over the script's ids): at the answer's first text frame, the probability and
   rank of the script's piece and of PAD; at the frames between the question's end and that frame (script:
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.evaluate import answer_score, held_out_records
+from agent.evaluate import answer_score, answer_windows, held_out_records
 from agent.training.tokenize import tokenize_dialogue
 from streaming.codecs.base import load_codec
 from think.sampling import SamplingConfig
@@ -78,14 +78,7 @@ for n, (wav, rec) in enumerate(held_out_records(data, "test", limit)):
     d = tokenize_dialogue(wav, rec, lay, codec, tok, heard_recognizer=recognizer, heard_during_agent_turn=True)
     body = d.ids[1: 1 + d.frames * S].reshape(d.frames, S)
     text = body[:, T]
-    turns = rec.get("turns", [])
-    for qa in rec.get("qa", []):
-        if qa.get("completed") is False or qa.get("turn_index") is None:
-            continue
-        q = turns[qa["turn_index"]]
-        a = int(float(q["end"]) / (lay.frame_ms / 1000.0))
-        nxt = [u["start"] for u in turns if u["speaker"] == "user" and u["start"] > q["end"] + 0.3]
-        b = min(d.frames, int(min(nxt) / (lay.frame_ms / 1000.0)) if nxt else d.frames)
+    for a, b, qa in answer_windows(rec, lay.frame_ms / 1000.0, d.frames):  # as duplex eval scores
         first = next((f for f in range(a, b) if is_word(int(text[f]))), None)
         if first is None:
             continue

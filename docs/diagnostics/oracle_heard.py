@@ -8,8 +8,8 @@ frame through a real backend session, on held-out dialogues tokenized the way tr
 - ``answers``: as ``oracle``, and outside the scored answer windows the whole text slot is the script's (the
   agent's earlier turns, its PADs): only each answer is the model's own, from a context that is right.
 
-Scored like ``duplex eval`` (``answer_score`` over the frames from the question's end to the next user turn):
-the answer rate with an oracle transcript is the ceiling a better recogniser in front of this model could
+Scored like ``duplex eval`` (``answer_score`` over ``answer_windows``: from the question's end to the user's next
+turn that is not a backchannel): the answer rate with an oracle transcript is the ceiling a better recogniser in front of this model could
 reach, without the model learning anything new. Prints JSON. Not part of the package.
 
     THREADS=2 python docs/diagnostics/oracle_heard.py MODEL_DIR DATA_DIR SPLIT N_DIALOGUES [free,oracle,answers]
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.evaluate import answer_score, held_out_records
+from agent.evaluate import answer_score, answer_windows, held_out_records
 from agent.training.tokenize import tokenize_dialogue
 from streaming.codecs.base import load_codec
 from think.context import ContextConfig
@@ -72,14 +72,7 @@ rows = {m: [] for m in modes}
 for n, (wav, rec) in enumerate(held_out_records(data, split, limit)):
     d = tokenize_dialogue(wav, rec, lay, codec, tok)
     frame_s = lay.frame_ms / 1000.0
-    turns = rec.get("turns", [])
-    spans = []  # (first frame, end frame, qa): where each answer is scored
-    for qa in rec.get("qa", []):
-        if qa.get("completed") is False or qa.get("turn_index") is None:
-            continue
-        q = turns[qa["turn_index"]]
-        nxt = [u["start"] for u in turns if u["speaker"] == "user" and u["start"] > q["end"] + 0.3]
-        spans.append((int(float(q["end"]) / frame_s), int(min(nxt) / frame_s) if nxt else d.frames, qa))
+    spans = answer_windows(rec, frame_s, d.frames)  # (first frame, end frame, qa), as duplex eval scores
     free = np.zeros(d.frames, dtype=bool)
     for a, b, _ in spans:
         free[a:b] = True

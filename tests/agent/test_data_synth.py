@@ -190,6 +190,16 @@ def test_same_seed_gives_identical_output(smoke, tmp_path):
         assert (again / f"{name}.json").read_text() == (smoke / f"{name}.json").read_text()
 
 
+def test_one_split_alone_is_the_same_dialogues_a_full_run_writes(smoke, tmp_path):
+    only = tmp_path / "only-test"
+    m = synth.synth(only, count=3, preset="data-smoke", seed=3, progress=False, announce=lambda m: None,
+                    splits=["test"])
+    assert sorted(p.name for p in only.glob("d*.wav")) == ["d000001.wav"] and set(m["splits"]) == {"test"}
+    assert (only / "d000001.wav").read_bytes() == (smoke / "d000001.wav").read_bytes()
+    with pytest.raises(ValueError, match="--split must name the preset's splits"):
+        synth.synth(only, count=3, preset="data-smoke", progress=False, splits=["tset"])
+
+
 def test_a_second_run_skips_dialogues_already_written(smoke):
     before = {p.name: p.stat().st_mtime_ns for p in smoke.glob("d*.*")}
     said = []

@@ -296,6 +296,54 @@ def test_a_user_backchannel_inside_the_answer_does_not_end_it():
     assert score.answers[0]["said"] == "the sky is blue" and score.answers[0]["contains"]
 
 
+def test_answer_windows_end_at_the_next_request_and_skip_interrupted_answers():
+    from agent.evaluate import answer_windows
+
+    record, _ = _answered_sky()
+    record["qa"].append({"question": "tell me a story", "answer": "once", "turn_index": 3, "completed": False})
+    # frames of 80 ms: the question ends at 0.8 s (frame 10), the next request starts at 2.6 s (frame 32);
+    # the backchannel at 1.2 s does not end the window, the interrupted answer has none
+    assert [(a, b) for a, b, _ in answer_windows(record, 0.08, 40)] == [(10, 32)]
+    assert [(a, b) for a, b, _ in answer_windows(record, 0.08, 20)] == [(10, 20)]  # clamped to the frames run
+
+
+def _talking(quiet_from: int, quiet_to: int):
+    """The agent talks over frames 10-39 except ``quiet_from``-``quiet_to``; a user backchannel at frames 15-19."""
+    from types import SimpleNamespace
+
+    outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if 10 <= f < 40 and not quiet_from <= f < quiet_to
+                                                 else 0.0), text_id=150, text_delta="", heard_delta="")
+            for f in range(60)]
+    record = {"id": "d1", "turns": [], "qa": [],
+              "events": [{"type": "user_backchannel", "time": 15 * 0.08 + 0.01, "end": 19 * 0.08 + 0.01}]}
+    return _score(record, outs).backchannels[0]
+
+
+def test_a_gap_between_words_at_a_user_backchannel_is_not_a_stop():
+    assert not _talking(16, 19)["agent_stopped"]  # 240 ms between two words, then it talks on
+    assert _talking(17, 60)["agent_stopped"]  # silent from inside the backchannel on: it stopped
+    assert not _talking(24, 60)["agent_stopped"]  # its answer ended on its own, after the backchannel
+
+
+def test_eval_reference_scores_the_dialogues_own_agent_perfectly(dialogues, nano_model_dir, tmp_path):
+    """`--reference` scores the data's own agent channel: the script answers every question and takes every turn."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("d0", "d2"):
+        record = json.loads((dialogues / f"{name}.json").read_text())
+        record["split"] = "test"
+        record["events"] = [{"type": "turn_end", "time": record["turns"][0]["end"]}]
+        (data / f"{name}.json").write_text(json.dumps(record))
+        (data / f"{name}.wav").write_bytes((dialogues / f"{name}.wav").read_bytes())
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "--reference",
+                 "-q"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["model"].startswith("reference")
+    s = result["summary"]
+    assert s["turn_take_over_rate"] == 1.0 and s["answer_accuracy"] == 1.0 and s["questions"] == 2
+
+
 def test_eval_counts_the_right_answers_per_intent():
     from agent.evaluate import summarize
 
