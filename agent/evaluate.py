@@ -361,6 +361,9 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
              progress: bool = True) -> dict:
     from tqdm import tqdm
 
+    if cfg.reference and (cfg.asr or cfg.mic_path):
+        raise ValueError("--reference scores the data's own agent, which hears nothing and is the clean TTS voice: "
+                         "drop --mic-path and --asr (a model's --asr run reports the clean TTS's WER beside its own).")
     data = Path(cfg.data)
     records = held_out_records(data, cfg.split, cfg.limit)
     if not records:
@@ -391,14 +394,14 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
                 outs, frame_s = asyncio.run(_run_dialogue(backend, codec, session_cfg, wav, cfg.mic_path))
             scores.append(score_dialogue(record, outs, frame_s, cfg, lay.pad_id, lay.text_vocab_size,
                                          heard_text=lay.heard_text and backend is not None))
-            if cfg.asr and backend is not None:
+            if cfg.asr:
                 runs.append((outs, wav, codec.spec.sample_rate))
     except KeyboardInterrupt:
         if not scores:
             raise
         stopped = True  # Ctrl-C: the dialogues already scored are written, not thrown away
     summary = summarize(scores)
-    if cfg.asr and not stopped and backend is not None:
+    if cfg.asr and not stopped:
         from agent.codec_eval import Recognizer
 
         summary.update(intelligibility(Recognizer(), scores, runs))

@@ -325,7 +325,7 @@ def test_a_gap_between_words_at_a_user_backchannel_is_not_a_stop():
     assert not _talking(24, 60)["agent_stopped"]  # its answer ended on its own, after the backchannel
 
 
-def test_eval_reference_scores_the_dialogues_own_agent_perfectly(dialogues, nano_model_dir, tmp_path):
+def test_eval_reference_scores_the_dialogues_own_agent_perfectly(dialogues, nano_model_dir, tmp_path, capsys):
     """`--reference` scores the data's own agent channel: the script answers every question and takes every turn."""
     data = tmp_path / "data"
     data.mkdir()
@@ -342,6 +342,10 @@ def test_eval_reference_scores_the_dialogues_own_agent_perfectly(dialogues, nano
     assert result["model"].startswith("reference")
     s = result["summary"]
     assert s["turn_take_over_rate"] == 1.0 and s["answer_accuracy"] == 1.0 and s["questions"] == 2
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data), "--out", str(out), "--reference", "--mic-path", "browser-apm",
+                 "-q"]) == 2
+    assert "--reference scores the data's own agent" in capsys.readouterr().err
 
 
 def test_eval_counts_the_right_answers_per_intent():
