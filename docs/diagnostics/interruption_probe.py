@@ -111,7 +111,13 @@ for wav, rec in held_out_records(data, "test", limit):
         span = int(round(len(said) / rate / frame_s))
         last = splice + (span if kind == "user_backchannel" else 25)
         stop, alone = stop_after(rms2, splice, last), stop_after(rms, splice, last)
+        # after a stop, does it speak again within 1.5 s of the utterance's end (its answer, or going on)?
+        after = splice + span
+        again = None if stop is None else next(
+            (f for f in range(max(after, splice + stop + quiet), min(len(rms2) - 1, after + 19))
+             if rms2[f] > active_rms and rms2[f + 1] > active_rms), None)
         probes[kind].append({"id": rec["id"], "said": t["text"], "ms": None if stop is None else stop * 80,
+                             "speaks_again_ms": None if again is None else (again - after) * 80,
                              # when the agent falls silent with nobody talking over it: a probe only says
                              # something where that is later than the window scored
                              "unheard_ms": None if alone is None else alone * 80,
@@ -130,4 +136,7 @@ print(json.dumps({
     "interruption_stop_ms_median": float(np.median([p["ms"] for p in inter if p["ms"] is not None])) if any(p["ms"] is not None for p in inter) else None,
     "backchannels": len(backs),
     "backchannel_stop_rate": round(float(np.mean([p["ms"] is not None for p in backs])), 3) if backs else None,
+    "stopped_then_spoke_again": {k: f"{sum(p['speaks_again_ms'] is not None for p in v if p['ms'] is not None)}/"
+                                    f"{sum(p['ms'] is not None for p in v)}"
+                                 for k, v in (("interruption", inter), ("user_backchannel", backs))},
     "probes": probes}, indent=1))
