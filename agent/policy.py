@@ -6,6 +6,14 @@ agent's audio is cut *in that same frame* (the playout buffer is flushed and the
 forced to PAD + silence codes, so the model sees that it stopped). The force holds while the user keeps
 talking and for ``release_after_ms`` of user silence after, then the model answers.
 
+With ``pause_before_cut_ms`` > 0 the barge-in first only *pauses* the agent's audio: the model talks on and
+the session holds its audio back. If the user keeps talking for that much longer, the agent is cut as above
+and the held audio dropped; if the user stops first (``resume_after_ms`` of silence: a "mm-hmm"), the held
+audio plays and the agent goes on. So a listener's backchannel does not end the agent's turn, and the agent
+still falls silent as soon as an interruption is heard (LiveKit's agents call this a false interruption).
+Speech within a second after a backchannel counts as the same utterance going on ("wait, ... stop"): it pauses
+the agent at once, and its speech adds up towards the cut.
+
 The echo guard (half-duplex fallback, for open speakers without echo cancellation): while the agent
 talks, and ``echo_tail_ms`` after, the user's audio is replaced by silence before the model hears it
 and cannot trigger a barge-in.
@@ -27,6 +35,9 @@ class PolicyConfig:
         agent_talking_rms: agent output level (RMS, full scale 1.0) above which the agent is talking.
         echo_guard: replace the user's audio by silence while the agent talks (half duplex).
         echo_tail_ms: how long the echo guard stays on after the agent stops.
+        pause_before_cut_ms: 0: cut at ``barge_in_min_speech_ms``. Otherwise pause the agent's audio there and
+            cut only after this much more of the user's speech; a shorter utterance is a backchannel.
+        resume_after_ms: user silence that ends a pause as a backchannel (the held audio then plays).
     """
 
     barge_in: bool = True
@@ -35,9 +46,12 @@ class PolicyConfig:
     agent_talking_rms: float = 0.01
     echo_guard: bool = False
     echo_tail_ms: float = 240.0
+    pause_before_cut_ms: float = 0.0
+    resume_after_ms: float = 240.0
 
     def __post_init__(self) -> None:
-        for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms"):
+        for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
+                     "resume_after_ms"):
             value = getattr(self, name)
             if not (0 <= value <= 60_000):
                 raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
@@ -53,11 +67,13 @@ class Decision:
         force_silence: the agent's slot is forced to PAD + silence this frame.
         cut: a barge-in starts now (flush the agent's queued audio, tell clients).
         mute_user: feed silence instead of the user's audio (echo guard).
+        pause_audio: hold this frame's agent audio back (a barge-in not yet confirmed; the model talks on).
     """
 
     force_silence: bool = False
     cut: bool = False
     mute_user: bool = False
+    pause_audio: bool = False
 
 
 class TurnPolicy:
@@ -69,6 +85,9 @@ class TurnPolicy:
         self._need_speech = max(1, math.ceil(config.barge_in_min_speech_ms / frame_ms))
         self._need_quiet = max(1, math.ceil(config.release_after_ms / frame_ms))
         self._echo_tail = math.ceil(config.echo_tail_ms / frame_ms)
+        self._pause_frames = math.ceil(config.pause_before_cut_ms / frame_ms)
+        self._resume_quiet = max(1, math.ceil(config.resume_after_ms / frame_ms))
+        self._repeat_window = math.ceil(1000.0 / frame_ms)
         self.reset()
 
     def reset(self) -> None:
@@ -78,6 +97,10 @@ class TurnPolicy:
         self.since_agent_talked = 10**9
         self.holding = False
         self.barge_ins = 0
+        self.pausing = False  # a barge-in heard but not yet confirmed: the agent's audio is held back
+        self.pause_speech = 0  # user speech frames of the utterance that paused the agent
+        self.backchannels = 0  # pauses that ended as backchannels (the agent went on)
+        self.since_backchannel = 10**9  # frames since the last one
         self.requested_hold = 0  # frames of forced silence a client asked for (response.cancel)
         self._cut_requested = False
 
@@ -100,18 +123,36 @@ class TurnPolicy:
             self.user_quiet_run += 1
             self.user_speech_run = 0
         cut = False
-        if c.barge_in and not self.holding and self.agent_talking and self.user_speech_run >= self._need_speech:
-            cut = True
-            self.holding = True
-            self.barge_ins += 1
+        self.since_backchannel += 1
+        # Within a second of a backchannel, more speech is the same utterance going on ("wait, ... stop"):
+        # it pauses the agent at its first frame and adds to the speech that confirms a cut.
+        follows_backchannel = self.since_backchannel <= self._repeat_window
+        if self.pausing:
+            self.pause_speech += bool(user_speech)
+            if self.pause_speech >= self._need_speech + self._pause_frames:  # still talking: an interruption
+                self.pausing, cut, self.holding = False, True, True
+                self.barge_ins += 1
+            elif self.user_quiet_run >= self._resume_quiet:  # it was short: a backchannel, go on
+                self.pausing, self.since_backchannel = False, 0
+                self.backchannels += 1
+        elif c.barge_in and not self.holding and self.agent_talking and (
+                self.user_speech_run >= self._need_speech or (follows_backchannel and user_speech)):
+            if self._pause_frames > 0:
+                self.pausing = True
+                self.pause_speech = self.pause_speech + 1 if follows_backchannel else self.user_speech_run
+            else:
+                cut = True
+                self.holding = True
+                self.barge_ins += 1
         elif self.holding and self.user_quiet_run >= self._need_quiet:
             self.holding = False
         if self.requested_hold > 0:
+            self.pausing = False  # a client's cancel wins over a pause: what was held back is dropped
             cut = cut or self._cut_requested
             self._cut_requested = False
             self.requested_hold -= 1
             return Decision(force_silence=True, cut=cut, mute_user=echo_active)
-        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active)
+        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active, pause_audio=self.pausing)
 
     def after_step(self, agent_rms: float) -> None:
         """Record whether the agent's output this frame was audible."""

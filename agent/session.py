@@ -9,6 +9,7 @@ format.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -17,7 +18,7 @@ import numpy as np
 from agent.config import SessionConfig
 from agent.heard import HeardWriter, load_heard_recognizer
 from agent.latency import FrameMark, LatencyRecorder
-from agent.policy import TurnPolicy
+from agent.policy import Decision, TurnPolicy
 from listen.listener import Listener, UserFrame
 from speak.vocoder import Vocoder
 from streaming.clock import FrameClock, Tick
@@ -93,6 +94,8 @@ class Session:
         # A look-ahead decoder (snac) returns its audio lookahead_frames late: start the agent's track
         # with that much silence, so every frame's agent_audio is exactly one frame long.
         self._agent_rest = np.zeros(codec.spec.lookahead_frames * self._frame_samples, np.float32)
+        # Agent frames held back while a barge-in is not yet confirmed (policy.pause_before_cut_ms), oldest first
+        self._held_audio: deque[np.ndarray] = deque()
         self._silence_codes = np.asarray(self.layout.user_silence_codes(), dtype=np.int64)
         self._full_silence_codes = np.asarray(codec.silence_codes(), dtype=np.int64)
         recognizer = load_heard_recognizer(self.config.heard, self.layout)
@@ -209,8 +212,9 @@ class Session:
         if decision.force_silence:
             # The decoder still ran (its state stays continuous); the listener hears nothing.
             agent = np.zeros_like(agent)
+        agent = self._play_or_hold(agent, decision)
         t2 = time.perf_counter()
-        rms = float(np.sqrt(np.mean(np.square(agent, dtype=np.float64)))) if len(agent) else 0.0
+        rms = _rms(agent)
         self.policy.after_step(rms)
         delta, heard, eot = "", "", False
         if result.text_id == self.layout.eot_id:
@@ -233,6 +237,24 @@ class Session:
                            text_delta=delta, end_of_turn=eot, cut=decision.cut, forced=decision.force_silence,
                            user_underrun=underrun, mark=mark, heard_delta=heard)
 
+    def _play_or_hold(self, agent: np.ndarray, decision: Decision) -> np.ndarray:
+        """The frame the listener gets. While a barge-in pauses the agent, its frames are held back and silence
+        plays; after a backchannel the held frames play in order, and the delay this adds shrinks by one frame
+        at each quiet frame at the head (the agent catches up in its next gap). A cut drops them."""
+        if decision.cut or decision.force_silence:
+            self._held_audio.clear()
+            return agent
+        if decision.pause_audio:
+            self._held_audio.append(agent)
+            return np.zeros_like(agent)
+        if not self._held_audio:
+            return agent
+        self._held_audio.append(agent)
+        out = self._held_audio.popleft()
+        while self._held_audio and _rms(out) < self.policy.config.agent_talking_rms:
+            out = self._held_audio.popleft()
+        return out
+
     def _one_frame(self, decoded: np.ndarray) -> np.ndarray:
         """The next ``frame_samples`` of the agent's track (``decoded`` joins what is held back)."""
         fs = self._frame_samples
@@ -251,3 +273,7 @@ class Session:
         self.closed = True
         self.user_frames.close()
         await self.model.close()
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0

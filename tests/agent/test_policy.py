@@ -76,3 +76,36 @@ def test_a_requested_hold_cuts_at_once_and_forces_silence_for_its_length():
     decisions = run(policy, [False] * 5)
     assert decisions[0].cut and not any(d.cut for d in decisions[1:])
     assert [d.force_silence for d in decisions] == [True, True, True, False, False]
+
+
+def test_a_short_utterance_only_pauses_the_agent_and_it_goes_on():
+    policy = TurnPolicy(PolicyConfig(barge_in_min_speech_ms=240, pause_before_cut_ms=400, resume_after_ms=160),
+                        frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True, True, True, True, False, False, False, False])  # a 320 ms "mm-hmm"
+    assert [d.pause_audio for d in decisions] == [False, False, True, True, True, False, False, False]
+    assert not any(d.cut or d.force_silence for d in decisions)
+    assert policy.backchannels == 1 and policy.barge_ins == 0
+
+
+def test_a_long_utterance_pauses_the_agent_then_cuts_it():
+    policy = TurnPolicy(PolicyConfig(barge_in_min_speech_ms=240, pause_before_cut_ms=320), frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True] * 10)
+    # silent from the third speech frame on, as without the pause; cut (the held audio dropped) 320 ms later
+    assert decisions[2].pause_audio and not decisions[1].pause_audio
+    assert [i for i, d in enumerate(decisions) if d.cut] == [2 + 4]
+    assert all(d.force_silence and not d.pause_audio for d in decisions[6:])
+    assert policy.barge_ins == 1 and policy.backchannels == 0
+
+
+def test_speech_soon_after_a_backchannel_pauses_at_once_and_adds_up_to_a_cut():
+    policy = TurnPolicy(PolicyConfig(barge_in_min_speech_ms=240, pause_before_cut_ms=400, resume_after_ms=240),
+                        frame_ms=80)
+    policy.after_step(0.2)
+    # "wait," (3 frames), a 240 ms gap (the pause ends as a backchannel), "stop, I have a question"
+    decisions = run(policy, [True, True, True, False, False, False] + [True] * 6)
+    assert policy.backchannels == 1
+    assert decisions[6].pause_audio  # the first frame of speech again: paused at once, not after 240 ms
+    # 3 speech frames before the gap + 5 after = 240 + 400 ms of the one utterance: cut
+    assert [i for i, d in enumerate(decisions) if d.cut] == [10]

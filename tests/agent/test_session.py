@@ -86,6 +86,38 @@ async def test_barge_in_stops_agent_within_a_frame(codec, layout, loud_codes, sp
     assert session.latency.summary()["barge_ins"] >= 1
 
 
+def _level(frame) -> float:
+    return float(np.sqrt(np.mean(frame.agent_audio.astype(np.float64) ** 2)))
+
+
+async def test_a_backchannel_pauses_the_agent_and_it_goes_on_where_it_was(codec, layout, loud_codes, tmp_path):
+    """With ``pause_before_cut_ms`` a short "yeah" over the agent silences it at once, as a barge-in would, but
+    the model is never forced silent and its held-back audio plays after; a long utterance still cuts it."""
+    yeah, rate = read_wav(espeak("yeah", tmp_path / "yeah.wav"))
+    pad = np.zeros(rate, np.float32)
+    audio = np.concatenate([pad, yeah[:, 0], pad, pad])
+    policy = PolicyConfig(barge_in_min_speech_ms=160, pause_before_cut_ms=800)
+    model = TalkingModel(layout, loud_codes)
+    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=policy), input_rate=rate)
+    outs = await run_offline(session, audio)
+    speech = [o.user.speech for o in outs]
+    onset = speech.index(True)
+    assert sum(speech) < 9, "the fixture is a short word"
+    paused = [i for i, o in enumerate(outs) if _level(o) < 0.01 and i > 2]
+    assert paused and paused[0] == onset + 1  # silent from the second speech frame, as a cut would be
+    assert not any(o.cut or o.forced for o in outs) and not any(c["forced"] for c in model.calls)
+    assert _level(outs[paused[-1] + 1]) > 0.01 and _level(outs[-1]) > 0.01  # it goes on
+    assert session.policy.backchannels == 1
+
+    long_session = Session(TalkingModel(layout, loud_codes), codec, default_tokenizer(),
+                           SessionConfig(policy=policy), input_rate=rate)
+    wait, wrate = read_wav(espeak("Wait, stop, I have a different question for you.", tmp_path / "wait.wav"))
+    outs = await run_offline(long_session, np.concatenate([pad, wait[:, 0], pad]))
+    onset = [o.user.speech for o in outs].index(True)
+    cut = next(i for i, o in enumerate(outs) if o.cut)
+    assert all(_level(o) < 0.01 for o in outs[onset + 1:cut + 1]) and outs[cut + 1].forced
+
+
 async def test_echo_guard_feeds_the_model_silence_while_the_agent_talks(codec, layout, loud_codes,
                                                                          speech_after_silence):
     audio, rate = speech_after_silence
