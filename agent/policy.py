@@ -124,6 +124,8 @@ class TurnPolicy:
             self.user_speech_run = 0
         cut = False
         self.since_backchannel += 1
+        if self.pausing and not c.barge_in:  # a client turned the barge-in off mid-pause: let the agent go on
+            self.pausing = False
         # Within a second of a backchannel, more speech is the same utterance going on ("wait, ... stop"):
         # it pauses the agent at its first frame and adds to the speech that confirms a cut.
         follows_backchannel = self.since_backchannel <= self._repeat_window
