@@ -116,6 +116,12 @@ async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig,
     if mic_path:  # the live path's own resampling (and processing) replaces the session's
         user = to_codec_rate(user, rate, codec.spec.sample_rate, mic_path, far=audio[:, 1])
         rate = codec.spec.sample_rate
+    return await run_user_audio(backend, codec, cfg, user, rate), codec.spec.frame_ms / 1000.0
+
+
+async def run_user_audio(backend: TransformersBackend, codec, cfg: SessionConfig, user: np.ndarray,
+                         rate: int) -> list:
+    """One fresh session fed ``user`` (mono PCM at ``rate``) as fast as it runs; its frame outputs."""
     session = Session(backend.open_session(cfg.sampling, cfg.system_prompt), codec, backend.tokenizer, cfg,
                       input_rate=rate)
 
@@ -128,7 +134,7 @@ async def _run_dialogue(backend: TransformersBackend, codec, cfg: SessionConfig,
     outs = [o async for o in session.run(FrameClock(codec.spec.frame_ms / 1000.0, realtime=False))]
     await task
     await session.close()
-    return outs, codec.spec.frame_ms / 1000.0
+    return outs
 
 
 def script_frames(wav: Path, record: dict, frame_s: float, pad_id: int) -> list[SimpleNamespace]:

@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import resolve_session_config
-from agent.evaluate import EvalConfig, held_out_records
+from agent.evaluate import EvalConfig, held_out_records, run_user_audio
 from agent.models import codec_for_layout, resolve_model
-from agent.session import Session
 from listen.wavio import read_wav
-from streaming.clock import FrameClock
 from think.transformers_backend import TransformersBackend
 
 data = Path(sys.argv[1])
@@ -48,21 +46,7 @@ frame_s = codec.spec.frame_ms / 1000.0
 
 def run(user: np.ndarray, rate: int) -> np.ndarray:
     """The agent's level per frame for one fresh session fed ``user``."""
-    async def go() -> list:
-        session = Session(backend.open_session(cfg.sampling, cfg.system_prompt), codec, backend.tokenizer, cfg,
-                          input_rate=rate)
-
-        async def feed() -> None:
-            for i in range(0, len(user), rate):
-                await session.push_audio(user[i:i + rate])
-            await session.end_input()
-
-        task = asyncio.create_task(feed())
-        outs = [o async for o in session.run(FrameClock(frame_s, realtime=False))]
-        await task
-        await session.close()
-        return outs
-    outs = asyncio.run(go())
+    outs = asyncio.run(run_user_audio(backend, codec, cfg, user, rate))
     return np.array([o.mark.agent_rms for o in outs])
 
 
