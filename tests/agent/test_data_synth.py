@@ -200,6 +200,27 @@ def test_one_split_alone_is_the_same_dialogues_a_full_run_writes(smoke, tmp_path
         synth.synth(only, count=3, preset="data-smoke", progress=False, splits=["tset"])
 
 
+def test_eval_scores_the_synthesized_script_as_doing_what_the_data_says(smoke, tmp_path):
+    """`duplex eval --reference` on real synthesized dialogues (the agent voice's own gaps between words): the
+    script takes every turn, answers every question, waits through pauses and talks on through the user's
+    backchannel; a measure it failed would be broken."""
+    from agent.evaluate import EvalConfig, run_eval
+
+    dialogues = []
+    for split in ("val", "test", "train"):
+        result = run_eval(EvalConfig(data=str(smoke), split=split, reference=True), None, tmp_path / split,
+                          progress=False)
+        dialogues += result["dialogues"]
+    turns = [t for d in dialogues for t in d["turn_ends"]]
+    backs = [b for d in dialogues for b in d["backchannels"] if b["agent_active"]]
+    inter = [i for d in dialogues for i in d["interruptions"]]
+    assert turns and all(t["took_over"] for t in turns)
+    assert all(a["contains"] for d in dialogues for a in d["answers"])
+    assert not any(p["took_over"] for d in dialogues for p in d["pauses"])
+    assert backs and not any(b["agent_stopped"] for b in backs)
+    assert inter and all(i["agent_active"] and i["stop_ms"] is not None and i["stop_ms"] <= 480 for i in inter)
+
+
 def test_a_second_run_skips_dialogues_already_written(smoke):
     before = {p.name: p.stat().st_mtime_ns for p in smoke.glob("d*.*")}
     said = []
