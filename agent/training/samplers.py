@@ -2,7 +2,8 @@
 
 - ``duplex``: slot-aligned windows of ``window_frames`` frames cut from the dialogues, prefixed with the
   session-start id (what the serving context looks like after a rebase); PAD in the text slot weighted
-  ``pad_weight``; user ids are context only.
+  ``pad_weight``; the agent's targets in decision frames (``decisions.py``) ``decision_weight``; user ids
+  are context only.
 - ``listen`` / ``speak``: whole per-turn alignment sequences (``align.py``); ``text``: text-only chats
   (``textdata.py``), cut to the window.
 - ``heard_chat``: duplex windows with their questions and answers swapped for new exchanges
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from agent.training.tokenize import load_split
+from agent.training.tokenize import load_decisions, load_split
 from think.layout import DuplexLayout
 
 if TYPE_CHECKING:
@@ -29,10 +30,16 @@ if TYPE_CHECKING:
 class WindowSampler:
     """Random slot-aligned windows of the duplex dialogues, with their loss weights and heads."""
 
-    def __init__(self, sequences: list[np.ndarray], layout: DuplexLayout, cfg: TrainConfig) -> None:
+    def __init__(self, sequences: list[np.ndarray], layout: DuplexLayout, cfg: TrainConfig,
+                 decisions: list[np.ndarray] | None = None) -> None:
+        """``decisions``: per dialogue, its decision frames ``(frames,)`` bool (``decisions.py``), whose agent
+        targets weigh ``cfg.decision_weight`` times more; None = no such weighting."""
         if not sequences:
             raise ValueError("No dialogues in this split of the shards.")
+        if decisions is not None and len(decisions) != len(sequences):
+            raise ValueError(f"{len(decisions)} decision tracks for {len(sequences)} dialogues; the shards disagree.")
         self.seqs = sequences
+        self.decisions = decisions
         self.layout = layout
         self.cfg = cfg
         slot = layout.slot_size
@@ -46,7 +53,8 @@ class WindowSampler:
     def window(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(ids (n,), weights (n - 1,), roles (n - 1,))``: ``weights[i]`` / ``roles[i]`` score ``ids[i + 1]``."""
         lay, slot, w = self.layout, self.layout.slot_size, self.cfg.window_frames
-        seq = self.seqs[rng.integers(len(self.seqs))]
+        k = int(rng.integers(len(self.seqs)))
+        seq = self.seqs[k]
         frames = (len(seq) - 1) // slot
         start = int(rng.integers(0, max(1, frames - w + 1)))
         n = min(w, frames - start)
@@ -55,6 +63,9 @@ class WindowSampler:
         weights = np.tile(self.role_w, n)
         text_pos = np.arange(n) * slot + lay.q_in
         weights[text_pos[body[text_pos] == lay.pad_id]] *= self.cfg.pad_weight
+        if self.decisions is not None:  # weights[i] scores body[i]: frame i // slot
+            marked = self.decisions[k][start:start + n]
+            weights.reshape(n, slot)[marked] *= self.cfg.decision_weight
         return ids, weights, np.tile(self.role_h, n)
 
 
@@ -121,7 +132,8 @@ def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int)
     align = load_align(cfg.shards, split) if {"listen", "speak"} & set(wanted) else {}
     # duplex and heard_chat cut their windows from the same dialogues: loaded once
     seqs = load_split(cfg.shards, split) if {"duplex", "heard_chat"} & set(wanted) else []
-    windows = WindowSampler(seqs, layout, cfg) if seqs else None
+    decisions = load_decisions(cfg.shards, split) if seqs and cfg.decision_weight != 1 else None
+    windows = WindowSampler(seqs, layout, cfg, decisions) if seqs else None
     hint = {"duplex": "`duplex data tokenize`", "heard_chat": "`duplex data tokenize`",
             "listen": "`duplex data tokenize` (without --no-align)",
             "speak": "`duplex data tokenize` (without --no-align)", "text": "`duplex data tokenize --text-conversations N`"}

@@ -332,6 +332,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     from tqdm import tqdm
 
     from agent.training.align import save_align_shard, shard_counts
+    from agent.training.decisions import decision_frames
 
     mic_paths = check_paths(mic_paths)
     recognizer = None
@@ -384,16 +385,18 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
             offsets, frames = z["offsets"], z["frames"]
             bar.update(len(chunk))
         else:
-            done = []
+            done, decisions = [], []
             for wav, record in chunk:  # the bar moves per dialogue, not per shard of hundreds
-                done.append(tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths, recognizer,
-                                                        heard_during_agent_turn))
+                d = tokenize_dialogue_and_turns(wav, record, layout, codec, tokenizer, mic_paths, recognizer,
+                                                heard_during_agent_turn)
+                done.append(d)
+                decisions.append(decision_frames(record, layout.frame_ms, d[0].frames, layout.text_lead))
                 bar.update(1)
             offsets = np.cumsum([0] + [len(d.ids) for d, _ in done]).astype(np.int64)
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, ids=np.concatenate([d.ids for d, _ in done]), offsets=offsets, frames=frames,
-                     names=np.asarray(names))
+                     names=np.asarray(names), decisions=np.concatenate(decisions).astype(np.uint8))
             tmp.replace(path)
             if align:
                 save_align_shard(align_path, [(d.id, kind, seq) for d, turns in done for kind, seq in turns], names)
@@ -439,6 +442,24 @@ def load_split(shard_dir: str | Path, split: str) -> list[np.ndarray]:
         z = load_npz(shard_dir / s["file"], ("ids", "offsets"))
         ids, offsets = z["ids"], z["offsets"]
         out.extend(ids[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))
+    return out
+
+
+def load_decisions(shard_dir: str | Path, split: str) -> list[np.ndarray]:
+    """The decision frames (``decisions.py``) of the dialogues of :func:`load_split`, in its order, each
+    ``(frames,)`` bool; one clear error for shards written before they were stored."""
+    shard_dir = Path(shard_dir)
+    out = []
+    for s in read_index(shard_dir)["shards"]:
+        if s["split"] != split:
+            continue
+        with np.load(shard_dir / s["file"]) as z:
+            if "decisions" not in z.files:
+                raise ValueError(f"{shard_dir / s['file']} was written before shards stored the decision frames; "
+                                 "run `duplex data tokenize` again into a new --out to train with decision_weight.")
+            marks, frames = z["decisions"].astype(bool), z["frames"]
+        bounds = np.cumsum([0, *frames.tolist()])
+        out.extend(marks[bounds[i]:bounds[i + 1]] for i in range(len(frames)))
     return out
 
 

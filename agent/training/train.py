@@ -70,6 +70,9 @@ class TrainConfig:
         weight_decay: AdamW weight decay (LoRA / model weights; never on speech-base embedding rows).
         grad_clip: gradient norm clip.
         pad_weight: loss weight of PAD targets in the text slot.
+        decision_weight: loss weight multiplier of the agent's targets in the frames where the script takes
+            the turn, waits through a pause, talks on through a backchannel or stops at an interruption
+            (``decisions.py``); 1 = none. Needs shards written since they store those frames.
         text_weight: loss weight of the text slot.
         audio_weight: loss weight of each agent audio codebook.
         eval_every: steps between evaluations on the val split (0 = only at the end).
@@ -100,6 +103,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     pad_weight: float = 0.3
+    decision_weight: float = 1.0
     text_weight: float = 1.0
     audio_weight: float = 1.0
     eval_every: int = 200
@@ -138,6 +142,7 @@ class TrainConfig:
                   "warmup": (self.warmup, 0, True), "eval_every": (self.eval_every, 0, True),
                   "eval_windows": (self.eval_windows, 1, True), "max_seconds": (self.max_seconds, 0, True),
                   "weight_decay": (self.weight_decay, 0, True), "pad_weight": (self.pad_weight, 0, True),
+                  "decision_weight": (self.decision_weight, 0, True),
                   "text_weight": (self.text_weight, 0, True), "audio_weight": (self.audio_weight, 0, True),
                   "lora_alpha": (self.lora_alpha, 0, False), "lora_dropout": (self.lora_dropout, 0, True),
                   "threads": (0 if self.threads is None else self.threads, 0, True)}

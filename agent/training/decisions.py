@@ -1,0 +1,51 @@
+"""The frames of a dialogue where the script makes a duplex decision, for ``TrainConfig.decision_weight``.
+
+Most frames of a dialogue are easy to predict: the agent goes on with a sentence it has begun, or stays
+quiet while nobody speaks. What the eval scores (``agent/evaluate.py``) happens in a few frames: taking the
+turn at a real turn end, waiting through a pause, talking on through a user's "mm-hmm", falling silent
+when the user interrupts. Those frames are marked here, from the record's ``events``, so training can weight
+the agent's targets in them more. Each window runs from the event's onset until the script has resolved it
+plus ``DECISION_TAIL_S``, so both the last frames of the old behaviour and the first of the new are in it.
+
+| event (``duplex data synth``) | from    | to                          | the script's agent            |
+|-------------------------------|---------|-----------------------------|-------------------------------|
+| ``turn_end``                  | ``time``| ``agent_start`` + tail      | starts to answer              |
+| ``pause``                     | ``time``| ``end``                     | stays quiet                   |
+| ``user_backchannel``          | ``time``| ``end`` + tail              | talks on                      |
+| ``interruption``              | ``time``| ``agent_stop`` + tail       | stops                         |
+| ``agent_backchannel``         | ``time``| ``end``                     | says "mm-hmm" and waits       |
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DECISION_TAIL_S = 0.48
+# event type -> (the field where its window ends, whether the tail is added)
+DECISION_EVENTS = {"turn_end": ("agent_start", True), "pause": ("end", False), "user_backchannel": ("end", True),
+                   "interruption": ("agent_stop", True), "agent_backchannel": ("end", False)}
+
+
+def decision_frames(record: dict, frame_ms: float, frames: int, text_lead: int = 1) -> np.ndarray:
+    """``(frames,)`` bool: True where the script's agent resolves a duplex event (table above).
+
+    ``text_lead``: the text slot runs that many frames ahead of the audio, so each window starts that much
+    earlier, to include the text slot's part of the decision. Events without the fields the table names
+    (older data) are skipped.
+    """
+    marked = np.zeros(frames, dtype=bool)
+    frame_s = frame_ms / 1000.0
+    for event in record.get("events") or []:
+        rule = DECISION_EVENTS.get(event.get("type"))
+        if rule is None:
+            continue
+        field, tail = rule
+        start, end = event.get("time"), event.get(field)
+        if not isinstance(start, (int, float)) or not isinstance(end, (int, float)):
+            continue
+        # rounded first: 6.88 s / 0.08 s is 86.00000000000001 in floating point, and frame 86 begins at 6.88 s
+        first = max(0, math.floor(round(start / frame_s, 6)) - text_lead)
+        last = min(frames, math.ceil(round((end + (DECISION_TAIL_S if tail else 0.0)) / frame_s, 6)))
+        marked[first:last] = True
+    return marked
