@@ -1,4 +1,4 @@
-"""The frames of a dialogue where the script makes a duplex decision, for ``TrainConfig.decision_weight``.
+"""The frames of a dialogue where the script makes a duplex decision, for ``TrainConfig.decision_weights``.
 
 Most frames of a dialogue are easy to predict: the agent goes on with a sentence it has begun, or stays
 quiet while nobody speaks. What the eval scores (``agent/evaluate.py``) happens in a few frames: taking the
@@ -27,16 +27,29 @@ DECISION_EVENTS = {"turn_end": ("agent_start", True), "pause": ("end", False), "
                    "interruption": ("agent_stop", True), "agent_backchannel": ("end", False)}
 
 
+def decision_weight_table(weights: dict[str, float]) -> np.ndarray:
+    """``(1 + len(DECISION_EVENTS),)`` float32: the loss multiplier of each code :func:`decision_frames` writes
+    (0 = no decision: 1.0; kinds missing from ``weights``: 1.0)."""
+    unknown = sorted(set(weights) - set(DECISION_EVENTS))
+    if unknown:
+        raise ValueError(f"Unknown decision kind(s) {', '.join(map(str, unknown))}; choose from "
+                         f"{', '.join(DECISION_EVENTS)}.")
+    return np.asarray([1.0, *(float(weights.get(k, 1.0)) for k in DECISION_EVENTS)], dtype=np.float32)
+
+
 def decision_frames(record: dict, frame_ms: float, frames: int, text_lead: int = 1) -> np.ndarray:
-    """``(frames,)`` bool: True where the script's agent resolves a duplex event (table above).
+    """``(frames,)`` uint8: 0 outside decisions, else ``1 +`` the index in ``DECISION_EVENTS`` of the event
+    the script's agent resolves there (table above; where two windows overlap, the later event's).
 
     ``text_lead``: the text slot runs that many frames ahead of the audio, so each window starts that much
     earlier, to include the text slot's part of the decision. Events without the fields the table names
     (older data) are skipped.
     """
-    marked = np.zeros(frames, dtype=bool)
+    marked = np.zeros(frames, dtype=np.uint8)
     frame_s = frame_ms / 1000.0
-    for event in record.get("events") or []:
+    kinds = list(DECISION_EVENTS)
+    events = [e for e in record.get("events") or [] if isinstance(e, dict)]
+    for event in sorted(events, key=lambda e: e["time"] if isinstance(e.get("time"), (int, float)) else 0.0):
         rule = DECISION_EVENTS.get(event.get("type"))
         if rule is None:
             continue
@@ -47,5 +60,5 @@ def decision_frames(record: dict, frame_ms: float, frames: int, text_lead: int =
         # rounded first: 6.88 s / 0.08 s is 86.00000000000001 in floating point, and frame 86 begins at 6.88 s
         first = max(0, math.floor(round(start / frame_s, 6)) - text_lead)
         last = min(frames, math.ceil(round((end + (DECISION_TAIL_S if tail else 0.0)) / frame_s, 6)))
-        marked[first:last] = True
+        marked[first:last] = 1 + kinds.index(event["type"])
     return marked

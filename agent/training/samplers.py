@@ -2,8 +2,8 @@
 
 - ``duplex``: slot-aligned windows of ``window_frames`` frames cut from the dialogues, prefixed with the
   session-start id (what the serving context looks like after a rebase); PAD in the text slot weighted
-  ``pad_weight``; the agent's targets in decision frames (``decisions.py``) ``decision_weight``; user ids
-  are context only.
+  ``pad_weight``; the agent's targets in decision frames (``decisions.py``) ``decision_weights`` by their
+  kind; user ids are context only.
 - ``listen`` / ``speak``: whole per-turn alignment sequences (``align.py``); ``text``: text-only chats
   (``textdata.py``), cut to the window.
 - ``heard_chat``: duplex windows with their questions and answers swapped for new exchanges
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from agent.training.decisions import decision_weight_table
 from agent.training.tokenize import load_decisions, load_split
 from think.layout import DuplexLayout
 
@@ -32,14 +33,15 @@ class WindowSampler:
 
     def __init__(self, sequences: list[np.ndarray], layout: DuplexLayout, cfg: TrainConfig,
                  decisions: list[np.ndarray] | None = None) -> None:
-        """``decisions``: per dialogue, its decision frames ``(frames,)`` bool (``decisions.py``), whose agent
-        targets weigh ``cfg.decision_weight`` times more; None = no such weighting."""
+        """``decisions``: per dialogue, its decision frames ``(frames,)`` (``decisions.decision_frames``), whose
+        agent targets weigh ``cfg.decision_weights`` of their kind times more; None = no such weighting."""
         if not sequences:
             raise ValueError("No dialogues in this split of the shards.")
         if decisions is not None and len(decisions) != len(sequences):
             raise ValueError(f"{len(decisions)} decision tracks for {len(sequences)} dialogues; the shards disagree.")
         self.seqs = sequences
         self.decisions = decisions
+        self.decision_w = decision_weight_table(cfg.decision_weights)
         self.layout = layout
         self.cfg = cfg
         slot = layout.slot_size
@@ -64,8 +66,7 @@ class WindowSampler:
         text_pos = np.arange(n) * slot + lay.q_in
         weights[text_pos[body[text_pos] == lay.pad_id]] *= self.cfg.pad_weight
         if self.decisions is not None:  # weights[i] scores body[i]: frame i // slot
-            marked = self.decisions[k][start:start + n]
-            weights.reshape(n, slot)[marked] *= self.cfg.decision_weight
+            weights.reshape(n, slot)[:] *= self.decision_w[self.decisions[k][start:start + n]][:, None]
         return ids, weights, np.tile(self.role_h, n)
 
 
@@ -132,7 +133,8 @@ def build_sampler(cfg: TrainConfig, layout: DuplexLayout, split: str, seed: int)
     align = load_align(cfg.shards, split) if {"listen", "speak"} & set(wanted) else {}
     # duplex and heard_chat cut their windows from the same dialogues: loaded once
     seqs = load_split(cfg.shards, split) if {"duplex", "heard_chat"} & set(wanted) else []
-    decisions = load_decisions(cfg.shards, split) if seqs and cfg.decision_weight != 1 else None
+    weighted = any(v != 1 for v in cfg.decision_weights.values())
+    decisions = load_decisions(cfg.shards, split) if seqs and weighted else None
     windows = WindowSampler(seqs, layout, cfg, decisions) if seqs else None
     hint = {"duplex": "`duplex data tokenize`", "heard_chat": "`duplex data tokenize`",
             "listen": "`duplex data tokenize` (without --no-align)",

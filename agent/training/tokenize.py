@@ -396,7 +396,7 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
             frames = np.asarray([d.frames for d, _ in done], dtype=np.int32)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, ids=np.concatenate([d.ids for d, _ in done]), offsets=offsets, frames=frames,
-                     names=np.asarray(names), decisions=np.concatenate(decisions).astype(np.uint8))
+                     names=np.asarray(names), decisions=np.concatenate(decisions))
             tmp.replace(path)
             if align:
                 save_align_shard(align_path, [(d.id, kind, seq) for d, turns in done for kind, seq in turns], names)
@@ -446,8 +446,8 @@ def load_split(shard_dir: str | Path, split: str) -> list[np.ndarray]:
 
 
 def load_decisions(shard_dir: str | Path, split: str) -> list[np.ndarray]:
-    """The decision frames (``decisions.py``) of the dialogues of :func:`load_split`, in its order, each
-    ``(frames,)`` bool; one clear error for shards written before they were stored."""
+    """The decision frames (``decisions.decision_frames``) of the dialogues of :func:`load_split`, in its order,
+    each ``(frames,)`` uint8; one clear error for shards written before they were stored."""
     shard_dir = Path(shard_dir)
     out = []
     for s in read_index(shard_dir)["shards"]:
@@ -456,8 +456,8 @@ def load_decisions(shard_dir: str | Path, split: str) -> list[np.ndarray]:
         with np.load(shard_dir / s["file"]) as z:
             if "decisions" not in z.files:
                 raise ValueError(f"{shard_dir / s['file']} was written before shards stored the decision frames; "
-                                 "run `duplex data tokenize` again into a new --out to train with decision_weight.")
-            marks, frames = z["decisions"].astype(bool), z["frames"]
+                                 "run `duplex data tokenize` again into a new --out to train with decision_weights.")
+            marks, frames = z["decisions"], z["frames"]
         bounds = np.cumsum([0, *frames.tolist()])
         out.extend(marks[bounds[i]:bounds[i + 1]] for i in range(len(frames)))
     return out

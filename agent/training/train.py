@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.training.decisions import decision_weight_table
 from agent.training.loss import role_losses, stream_losses
 from agent.training.schedule import run_progress, warmup_cosine
 from agent.training.samplers import MixSampler, build_sampler
@@ -70,9 +71,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay (LoRA / model weights; never on speech-base embedding rows).
         grad_clip: gradient norm clip.
         pad_weight: loss weight of PAD targets in the text slot.
-        decision_weight: loss weight multiplier of the agent's targets in the frames where the script takes
-            the turn, waits through a pause, talks on through a backchannel or stops at an interruption
-            (``decisions.py``); 1 = none. Needs shards written since they store those frames.
+        decision_weights: loss weight multiplier of the agent's targets in the frames where the script takes
+            the turn, waits through a pause, talks on through a backchannel or stops at an interruption, per
+            kind (``decisions.py``: ``turn_end``, ``pause``, ``user_backchannel``, ``interruption``,
+            ``agent_backchannel``); kinds left out: 1. Needs shards written since they store those frames.
         text_weight: loss weight of the text slot.
         audio_weight: loss weight of each agent audio codebook.
         eval_every: steps between evaluations on the val split (0 = only at the end).
@@ -103,7 +105,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     pad_weight: float = 0.3
-    decision_weight: float = 1.0
+    decision_weights: dict[str, float] = field(default_factory=dict)
     text_weight: float = 1.0
     audio_weight: float = 1.0
     eval_every: int = 200
@@ -131,6 +133,10 @@ class TrainConfig:
             raise ValueError(f"Unknown mix source(s) {', '.join(map(str, bad_mix))}; choose from {', '.join(SOURCES)}.")
         if any(not isinstance(v, (int, float)) or v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError(f"mix weights must be numbers >= 0 with a positive sum, got {self.mix!r}.")
+        if not isinstance(self.decision_weights, dict) or any(
+                not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in self.decision_weights.values()):
+            raise ValueError(f"decision_weights must map decision kinds to numbers >= 0, got {self.decision_weights!r}.")
+        decision_weight_table(self.decision_weights)  # names the unknown kinds
         if self.window_frames < 2 or self.batch_size < 1 or self.steps < 1:
             raise ValueError("window_frames >= 2, batch_size >= 1 and steps >= 1 are required.")
         if isinstance(self.lora_targets, str):  # --set lora_targets=q_proj: one target, not its letters
@@ -142,7 +148,6 @@ class TrainConfig:
                   "warmup": (self.warmup, 0, True), "eval_every": (self.eval_every, 0, True),
                   "eval_windows": (self.eval_windows, 1, True), "max_seconds": (self.max_seconds, 0, True),
                   "weight_decay": (self.weight_decay, 0, True), "pad_weight": (self.pad_weight, 0, True),
-                  "decision_weight": (self.decision_weight, 0, True),
                   "text_weight": (self.text_weight, 0, True), "audio_weight": (self.audio_weight, 0, True),
                   "lora_alpha": (self.lora_alpha, 0, False), "lora_dropout": (self.lora_dropout, 0, True),
                   "threads": (0 if self.threads is None else self.threads, 0, True)}

@@ -1,4 +1,4 @@
-"""``decision_weight``: the frames where the script takes the turn, waits, talks on or stops weigh more."""
+"""``decision_weights``: the frames where the script takes the turn, waits, talks on or stops weigh more."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agent.cli import main
-from agent.training.decisions import DECISION_TAIL_S, decision_frames
+from agent.training.decisions import DECISION_EVENTS, DECISION_TAIL_S, decision_frames
 from agent.training.samplers import WindowSampler
 from agent.training.tokenize import load_decisions, load_split, read_index, shard_layout
 from agent.training.train import TrainConfig
@@ -30,6 +30,8 @@ def test_decision_frames_run_from_each_events_onset_until_the_script_resolves_it
     # pause 99 .. 109 (8.8 s, no tail)
     expected = [*range(11, 23), *range(49, 60), *range(74, 86), *range(99, 110)]
     assert np.nonzero(marked)[0].tolist() == expected
+    kind = list(DECISION_EVENTS)
+    assert [kind[c - 1] for c in marked[[11, 59, 74, 109]]] == ["turn_end", "interruption", "user_backchannel", "pause"]
     assert not marked[int(10.5 / 0.08)] and not marked[int(12.2 / 0.08)]
     # A window past the dialogue's end is cut to it; no events, no marks.
     late = decision_frames({"events": [{"type": "interruption", "time": 15.9, "agent_stop": 16.5}]}, 80.0, 200)
@@ -45,21 +47,31 @@ class _Layout:
         return 99
 
 
-def test_decision_weight_multiplies_the_agent_targets_in_decision_frames_only():
+def test_decision_weights_multiply_the_agent_targets_of_their_kind_of_frame_only():
     lay = _Layout()
     frames = 40
     seqs = [np.arange(1, 2 + frames * lay.slot_size, dtype=np.int32)]  # no PAD anywhere
-    marks = np.zeros(frames, dtype=bool)
-    marks[10:14] = True
-    cfg = TrainConfig(window_frames=frames, decision_weight=3.0)
+    marks = np.zeros(frames, dtype=np.uint8)
+    marks[10:14] = 1 + list(DECISION_EVENTS).index("interruption")
+    marks[20:22] = 1 + list(DECISION_EVENTS).index("turn_end")
+    cfg = TrainConfig(window_frames=frames, decision_weights={"interruption": 3.0})
     ids, plain, roles = WindowSampler(seqs, lay, cfg).window(np.random.default_rng(0))
     ids2, weighted, roles2 = WindowSampler(seqs, lay, cfg, [marks]).window(np.random.default_rng(0))
     assert (ids == ids2).all() and (roles == roles2).all()  # the same window: only its weights differ
     plain, weighted = plain.reshape(frames, lay.slot_size), weighted.reshape(frames, lay.slot_size)
-    assert (weighted[marks] == 3.0 * plain[marks]).all() and (weighted[~marks] == plain[~marks]).all()
+    assert plain[10:14, lay.q_in:].min() > 0
+    assert (weighted[10:14] == 3.0 * plain[10:14]).all()
+    assert (weighted[14:] == plain[14:]).all() and (weighted[:10] == plain[:10]).all(), "turn ends left at 1"
     assert (weighted[:, :lay.q_in] == 0).all(), "user ids stay context only"
     with pytest.raises(ValueError, match="2 decision tracks for 1 dialogues"):
         WindowSampler(seqs, lay, cfg, [marks, marks])
+
+
+@pytest.mark.parametrize("weights, named", [({"interuption": 2}, "Unknown decision kind(s) interuption"),
+                                             ({"pause": -1}, "numbers >= 0"), ({"pause": "x"}, "numbers >= 0")])
+def test_decision_weights_of_an_unknown_kind_or_value_are_one_clear_error(weights, named):
+    with pytest.raises(ValueError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(decision_weights=weights)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +101,8 @@ def test_tokenize_stores_the_decision_frames_and_training_weights_them(interrupt
     assert (track == decision_frames(record, layout.frame_ms, len(track), layout.text_lead)).all() and track.any()
     out = tmp_path / "run"
     assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "--init",
-                 str(nano_model_dir), "--set", "decision_weight=4", "-q"]) == 0
-    assert json.loads((out / "train_config.json").read_text())["decision_weight"] == 4
+                 str(nano_model_dir), "--set", "decision_weights.turn_end=4", "-q"]) == 0
+    assert json.loads((out / "train_config.json").read_text())["decision_weights"] == {"turn_end": 4}
 
 
 def test_shards_from_before_the_decision_frames_are_one_clear_error(interrupted, nano_model_dir, tmp_path, capsys):
@@ -107,6 +119,6 @@ def test_shards_from_before_the_decision_frames_are_one_clear_error(interrupted,
                  str(nano_model_dir), "--steps", "2", "-q"]) == 0
     capsys.readouterr()
     assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(tmp_path / "b"), "--init",
-                 str(nano_model_dir), "--set", "decision_weight=4", "-q"]) != 0
+                 str(nano_model_dir), "--set", "decision_weights.turn_end=4", "-q"]) != 0
     err = capsys.readouterr().err
     assert "before shards stored the decision frames" in err and "duplex data tokenize" in err
