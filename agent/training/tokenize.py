@@ -73,7 +73,7 @@ def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path:
 
 def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np.ndarray:
     """The text slot for every frame ``(frames,)``: word pieces δ frames ahead of their audio, EOT after
-    each agent turn, PAD elsewhere; with a heard-text layout, the user's words in the free frames
+    each agent turn (an interrupted turn's δ frames before its audio stops), PAD elsewhere; with a heard-text layout, the user's words in the free frames
     (:func:`place_heard`)."""
     frame_s = layout.frame_ms / 1000.0
     text = np.full(frames, layout.pad_id, dtype=np.int64)
@@ -96,6 +96,11 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
                 slot += 1
                 placed = True
             next_free = slot
+        if placed and turn.get("cut_at") is not None:
+            # An interrupted turn's last word began before the user did, so an EOT right after its pieces would
+            # ask the model to end the turn before anything tells it to. The script's agent falls silent at
+            # ``cut_at`` (200-400 ms after the user's onset): its EOT goes there, PAD until then, as between words.
+            next_free = max(next_free, int(math.floor(round(turn["cut_at"] / frame_s, 6))) - layout.text_lead)
         if placed and next_free < frames:
             text[next_free] = layout.eot_id
             next_free += 1

@@ -79,6 +79,29 @@ def test_text_slot_leads_the_agent_audio_by_delta_frames(dialogues, nano_model_d
     assert tok.decode(pieces[:-1]).strip() == "the capital of france is paris"
 
 
+def test_an_interrupted_turn_ends_its_text_after_the_user_begins_not_before(nano_model_dir):
+    """The cut word began before the user did; an EOT right after its pieces would make the model end the turn
+    before anything in its input says so. The EOT waits for the frame where the script's audio stops."""
+    layout = DuplexLayout.load(nano_model_dir)
+    tok = default_tokenizer()
+    words = [{"word": "my", "start": 1.0, "end": 1.2}, {"word": "name", "start": 1.2, "end": 1.6},
+             {"word": "is", "start": 1.6, "end": 1.9}]
+    turn = {"speaker": "agent", "start": 1.0, "end": 1.9, "text": "my name is", "kind": "answer", "words": words,
+            "cut_at": 1.9, "planned_text": "my name is duplex."}
+    user = {"speaker": "user", "start": 1.62, "end": 2.4, "text": "stop", "kind": "interruption", "words": [],
+            "cut_at": None}
+    text = text_track({"turns": [turn, user]}, layout, tok, 60)
+    eot = int(np.nonzero(text == layout.eot_id)[0][0])
+    assert eot == int(1.9 // 0.08) - layout.text_lead  # the frame before the script's audio stops (23 - 1)
+    assert eot > int(1.62 // 0.08), "after the frame where the user begins"
+    pieces = [t for t in text[:eot].tolist() if t != layout.pad_id]
+    assert tok.decode(pieces).strip() == "my name is"  # only the words said; PAD between them and the EOT
+    # An uninterrupted turn still ends right after its last word's pieces.
+    done = text_track({"turns": [{**turn, "cut_at": None}]}, layout, tok, 60)
+    last_piece = max(i for i, t in enumerate(done.tolist()) if t not in (layout.pad_id, layout.eot_id))
+    assert done[last_piece + 1] == layout.eot_id
+
+
 def test_tokenize_then_train_smoke_writes_a_loadable_checkpoint(dialogues, nano_model_dir, tmp_path):
     shards = tmp_path / "shards"
     assert main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(nano_model_dir),
