@@ -27,6 +27,17 @@ DECISION_EVENTS = {"turn_end": ("agent_start", True), "pause": ("end", False), "
                    "interruption": ("agent_stop", True), "agent_backchannel": ("end", False)}
 
 
+def frame_at(seconds: float, frame_s: float) -> int:
+    """The frame a time falls in. Rounded first: 6.88 s / 0.08 s is 86.00000000000001 in floating point, and
+    frame 86 begins at 6.88 s."""
+    return math.floor(round(seconds / frame_s, 6))
+
+
+def frames_until(seconds: float, frame_s: float) -> int:
+    """How many frames it takes to reach a time (the first frame that begins at or after it)."""
+    return math.ceil(round(seconds / frame_s, 6))
+
+
 def decision_weight_table(weights: dict[str, float]) -> np.ndarray:
     """``(1 + len(DECISION_EVENTS),)`` float32: the loss multiplier of each code :func:`decision_frames` writes
     (0 = no decision: 1.0; kinds missing from ``weights``: 1.0)."""
@@ -57,8 +68,7 @@ def decision_frames(record: dict, frame_ms: float, frames: int, text_lead: int =
         start, end = event.get("time"), event.get(field)
         if not isinstance(start, (int, float)) or not isinstance(end, (int, float)):
             continue
-        # rounded first: 6.88 s / 0.08 s is 86.00000000000001 in floating point, and frame 86 begins at 6.88 s
-        first = max(0, math.floor(round(start / frame_s, 6)) - text_lead)
-        last = min(frames, math.ceil(round((end + (DECISION_TAIL_S if tail else 0.0)) / frame_s, 6)))
+        first = max(0, frame_at(start, frame_s) - text_lead)
+        last = min(frames, frames_until(end + (DECISION_TAIL_S if tail else 0.0), frame_s))
         marked[first:last] = 1 + kinds.index(event["type"])
     return marked

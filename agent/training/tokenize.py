@@ -32,6 +32,7 @@ from typing import Iterable
 
 import numpy as np
 
+from agent.training.decisions import decision_frames, frame_at
 from agent.training.mic_paths import DEFAULT_MIC_PATHS, OFFLINE_PATHS, check_paths, path_for, to_codec_rate
 from listen.wavio import read_wav
 from streaming.codecs.base import Codec
@@ -73,8 +74,8 @@ def _encode_channel(codec: Codec, pcm: np.ndarray, rate: int, frames: int, path:
 
 def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np.ndarray:
     """The text slot for every frame ``(frames,)``: word pieces δ frames ahead of their audio, EOT after
-    each agent turn (an interrupted turn's δ frames before its audio stops), PAD elsewhere; with a heard-text layout, the user's words in the free frames
-    (:func:`place_heard`)."""
+    each agent turn (an interrupted turn's δ frames before its audio stops), PAD elsewhere; with a heard-text
+    layout, the user's words in the free frames (:func:`place_heard`)."""
     frame_s = layout.frame_ms / 1000.0
     text = np.full(frames, layout.pad_id, dtype=np.int64)
     speaking = np.zeros(frames, dtype=bool)  # from an agent turn's first piece to its EOT
@@ -100,7 +101,7 @@ def text_track(record: dict, layout: DuplexLayout, tokenizer, frames: int) -> np
             # An interrupted turn's last word began before the user did, so an EOT right after its pieces would
             # ask the model to end the turn before anything tells it to. The script's agent falls silent at
             # ``cut_at`` (200-400 ms after the user's onset): its EOT goes there, PAD until then, as between words.
-            next_free = max(next_free, int(math.floor(round(turn["cut_at"] / frame_s, 6))) - layout.text_lead)
+            next_free = max(next_free, frame_at(turn["cut_at"], frame_s) - layout.text_lead)
         if placed and next_free < frames:
             text[next_free] = layout.eot_id
             next_free += 1
@@ -337,7 +338,6 @@ def write_shards(data_dir: str | Path, out_dir: str | Path, layout: DuplexLayout
     from tqdm import tqdm
 
     from agent.training.align import save_align_shard, shard_counts
-    from agent.training.decisions import decision_frames
 
     mic_paths = check_paths(mic_paths)
     recognizer = None

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from agent.evaluate import held_out_records
+from agent.training.decisions import frame_at
 from agent.training.tokenize import tokenize_dialogue
 from streaming.codecs.base import load_codec
 from think.transformers_backend import TransformersBackend
@@ -60,7 +61,7 @@ for n, (wav, rec) in enumerate(held_out_records(data, "test", limit)):
     body = d.ids[1: 1 + d.frames * S].reshape(d.frames, S)
     text = body[:, T]
     for e in events:
-        onset = math.floor(round(e["time"] / frame_s, 6))
+        onset = frame_at(e["time"], frame_s)
         eot = None
         if e["type"] == "interruption":
             eot = next((f for f in range(onset, d.frames) if int(text[f]) == lay.eot_id), None)
