@@ -60,12 +60,17 @@ async def run_offline(session: Session, audio: np.ndarray, max_frames=None, **ru
     return outs
 
 
+async def _talking_session(codec, layout, loud_codes, policy, audio, rate):
+    """A session whose model always talks (loud codes), run offline over ``audio``: (session, model, outs)."""
+    model = TalkingModel(layout, loud_codes)
+    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=policy), input_rate=rate)
+    return session, model, await run_offline(session, audio)
+
+
 async def test_barge_in_stops_agent_within_a_frame(codec, layout, loud_codes, speech_after_silence):
     audio, rate = speech_after_silence
     policy = PolicyConfig(barge_in_min_speech_ms=240, release_after_ms=400)
-    model = TalkingModel(layout, loud_codes)
-    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=policy), input_rate=rate)
-    outs = await run_offline(session, audio)
+    session, model, outs = await _talking_session(codec, layout, loud_codes, policy, audio, rate)
 
     speech = [o.user.speech for o in outs]
     onset = speech.index(True)
@@ -97,9 +102,7 @@ async def test_a_backchannel_pauses_the_agent_and_it_goes_on_where_it_was(codec,
     pad = np.zeros(rate, np.float32)
     audio = np.concatenate([pad, yeah[:, 0], pad, pad])
     policy = PolicyConfig(barge_in_min_speech_ms=160, pause_before_cut_ms=800)
-    model = TalkingModel(layout, loud_codes)
-    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=policy), input_rate=rate)
-    outs = await run_offline(session, audio)
+    session, model, outs = await _talking_session(codec, layout, loud_codes, policy, audio, rate)
     speech = [o.user.speech for o in outs]
     onset = speech.index(True)
     assert sum(speech) < 9, "the fixture is a short word"
