@@ -5,7 +5,8 @@ a :class:`Session` frame by frame; the agent's output is then scored against the
 events (the ``duplex data synth`` contract, see ``agent/dialogue``):
 
 - **turn take-over** at real turn ends (``turn_end``): did the agent start within ``take_over_window_s``,
-  and how long after the user stopped (latency);
+  and how long after the user stopped (latency); ``turn_take_over_rate_unprompted`` counts only the answers
+  the model began itself, not those the policy's answer prompt (``policy.answer_after_ms``) began;
 - **pauses** (``pause``): did the agent wrongly take the turn during a mid-utterance pause (rate, lower is better);
 - **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop, i.e. fall silent
   while the user said "mm-hmm" (rate, lower is better);
@@ -211,7 +212,9 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
         kind = ev["type"]
         if kind == "turn_end":
             start = first_active(f, min(n, f + window))
-            score.turn_ends.append({"time": t, "took_over": start is not None,
+            # prompted: the policy's answer prompt (policy.answer_after_ms), not the model, began this answer
+            prompted = start is not None and any(getattr(o.mark, "speak_now", False) for o in outs[f:start + 1])
+            score.turn_ends.append({"time": t, "took_over": start is not None, "prompted": prompted,
                                     "latency_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
         elif kind == "pause":
             end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
@@ -303,6 +306,8 @@ def summarize(scores: list[DialogueScore]) -> dict:
     return {
         "dialogues": len(scores),
         "turn_take_over_rate": rate(turn_ends, "took_over"),
+        "turn_take_over_rate_unprompted": round(float(np.mean([x["took_over"] and not x.get("prompted") for x in
+                                                               turn_ends])), 4) if turn_ends else None,
         "turn_latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
         "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
         "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),

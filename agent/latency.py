@@ -26,6 +26,7 @@ class FrameMark:
     text_id: int
     agent_rms: float
     user_speech: bool
+    speak_now: bool = False  # the policy's answer prompt was on (the agent had to start its answer)
 
 
 def _percentiles(values) -> dict[str, float]:
@@ -63,6 +64,7 @@ class LatencyRecorder:
         self.barge_in_frames: deque[int] = deque(**events)
         self.turns_measured = 0
         self.barge_ins = 0
+        self.answer_prompt_frames = 0  # frames in which the policy made the agent start its answer
         self._user_was_speaking = False
         self._speech_end_frame: int | None = None
 
@@ -73,6 +75,7 @@ class LatencyRecorder:
         self._thinks.append(mark.think_ms)
         if mark.late_by_ms > self.frame_ms / 2:
             self.frames_late += 1
+        self.answer_prompt_frames += mark.speak_now
         self._track_turn(mark)
 
     def _track_turn(self, mark: FrameMark) -> None:
@@ -109,6 +112,7 @@ class LatencyRecorder:
             "turn_latencies_ms": list(self.turn_latencies_ms),
             "barge_ins": self.barge_ins,
             "barge_in_frames": list(self.barge_in_frames),
+            "answer_prompt_frames": self.answer_prompt_frames,
         }
 
     def report(self) -> dict:

@@ -14,6 +14,17 @@ still falls silent as soon as an interruption is heard (LiveKit's agents call th
 Speech within a second after a backchannel counts as the same utterance going on ("wait, ... stop"): it pauses
 the agent at once, and its speech adds up towards the cut.
 
+The answer prompt (``answer_after_ms``) is the same kind of net for the other way a small model fails: it
+misses a turn end and leaves the user waiting in silence. Once the user has said something (a run of
+``barge_in_min_speech_ms`` of speech) and then been silent that long, with the agent silent all the while,
+the agent's text slot may not draw PAD or end-of-turn until it writes a word: the model starts its answer,
+and says whatever it would say. The model still decides every turn it takes sooner; this only bounds how
+long a user waits (LiveKit's agents call the bound a maximum endpointing delay). It must be longer than the
+mid-turn pauses the agent should wait through. With ``answer_window_ms`` the model may start by itself only
+that soon after the user stops; from then until ``answer_after_ms`` the agent is held silent. A trained model
+answers a real turn end within a few hundred ms; its starts after a longer silence are mostly barges into the
+user's mid-turn pauses (MODEL_CARD.md, *An answer window*), and the prompt still answers a turn end it missed.
+
 The echo guard (half-duplex fallback, for open speakers without echo cancellation): while the agent
 talks, and ``echo_tail_ms`` after, the user's audio is replaced by silence before the model hears it
 and cannot trigger a barge-in.
@@ -38,6 +49,11 @@ class PolicyConfig:
         pause_before_cut_ms: 0: cut at ``barge_in_min_speech_ms``. Otherwise pause the agent's audio there and
             cut only after this much more of the user's speech; a shorter utterance is a backchannel.
         resume_after_ms: user silence that ends a pause as a backchannel (the held audio then plays).
+        answer_after_ms: 0: off. Otherwise, after the user said something and then was silent this long,
+            with the agent silent all the while, the agent must start its answer (its text slot draws no PAD
+            or end-of-turn until it writes a word).
+        answer_window_ms: 0: off. Otherwise the agent may start its answer by itself only within this long after
+            the user stops; from then until ``answer_after_ms`` it is held silent (needs ``answer_after_ms``).
     """
 
     barge_in: bool = True
@@ -48,15 +64,20 @@ class PolicyConfig:
     echo_tail_ms: float = 240.0
     pause_before_cut_ms: float = 0.0
     resume_after_ms: float = 240.0
+    answer_after_ms: float = 0.0
+    answer_window_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
-                     "resume_after_ms"):
+                     "resume_after_ms", "answer_after_ms", "answer_window_ms"):
             value = getattr(self, name)
             if not (0 <= value <= 60_000):
                 raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
         if not (0 <= self.agent_talking_rms <= 1):
             raise ValueError(f"policy.agent_talking_rms must be between 0 and 1, got {self.agent_talking_rms}.")
+        if self.answer_window_ms > 0 and not self.answer_window_ms < self.answer_after_ms:
+            raise ValueError(f"policy.answer_window_ms ({self.answer_window_ms:g}) needs a longer policy.answer_after_ms "
+                             f"(got {self.answer_after_ms:g}): after the window the agent waits for the prompt.")
 
 
 @dataclass(frozen=True)
@@ -68,27 +89,37 @@ class Decision:
         cut: a barge-in starts now (flush the agent's queued audio, tell clients).
         mute_user: feed silence instead of the user's audio (echo guard).
         pause_audio: hold this frame's agent audio back (a barge-in not yet confirmed; the model talks on).
+        speak_now: the user has waited ``answer_after_ms`` for an answer: the text slot may not draw PAD or
+            end-of-turn this frame.
     """
 
     force_silence: bool = False
     cut: bool = False
     mute_user: bool = False
     pause_audio: bool = False
+    speak_now: bool = False
 
 
 class TurnPolicy:
     """Per-session policy state, advanced once per frame."""
 
     def __init__(self, config: PolicyConfig, frame_ms: float) -> None:
-        self.config = config
         self.frame_ms = frame_ms
-        self._need_speech = max(1, math.ceil(config.barge_in_min_speech_ms / frame_ms))
-        self._need_quiet = max(1, math.ceil(config.release_after_ms / frame_ms))
-        self._echo_tail = math.ceil(config.echo_tail_ms / frame_ms)
-        self._pause_frames = math.ceil(config.pause_before_cut_ms / frame_ms)
-        self._resume_quiet = max(1, math.ceil(config.resume_after_ms / frame_ms))
         self._repeat_window = math.ceil(1000.0 / frame_ms)
+        self.reconfigure(config)
         self.reset()
+
+    def reconfigure(self, config: PolicyConfig) -> None:
+        """New settings from the next frame on (a Realtime client's session.update); the state carries over."""
+        self.config = config
+        ms = self.frame_ms
+        self._need_speech = max(1, math.ceil(config.barge_in_min_speech_ms / ms))
+        self._need_quiet = max(1, math.ceil(config.release_after_ms / ms))
+        self._echo_tail = math.ceil(config.echo_tail_ms / ms)
+        self._pause_frames = math.ceil(config.pause_before_cut_ms / ms)
+        self._resume_quiet = max(1, math.ceil(config.resume_after_ms / ms))
+        self._answer_quiet = math.ceil(config.answer_after_ms / ms) if config.answer_after_ms > 0 else 0
+        self._answer_window = math.ceil(config.answer_window_ms / ms) if config.answer_window_ms > 0 else 0
 
     def reset(self) -> None:
         self.user_speech_run = 0
@@ -103,6 +134,7 @@ class TurnPolicy:
         self.since_backchannel = 10**9  # frames since the last one
         self.requested_hold = 0  # frames of forced silence a client asked for (response.cancel)
         self._cut_requested = False
+        self.awaiting_answer = False  # the user said something the agent has not answered (nor talked since)
 
     def request_hold(self, frames: int) -> None:
         """Force the agent silent for at least ``frames`` frames from the next one (a client cancel):
@@ -122,6 +154,8 @@ class TurnPolicy:
         else:
             self.user_quiet_run += 1
             self.user_speech_run = 0
+        if self.user_speech_run >= self._need_speech:
+            self.awaiting_answer = True
         cut = False
         self.since_backchannel += 1
         if self.pausing and not c.barge_in:  # a client turned the barge-in off mid-pause: let the agent go on
@@ -154,9 +188,17 @@ class TurnPolicy:
             self._cut_requested = False
             self.requested_hold -= 1
             return Decision(force_silence=True, cut=cut, mute_user=echo_active)
-        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active, pause_audio=self.pausing)
+        waiting = (self._answer_quiet > 0 and self.awaiting_answer and not self.holding and not self.pausing
+                   and not self.agent_talking)
+        speak_now = waiting and self.user_quiet_run >= self._answer_quiet
+        late = waiting and 0 < self._answer_window < self.user_quiet_run < self._answer_quiet
+        return Decision(force_silence=self.holding or late, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
+                        speak_now=speak_now)
 
-    def after_step(self, agent_rms: float) -> None:
-        """Record whether the agent's output this frame was audible."""
+    def after_step(self, agent_rms: float, wrote_word: bool = False) -> None:
+        """Record whether the agent's output this frame was audible, and whether its text slot wrote a word:
+        either answers what the user said."""
         self.agent_talking = agent_rms >= self.config.agent_talking_rms
         self.since_agent_talked = 0 if self.agent_talking else self.since_agent_talked + 1
+        if self.agent_talking or wrote_word:
+            self.awaiting_answer = False

@@ -390,8 +390,8 @@ class RealtimeConnection:
         live = self.session.model if self.session is not None else self.model_session
         if live is not None and hasattr(live, "sampling"):
             live.sampling = new.sampling
-        if new.cuts != old.cuts and self.session is not None:  # this session's policy only
-            self.session.policy.config = dataclasses.replace(self.session.policy.config, barge_in=new.cuts)
+        if (new.cuts, new.turn_type) != (old.cuts, old.turn_type) and self.session is not None:  # this session's only
+            self.session.policy.reconfigure(new.policy(self.registry.session_config.policy))
         if new.input_rate != old.input_rate and self.session is not None:
             self._plumb_input()
         if new.output_rate != old.output_rate and self.session is not None:
@@ -429,7 +429,7 @@ class RealtimeConnection:
         entry = self.entry
         base = self.registry.session_config
         config = dataclasses.replace(base, system_prompt=self.settings.instructions, sampling=self.settings.sampling,
-                                     policy=dataclasses.replace(base.policy, barge_in=self.settings.cuts))
+                                     policy=self.settings.policy(base.policy))
         self.session = Session(self.model_session, entry.codec, entry.backend.tokenizer, config,
                                input_rate=self.settings.input_rate, realtime=True, keep_frame_marks=64)
         self._plumb_input()

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.policy import PolicyConfig
 from streaming import events as ev
 from streaming.events import EventError
 from think.sampling import SamplingConfig
@@ -32,7 +33,7 @@ class SessionSettings:
         events: which per-frame ``x_duplex`` events are sent ({"frame": bool, "latency": bool}).
         silence_ms: server VAD silence before ``speech_stopped``.
         turn_type: "server_vad", or None when the client turned turn detection off (no VAD events, no
-            barge-in cut; the model still decides when it speaks and when it stops).
+            barge-in cut, no answer prompt; the model alone decides when it speaks and when it stops).
         barge_in: ``interrupt_response``: the policy cuts the agent when the user talks over it (while turn
             detection is on; see ``cuts``).
         input_rate / output_rate: client PCM16 rates (Hz).
@@ -53,6 +54,12 @@ class SessionSettings:
     def cuts(self) -> bool:
         """Whether this session's policy cuts the agent at a barge-in."""
         return self.barge_in and self.turn_type is not None
+
+    def policy(self, base: PolicyConfig) -> PolicyConfig:
+        """This session's turn policy: the server's, with the cut as the client set it, and without the answer
+        prompt and window when the client turned turn detection off."""
+        off = {} if self.turn_type is not None else {"answer_after_ms": 0.0, "answer_window_ms": 0.0}
+        return dataclasses.replace(base, barge_in=self.cuts, **off)
 
     @property
     def identity(self) -> tuple[str, str | None, str]:

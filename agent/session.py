@@ -204,7 +204,8 @@ class Session:
             given = None if decision.force_silence else self.heard_writer.next_id(tick.index)
         on_pad = self.config.heard.placement == "pad"  # the piece only where the model draws PAD, or first
         result = await self.model.step(codes, force_silence=decision.force_silence,
-                                       text_id=None if on_pad else given, heard_id=given if on_pad else None)
+                                       text_id=None if on_pad else given, heard_id=given if on_pad else None,
+                                       speak_now=decision.speak_now)
         if self.heard_writer is not None:
             self.heard_writer.observe(result.text_id, decision.force_silence)
         t1 = time.perf_counter()
@@ -215,7 +216,7 @@ class Session:
         agent = self._play_or_hold(agent, decision)
         t2 = time.perf_counter()
         rms = _rms(agent)
-        self.policy.after_step(rms)
+        self.policy.after_step(rms, wrote_word=result.text_id < self.layout.text_vocab_size)
         delta, heard, eot = "", "", False
         if result.text_id == self.layout.eot_id:
             eot = True
@@ -228,7 +229,7 @@ class Session:
             frame=tick.index, listen_ms=round(listen_ms, 3), think_ms=round((t1 - t0) * 1000.0, 3),
             speak_ms=round((t2 - t1) * 1000.0, 3), total_ms=round(listen_ms + (t2 - t0) * 1000.0, 3),
             late_by_ms=round(tick.late_by * 1000.0, 3), forced=result.forced, rebased=result.rebased,
-            text_id=result.text_id, agent_rms=round(rms, 5), user_speech=user.speech,
+            text_id=result.text_id, agent_rms=round(rms, 5), user_speech=user.speech, speak_now=decision.speak_now,
         )
         self.latency.add(mark)
         if decision.cut:

@@ -54,7 +54,7 @@ class BackendSession(abc.ABC):
 
     @abc.abstractmethod
     async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
-                   heard_id: int | None = None) -> StepResult:
+                   heard_id: int | None = None, speak_now: bool = False) -> StepResult:
         """Append this frame's user codes ``(>= Q_in,)`` and produce the agent's slot.
 
         With ``force_silence`` the agent's slot is PAD + silence codes instead of a sample, and the
@@ -62,7 +62,8 @@ class BackendSession(abc.ABC):
         the text slot holds that id instead of a draw. With ``heard_id`` (the listener's next heard id) the
         text slot is drawn as usual, and holds ``heard_id`` where the draw is PAD: the transcript takes only
         the frames the agent leaves free, as in training (``recognized_heard``), and never delays its turn.
-        Either way the agent's audio ids are drawn after the text id.
+        With ``speak_now`` the drawn text id is a word piece: neither PAD, nor end-of-turn, nor a heard id
+        (the policy's answer prompt). Either way the agent's audio ids are drawn after the text id.
         """
 
     @abc.abstractmethod

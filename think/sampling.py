@@ -85,24 +85,29 @@ class SlotMasks:
         self._pad = layout.pad_id - self.rows[0][0]
         self._heard = (layout.heard_offset - self.rows[0][0], layout.heard_offset - self.rows[0][0]
                        + layout.text_vocab_size) if layout.heard_text else None
-        self._text_masks: dict[tuple[float, bool], torch.Tensor] = {(0.0, True): self.masks[0]}
+        self._eot = layout.eot_id - self.rows[0][0]
+        self._text_masks: dict[tuple[float, bool, bool], torch.Tensor] = {(0.0, True, False): self.masks[0]}
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def text_mask(self, pad_bias: float, heard: bool = True) -> torch.Tensor:
+    def text_mask(self, pad_bias: float, heard: bool = True, speak: bool = False) -> torch.Tensor:
         """The text position's mask with ``pad_bias`` added at PAD, and without the heard range unless
-        ``heard`` (a session whose listener writes the heard text draws none itself); cached per setting."""
-        heard = heard or self._heard is None
-        mask = self._text_masks.get((pad_bias, heard))
+        ``heard`` (a session whose listener writes the heard text draws none itself). With ``speak`` only word
+        pieces are left (no PAD, end-of-turn or heard id: the agent must start talking). Cached per setting."""
+        heard = (heard or self._heard is None) and not speak
+        key = (pad_bias, heard, speak)
+        mask = self._text_masks.get(key)
         if mask is None:
             if len(self._text_masks) > 16:
-                self._text_masks = {(0.0, True): self.masks[0]}
+                self._text_masks = {(0.0, True, False): self.masks[0]}
             mask = self.masks[0].clone()
             mask[self._pad] += pad_bias
-            if not heard:
+            if not heard and self._heard is not None:
                 mask[self._heard[0]:self._heard[1]] = float("-inf")
-            self._text_masks[(pad_bias, heard)] = mask
+            if speak:
+                mask[self._pad] = mask[self._eot] = float("-inf")
+            self._text_masks[key] = mask
         return mask
 
 

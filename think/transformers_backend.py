@@ -183,23 +183,23 @@ class TransformersSession(BackendSession):
         return self.fed
 
     async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
-                   heard_id: int | None = None) -> StepResult:
-        return await asyncio.to_thread(self.step_sync, user_codes, force_silence, False, text_id, heard_id)
+                   heard_id: int | None = None, speak_now: bool = False) -> StepResult:
+        return await asyncio.to_thread(self.step_sync, user_codes, force_silence, False, text_id, heard_id, speak_now)
 
     def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
-                  text_id: int | None = None, heard_id: int | None = None) -> StepResult:
+                  text_id: int | None = None, heard_id: int | None = None, speak_now: bool = False) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
         if not self._state_lock.acquire(blocking=False):
             if self.closed:
                 raise RuntimeError("This session is closed.")
             raise RuntimeError("This session is already running a step; steps of one session must not overlap.")
         try:
-            return self._step_locked(user_codes, force_silence, quiet, text_id, heard_id)
+            return self._step_locked(user_codes, force_silence, quiet, text_id, heard_id, speak_now)
         finally:
             self._state_lock.release()
 
     def _step_locked(self, user_codes: np.ndarray, force_silence: bool, quiet: bool, text_id: int | None,
-                     heard_id: int | None = None) -> StepResult:
+                     heard_id: int | None = None, speak_now: bool = False) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
         check_given_text(self.layout, text_id, heard_id)
@@ -215,7 +215,7 @@ class TransformersSession(BackendSession):
             self.pending += user_ids + agent
             # Fed with the next frame's ids: one forward per forced frame instead of 1 + Q_out.
         else:
-            agent = self._sample_slot(user_ids, text_id, heard_id)
+            agent = self._sample_slot(user_ids, text_id, heard_id, speak_now)
         self.window.append(user_ids + agent)
         text_id = agent[0]
         codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
@@ -231,9 +231,10 @@ class TransformersSession(BackendSession):
         self.fed += len(ids)
         return logits
 
-    def _sample_slot(self, user_ids: list[int], text_id: int | None = None, heard_id: int | None = None) -> list[int]:
+    def _sample_slot(self, user_ids: list[int], text_id: int | None = None, heard_id: int | None = None,
+                     speak_now: bool = False) -> list[int]:
         """The slot's 1 + Q_out ids: text (``text_id`` when given, else drawn, ``heard_id`` in place of a
-        drawn PAD) then the agent's audio."""
+        drawn PAD, a word piece only with ``speak_now``) then the agent's audio."""
         s = self.sampling
         masks = self.backend.masks
         logits = self._feed(self.pending + user_ids, 0)
@@ -244,7 +245,8 @@ class TransformersSession(BackendSession):
                 token = int(text_id)
             else:
                 temp, top_k = (s.text_temperature, s.text_top_k) if j == 0 else (s.audio_temperature, s.audio_top_k)
-                mask = masks.text_mask(s.pad_bias, heard=not self.listener_heard) if j == 0 else masks.masks[j]
+                mask = (masks.text_mask(s.pad_bias, heard=not self.listener_heard, speak=speak_now) if j == 0
+                        else masks.masks[j])
                 token = masks.rows[j][0] + sample(logits, mask, temp, top_k, self.generator)
                 if j == 0 and heard_id is not None and token == self.layout.pad_id:
                     token = int(heard_id)

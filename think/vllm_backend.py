@@ -440,6 +440,9 @@ class VllmSession(BackendSession):
         # A listener that writes the heard text: the text position draws no heard ids.
         no_heard = [r for r in ranges[0] if not (lay.heard_text and r[0] == lay.heard_offset)]
         self._spec_no_heard = slot_spec([no_heard] + ranges[1:], temps, top_ks, biases)
+        # The policy's answer prompt: word pieces only (no PAD, end-of-turn or heard id).
+        words = [r for r in no_heard if r[0] not in (lay.pad_id, lay.eot_id)]
+        self._spec_speak = slot_spec([words] + ranges[1:], temps, top_ks, biases)
         # A frame whose text id is given: the request draws only the audio ids.
         self._spec_audio = slot_spec(ranges[1:], temps[1:], top_ks[1:], biases[1:])
         self._greedy = all(t <= 0 for t in temps)
@@ -450,16 +453,16 @@ class VllmSession(BackendSession):
         return self.fed
 
     async def step(self, user_codes: np.ndarray, force_silence: bool = False, text_id: int | None = None,
-                   heard_id: int | None = None) -> StepResult:
-        return await self.backend._submit(self._step(user_codes, force_silence, False, text_id, heard_id))
+                   heard_id: int | None = None, speak_now: bool = False) -> StepResult:
+        return await self.backend._submit(self._step(user_codes, force_silence, False, text_id, heard_id, speak_now))
 
     def step_sync(self, user_codes: np.ndarray, force_silence: bool = False, quiet: bool = False,
-                  text_id: int | None = None, heard_id: int | None = None) -> StepResult:
+                  text_id: int | None = None, heard_id: int | None = None, speak_now: bool = False) -> StepResult:
         """Synchronous :meth:`step`; ``quiet`` tells the window that now is a good time to rebase."""
-        return self.backend._run(self._step(user_codes, force_silence, quiet, text_id, heard_id))
+        return self.backend._run(self._step(user_codes, force_silence, quiet, text_id, heard_id, speak_now))
 
     async def _step(self, user_codes: np.ndarray, force_silence: bool, quiet: bool = False,
-                    text_id: int | None = None, heard_id: int | None = None) -> StepResult:
+                    text_id: int | None = None, heard_id: int | None = None, speak_now: bool = False) -> StepResult:
         if self.closed:
             raise RuntimeError("This session is closed.")
         if self.error is not None:
@@ -480,7 +483,8 @@ class VllmSession(BackendSession):
         elif text_id is not None:
             agent = [int(text_id)] + await self._sample(self.pending + user_ids + [int(text_id)], given_text=True)
         else:
-            agent = await self._sample(self.pending + user_ids, heard_id=heard_id)
+            agent = await self._sample(self.pending + user_ids, heard_id=None if speak_now else heard_id,
+                                       speak_now=speak_now)
         self.window.append(user_ids + agent)
         codes = np.asarray(agent[1:], dtype=np.int64) - np.asarray(lay.agent_offsets, dtype=np.int64)
         compute_ms = (time.perf_counter() - t0) * 1000.0
@@ -491,20 +495,22 @@ class VllmSession(BackendSession):
         self.frame += 1
         return result
 
-    def _params(self, given_text: bool = False, heard_id: int | None = None) -> Any:
+    def _params(self, given_text: bool = False, heard_id: int | None = None, speak_now: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         s = self.sampling
         seed = None if (self._greedy or s.seed is None) else (s.seed * 1_000_003 + self.frame) % (2 ** 31)
-        spec = self._spec_audio if given_text else (self._spec_no_heard if self.listener_heard else self._spec)
+        spec = (self._spec_audio if given_text else self._spec_speak if speak_now
+                else self._spec_no_heard if self.listener_heard else self._spec)
         return SamplingParams(max_tokens=self.layout.q_out + (0 if given_text else 1),
                               temperature=0.0 if self._greedy else 1.0,
                               seed=seed, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA,
                               extra_args={KEY: spec} if heard_id is None else
                               {KEY: spec, FILL_KEY: [self.layout.pad_id, int(heard_id)]})
 
-    async def _sample(self, prompt: list[int], given_text: bool = False, heard_id: int | None = None) -> list[int]:
+    async def _sample(self, prompt: list[int], given_text: bool = False, heard_id: int | None = None,
+                      speak_now: bool = False) -> list[int]:
         """The ids the engine draws after ``prompt``: the slot's 1 + Q_out, or its Q_out audio ids when the
         prompt already ends with the slot's (given) text id."""
         from vllm.engine.protocol import StreamingInput
@@ -515,7 +521,7 @@ class VllmSession(BackendSession):
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append(fut)
         self._inputs.put_nowait(StreamingInput(prompt=TokensPrompt(prompt_token_ids=prompt),
-                                               sampling_params=self._params(given_text, heard_id)))
+                                               sampling_params=self._params(given_text, heard_id, speak_now)))
         try:
             tokens = await asyncio.wait_for(asyncio.shield(fut), self.backend.config.step_timeout_s)
         except asyncio.TimeoutError:

@@ -15,6 +15,9 @@ class TalkingModel(BackendSession):
         loud_codes: ``(Q_out,)`` codes that decode to audible speech-like sound.
         talk_from: first frame at which it starts talking.
         talk_until: the frame at which it falls silent again (None = never).
+
+    A step with ``speak_now`` (the policy's answer prompt) talks whatever the frame: a model whose text slot
+    may only draw a word piece starts to speak.
     """
 
     def __init__(self, layout: DuplexLayout, loud_codes: np.ndarray, talk_from: int = 0, text_id: int = 300,
@@ -31,10 +34,12 @@ class TalkingModel(BackendSession):
     def context_tokens(self) -> int:
         return self.frame * self.layout.slot_size
 
-    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None):
-        self.calls.append({"frame": self.frame, "user": np.asarray(user_codes).copy(), "forced": force_silence})
+    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None, speak_now=False):
+        self.calls.append({"frame": self.frame, "user": np.asarray(user_codes).copy(), "forced": force_silence,
+                           "speak_now": speak_now})
         lay = self.layout
         quiet = self.frame < self.talk_from or (self.talk_until is not None and self.frame >= self.talk_until)
+        quiet = quiet and not speak_now  # a prompt to answer: it talks, as a model restricted to words would
         if force_silence or quiet:
             r = StepResult(self.frame, lay.pad_id, lay.agent_silence_codes(), forced=force_silence)
         else:

@@ -135,7 +135,7 @@ class _Scripted(BackendSession):
     def context_tokens(self) -> int:
         return self.frame * self.layout.slot_size
 
-    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None):
+    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None, speak_now=False):
         t = self.script[self.frame] if self.frame < len(self.script) else self.layout.pad_id
         self.frame += 1
         return StepResult(self.frame - 1, t, self.layout.agent_silence_codes())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from agent.policy import PolicyConfig, TurnPolicy
 
 
@@ -109,3 +111,58 @@ def test_speech_soon_after_a_backchannel_pauses_at_once_and_adds_up_to_a_cut():
     assert decisions[6].pause_audio  # the first frame of speech again: paused at once, not after 240 ms
     # 3 speech frames before the gap + 5 after = 240 + 400 ms of the one utterance: cut
     assert [i for i, d in enumerate(decisions) if d.cut] == [10]
+
+
+def test_a_user_left_waiting_is_answered_after_answer_after_ms_of_silence():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=800), frame_ms=80)
+    decisions = run(policy, [True] * 6 + [False] * 14, agent_rms=0.0)  # the model stays silent
+    prompted = [i for i, d in enumerate(decisions) if d.speak_now]
+    assert prompted[0] == 6 + 800 // 80 - 1  # the 10th quiet frame: 800 ms after the user stopped
+    assert prompted == list(range(prompted[0], 20))  # and on every frame until the agent answers
+
+
+def test_the_answer_prompt_ends_once_the_agent_writes_a_word_or_talks():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=160), frame_ms=80)
+    run(policy, [True] * 4, agent_rms=0.0)
+    assert not policy.before_step(False).speak_now
+    policy.after_step(0.0)
+    assert policy.before_step(False).speak_now
+    policy.after_step(0.0, wrote_word=True)  # the model starts its answer (audio follows its text)
+    decisions = run(policy, [False] * 10, agent_rms=0.0)
+    assert not any(d.speak_now for d in decisions)
+    run(policy, [True] * 4, agent_rms=0.0)  # the user says something new: waiting again
+    decisions = run(policy, [False] * 3, agent_rms=0.0)
+    assert [d.speak_now for d in decisions] == [False, True, True]
+    decisions = run(policy, [False] * 3, agent_rms=0.2)  # audible from now on: answered
+    assert [d.speak_now for d in decisions] == [True, False, False]
+
+
+def test_no_answer_prompt_by_default_after_a_blip_or_while_a_cut_agent_is_held():
+    assert not any(d.speak_now for d in run(TurnPolicy(PolicyConfig(), 80), [True] * 6 + [False] * 40, 0.0))
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=160), frame_ms=80)
+    assert not any(d.speak_now for d in run(policy, [True, True, False] * 3 + [False] * 20, 0.0))  # noise
+    cfg = PolicyConfig(answer_after_ms=160, barge_in_min_speech_ms=160, release_after_ms=480)
+    policy = TurnPolicy(cfg, frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True] * 3) + run(policy, [False] * 8, agent_rms=0.0)  # cut, held for 480 ms of quiet
+    assert [d.force_silence for d in decisions] == [False] + [True] * 7 + [False] * 3
+    assert [d.speak_now for d in decisions] == [False] * 8 + [True] * 3  # then, silent still, it must answer
+
+
+def test_answer_after_ms_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="answer_after_ms"):
+        PolicyConfig(answer_after_ms=-1)
+
+
+def test_after_the_answer_window_the_agent_is_held_silent_until_the_prompt():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=800, answer_window_ms=240), frame_ms=80)
+    decisions = run(policy, [True] * 6 + [False] * 12, agent_rms=0.0)
+    quiet = decisions[6:]
+    assert [d.force_silence for d in quiet] == [False] * 3 + [True] * 6 + [False] * 3  # 240 ms free, held to 800
+    assert [d.speak_now for d in quiet] == [False] * 9 + [True] * 3
+    # an agent that answers within the window is never held
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=800, answer_window_ms=240), frame_ms=80)
+    run(policy, [True] * 6 + [False], agent_rms=0.0)
+    assert not any(d.force_silence or d.speak_now for d in run(policy, [False] * 12, agent_rms=0.2))
+    with pytest.raises(ValueError, match="answer_window_ms"):
+        PolicyConfig(answer_window_ms=900, answer_after_ms=800)

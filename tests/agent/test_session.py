@@ -121,6 +121,23 @@ async def test_a_backchannel_pauses_the_agent_and_it_goes_on_where_it_was(codec,
     assert all(_level(o) < 0.01 for o in outs[onset + 1:cut + 1]) and outs[cut + 1].forced
 
 
+async def test_a_model_that_misses_the_turn_end_is_made_to_answer_after_answer_after_ms(codec, layout, loud_codes,
+                                                                                        speech_after_silence):
+    audio, rate = speech_after_silence
+    model = TalkingModel(layout, loud_codes, talk_from=10**6)  # it never takes the turn by itself
+    session = Session(model, codec, default_tokenizer(), SessionConfig(policy=PolicyConfig(answer_after_ms=640)),
+                      input_rate=rate)
+    outs = await run_offline(session, audio, tail_frames=20)
+    speech = [o.user.speech for o in outs]
+    last_speech = max(i for i, s in enumerate(speech) if s)
+    asked = [i for i, o in enumerate(outs) if o.mark.speak_now]
+    assert asked == [last_speech + 8]  # 8 quiet frames = 640 ms; it answers at once, so one frame only
+    assert [c["speak_now"] for c in model.calls].count(True) == 1
+    audible = [i for i, o in enumerate(outs) if o.mark.agent_rms >= 0.01]
+    assert audible and audible[0] >= asked[0] and not any(i < asked[0] for i in audible)
+    assert session.latency.summary()["answer_prompt_frames"] == 1
+
+
 async def test_echo_guard_feeds_the_model_silence_while_the_agent_talks(codec, layout, loud_codes,
                                                                          speech_after_silence):
     audio, rate = speech_after_silence

@@ -90,6 +90,17 @@ def test_pad_bias_moves_the_text_slot_between_speaking_and_waiting(nano_model_di
         SamplingConfig(pad_bias=float("nan"))
 
 
+def test_speak_now_draws_a_word_piece_where_the_model_would_wait(nano_model_dir, rng):
+    """The policy's answer prompt: with PAD all but certain (bias +20), the text slot still draws a word piece,
+    never PAD or end-of-turn, on exactly the frames asked."""
+    backend = TransformersBackend.from_dir(nano_model_dir)
+    lay = backend.layout
+    session = backend.open_session(SamplingConfig(seed=3, pad_bias=20.0))
+    asked = [i % 3 == 2 for i in range(12)]
+    got = [session.step_sync(c, speak_now=a).text_id for c, a in zip(_user_codes(rng, lay, 12), asked)]
+    assert all((t < lay.text_vocab_size) == a for t, a in zip(got, asked)), got
+
+
 def test_forced_silence_is_what_the_model_sees(nano_model_dir, rng):
     backend = TransformersBackend.from_dir(nano_model_dir)
     session = backend.open_session()

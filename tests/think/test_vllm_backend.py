@@ -244,6 +244,26 @@ def test_pad_bias_matches_the_reference_and_applies_from_the_next_frame(engine, 
     assert masks[0, 12] == 5.0 and masks[0, 11] == float("-inf") and masks[0, 3] == 0.0 and masks[1, 12] == float("-inf")
 
 
+def test_speak_now_draws_a_word_piece_like_the_reference(engine, reference):
+    """The policy's answer prompt on the engine: greedy, with PAD all but certain, the frames asked to speak
+    draw the reference's word piece (never PAD or end-of-turn), the others its PAD."""
+    frames = _frames(engine.layout, 8, seed=6)
+    waiting = SamplingConfig(text_temperature=0, audio_temperature=0, pad_bias=20.0)
+    asked = [False, False, True, False, True, True, False, False]
+    ref = reference.open_session(waiting)
+    want = [ref.step_sync(c, speak_now=a) for c, a in zip(frames, asked)]
+
+    async def run():
+        session = engine.open_session(waiting)
+        got = [await session.step(c, speak_now=a) for c, a in zip(frames, asked)]
+        await session.close()
+        return got
+
+    got = asyncio.run(run())
+    assert [(r.text_id, r.agent_codes.tolist()) for r in got] == [(r.text_id, r.agent_codes.tolist()) for r in want]
+    assert [r.text_id < engine.layout.text_vocab_size for r in got] == asked
+
+
 def test_sampled_ids_stay_in_their_ranges_and_seeds_reproduce(engine):
     layout = engine.layout
     hot = SamplingConfig(text_temperature=3.0, audio_temperature=3.0, text_top_k=0, audio_top_k=0, seed=7)

@@ -47,7 +47,7 @@ class SpeakerModel:
     def context_tokens(self) -> int:
         return self.frame * self.layout.slot_size
 
-    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None):
+    async def step(self, user_codes, force_silence=False, text_id=None, heard_id=None, speak_now=False):
         lay = self.layout
         if force_silence:
             self.forced += 1
