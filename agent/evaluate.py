@@ -214,8 +214,11 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
             start = first_active(f, min(n, f + window))
             # prompted: the policy's answer prompt (policy.answer_after_ms), not the model, began this answer
             prompted = start is not None and any(getattr(o.mark, "speak_now", False) for o in outs[f:start + 1])
+            # how much of the 2 s after its start the answer is heard: one stray word or a reply
+            spoke = 0 if start is None else int(active[start:min(n, start + window)].sum())
             score.turn_ends.append({"time": t, "took_over": start is not None, "prompted": prompted,
-                                    "latency_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
+                                    "latency_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1),
+                                    "active_ms": round(spoke * frame_s * 1000, 1)})
         elif kind == "pause":
             end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
             score.pauses.append({"time": t, "took_over": first_active(f + 1, end) is not None})
@@ -308,6 +311,9 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "turn_take_over_rate": rate(turn_ends, "took_over"),
         "turn_take_over_rate_unprompted": round(float(np.mean([x["took_over"] and not x.get("prompted") for x in
                                                                turn_ends])), 4) if turn_ends else None,
+        "turns_prompted": sum(bool(x.get("prompted")) for x in turn_ends),
+        "answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x["took_over"] and not x["prompted"]]),
+        "prompted_answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x.get("prompted")]),
         "turn_latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
         "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
         "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),
@@ -324,6 +330,10 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "questions": len(answers),
         **extra,
     }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 1) if values else None
 
 
 def _plot(scores: list[DialogueScore], path: Path) -> None:

@@ -612,3 +612,24 @@ def test_eval_and_tokenize_refuse_counts_that_mean_nothing(dialogues, nano_model
     assert _tokenize(dialogues, nano_model_dir, tmp_path / "s", "--shard-size", "-1") == 2  # it wrote no shard
     assert "--shard-size must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "s" / "shards.json").exists()
+
+
+def test_eval_tells_the_turns_the_answer_prompt_began_from_those_the_model_took():
+    from types import SimpleNamespace
+
+    from agent.evaluate import summarize
+
+    def answered(start: int, prompt_at: int | None, talk: int):
+        """The user's turn ends at frame 10; the agent talks from ``start`` for ``talk`` frames."""
+        outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if start <= f < start + talk else 0.0,
+                                                     speak_now=f == prompt_at),
+                                text_id=150, text_delta="", heard_delta="") for f in range(60)]
+        record = {"id": "d", "turns": [], "qa": [], "events": [{"type": "turn_end", "time": 10 * 0.08}]}
+        return _score(record, outs)
+
+    took, prompted, missed = answered(13, None, 10), answered(30, 29, 2), answered(50, None, 5)
+    assert [s.turn_ends[0]["prompted"] for s in (took, prompted, missed)] == [False, True, False]
+    s = summarize([took, prompted, missed])
+    assert s["turn_take_over_rate"] == round(2 / 3, 4) and s["turn_take_over_rate_unprompted"] == round(1 / 3, 4)
+    assert s["turns_prompted"] == 1 and s["prompted_answer_active_ms_median"] == 160.0
+    assert s["answer_active_ms_median"] == 800.0
