@@ -221,7 +221,9 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
                                     "active_ms": round(spoke * frame_s * 1000, 1)})
         elif kind == "pause":
             end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
-            score.pauses.append({"time": t, "took_over": first_active(f + 1, end) is not None})
+            start = first_active(f + 1, end)
+            score.pauses.append({"time": t, "took_over": start is not None,
+                                 "start_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
         elif kind == "user_backchannel":
             # stopped: a silence that begins while the user says "mm-hmm" (its end: ``end``); the agent's
             # answer ending later on its own is not a stop

@@ -20,10 +20,7 @@ misses a turn end and leaves the user waiting in silence. Once the user has said
 the agent's text slot may not draw PAD or end-of-turn until it writes a word: the model starts its answer,
 and says whatever it would say. The model still decides every turn it takes sooner; this only bounds how
 long a user waits (LiveKit's agents call the bound a maximum endpointing delay). It must be longer than the
-mid-turn pauses the agent should wait through. With ``answer_window_ms`` the model may start by itself only
-that soon after the user stops; from then until ``answer_after_ms`` the agent is held silent. A trained model
-answers a real turn end within a few hundred ms; its starts after a longer silence are mostly barges into the
-user's mid-turn pauses (MODEL_CARD.md, *An answer window*), and the prompt still answers a turn end it missed.
+mid-turn pauses the agent should wait through.
 
 The echo guard (half-duplex fallback, for open speakers without echo cancellation): while the agent
 talks, and ``echo_tail_ms`` after, the user's audio is replaced by silence before the model hears it
@@ -52,8 +49,6 @@ class PolicyConfig:
         answer_after_ms: 0: off. Otherwise, after the user said something and then was silent this long,
             with the agent silent all the while, the agent must start its answer (its text slot draws no PAD
             or end-of-turn until it writes a word).
-        answer_window_ms: 0: off. Otherwise the agent may start its answer by itself only within this long after
-            the user stops; from then until ``answer_after_ms`` it is held silent (needs ``answer_after_ms``).
     """
 
     barge_in: bool = True
@@ -65,19 +60,15 @@ class PolicyConfig:
     pause_before_cut_ms: float = 0.0
     resume_after_ms: float = 240.0
     answer_after_ms: float = 0.0
-    answer_window_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
-                     "resume_after_ms", "answer_after_ms", "answer_window_ms"):
+                     "resume_after_ms", "answer_after_ms"):
             value = getattr(self, name)
             if not (0 <= value <= 60_000):
                 raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
         if not (0 <= self.agent_talking_rms <= 1):
             raise ValueError(f"policy.agent_talking_rms must be between 0 and 1, got {self.agent_talking_rms}.")
-        if self.answer_window_ms > 0 and not self.answer_window_ms < self.answer_after_ms:
-            raise ValueError(f"policy.answer_window_ms ({self.answer_window_ms:g}) needs a longer policy.answer_after_ms "
-                             f"(got {self.answer_after_ms:g}): after the window the agent waits for the prompt.")
 
 
 @dataclass(frozen=True)
@@ -119,7 +110,6 @@ class TurnPolicy:
         self._pause_frames = math.ceil(config.pause_before_cut_ms / ms)
         self._resume_quiet = max(1, math.ceil(config.resume_after_ms / ms))
         self._answer_quiet = math.ceil(config.answer_after_ms / ms) if config.answer_after_ms > 0 else 0
-        self._answer_window = math.ceil(config.answer_window_ms / ms) if config.answer_window_ms > 0 else 0
 
     def reset(self) -> None:
         self.user_speech_run = 0
@@ -188,11 +178,9 @@ class TurnPolicy:
             self._cut_requested = False
             self.requested_hold -= 1
             return Decision(force_silence=True, cut=cut, mute_user=echo_active)
-        waiting = (self._answer_quiet > 0 and self.awaiting_answer and not self.holding and not self.pausing
-                   and not self.agent_talking)
-        speak_now = waiting and self.user_quiet_run >= self._answer_quiet
-        late = waiting and 0 < self._answer_window < self.user_quiet_run < self._answer_quiet
-        return Decision(force_silence=self.holding or late, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
+        speak_now = (self._answer_quiet > 0 and self.awaiting_answer and not self.holding and not self.pausing
+                     and not self.agent_talking and self.user_quiet_run >= self._answer_quiet)
+        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
                         speak_now=speak_now)
 
     def after_step(self, agent_rms: float, wrote_word: bool = False) -> None:

@@ -152,17 +152,3 @@ def test_no_answer_prompt_by_default_after_a_blip_or_while_a_cut_agent_is_held()
 def test_answer_after_ms_out_of_range_is_refused():
     with pytest.raises(ValueError, match="answer_after_ms"):
         PolicyConfig(answer_after_ms=-1)
-
-
-def test_after_the_answer_window_the_agent_is_held_silent_until_the_prompt():
-    policy = TurnPolicy(PolicyConfig(answer_after_ms=800, answer_window_ms=240), frame_ms=80)
-    decisions = run(policy, [True] * 6 + [False] * 12, agent_rms=0.0)
-    quiet = decisions[6:]
-    assert [d.force_silence for d in quiet] == [False] * 3 + [True] * 6 + [False] * 3  # 240 ms free, held to 800
-    assert [d.speak_now for d in quiet] == [False] * 9 + [True] * 3
-    # an agent that answers within the window is never held
-    policy = TurnPolicy(PolicyConfig(answer_after_ms=800, answer_window_ms=240), frame_ms=80)
-    run(policy, [True] * 6 + [False], agent_rms=0.0)
-    assert not any(d.force_silence or d.speak_now for d in run(policy, [False] * 12, agent_rms=0.2))
-    with pytest.raises(ValueError, match="answer_window_ms"):
-        PolicyConfig(answer_window_ms=900, answer_after_ms=800)

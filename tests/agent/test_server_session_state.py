@@ -139,19 +139,19 @@ async def test_turn_detection_null_sends_no_vad_events_and_never_cuts_the_agent(
         await c.close()
 
 
-def test_turn_detection_null_also_turns_off_the_answer_prompt_and_window():
+def test_turn_detection_null_also_turns_off_the_answer_prompt():
     import dataclasses
 
     from agent.policy import PolicyConfig
     from agent.realtime_settings import SessionSettings
     from think.sampling import SamplingConfig
 
-    base = PolicyConfig(answer_after_ms=1600, answer_window_ms=560)
+    base = PolicyConfig(answer_after_ms=1600)
     vad = SessionSettings(model="m", adapter=None, instructions="", sampling=SamplingConfig())
     assert vad.policy(base) == base
     assert dataclasses.replace(vad, barge_in=False).policy(base) == dataclasses.replace(base, barge_in=False)
     alone = dataclasses.replace(vad, turn_type=None).policy(base)  # the model alone decides its turns
-    assert (alone.barge_in, alone.answer_after_ms, alone.answer_window_ms) == (False, 0.0, 0.0)
+    assert (alone.barge_in, alone.answer_after_ms) == (False, 0.0)
 
 
 async def test_beta_clients_turn_detection_and_modalities_are_read(server):
