@@ -42,13 +42,15 @@ class PolicyConfig:
         release_after_ms: user silence after which a cut agent may speak again.
         agent_talking_rms: agent output level (RMS, full scale 1.0) above which the agent is talking.
         echo_guard: replace the user's audio by silence while the agent talks (half duplex).
-        echo_tail_ms: how long the echo guard stays on after the agent stops.
+        echo_tail_ms: how long the echo guard stays on after the agent stops; also how long after the agent
+            stops user speech may still be its echo, which never arms the answer prompt.
         pause_before_cut_ms: 0: cut at ``barge_in_min_speech_ms``. Otherwise pause the agent's audio there and
             cut only after this much more of the user's speech; a shorter utterance is a backchannel.
         resume_after_ms: user silence that ends a pause as a backchannel (the held audio then plays).
-        answer_after_ms: 0: off. Otherwise, after the user said something and then was silent this long,
-            with the agent silent all the while, the agent must start its answer (its text slot draws no PAD
-            or end-of-turn until it writes a word).
+        answer_after_ms: after the user said something and then was silent this long, with the agent silent
+            all the while, the agent must start its answer (its text slot draws no PAD or end-of-turn until it
+            writes a word); 0: off. 1600 is longer than data-tiny's mid-turn pauses (0.6-1.5 s), and a turn
+            end the model misses is still answered within the 2 s ``duplex eval`` allows.
     """
 
     barge_in: bool = True
@@ -59,7 +61,7 @@ class PolicyConfig:
     echo_tail_ms: float = 240.0
     pause_before_cut_ms: float = 0.0
     resume_after_ms: float = 240.0
-    answer_after_ms: float = 0.0
+    answer_after_ms: float = 1600.0
 
     def __post_init__(self) -> None:
         for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
@@ -125,6 +127,7 @@ class TurnPolicy:
         self.requested_hold = 0  # frames of forced silence a client asked for (response.cancel)
         self._cut_requested = False
         self.awaiting_answer = False  # the user said something the agent has not answered (nor talked since)
+        self.waited = 0  # frames the user has been silent, for the answer prompt (a one-frame VAD blip is not speech)
 
     def request_hold(self, frames: int) -> None:
         """Force the agent silent for at least ``frames`` frames from the next one (a client cancel):
@@ -144,7 +147,10 @@ class TurnPolicy:
         else:
             self.user_quiet_run += 1
             self.user_speech_run = 0
-        if self.user_speech_run >= self._need_speech:
+        self.waited = 0 if self.user_speech_run >= 2 else self.waited + 1
+        if self.user_speech_run >= self._need_speech and self.since_agent_talked > self._echo_tail:
+            # speech that outlasts the agent's echo tail is the user's: a run inside it may be the agent's own
+            # voice coming back, and answering that would have the agent answer itself, on and on
             self.awaiting_answer = True
         cut = False
         self.since_backchannel += 1
@@ -178,8 +184,10 @@ class TurnPolicy:
             self._cut_requested = False
             self.requested_hold -= 1
             return Decision(force_silence=True, cut=cut, mute_user=echo_active)
+        if cut:  # the barge-in took this speech for the user's: it wants an answer, however soon it ended
+            self.awaiting_answer = True
         speak_now = (self._answer_quiet > 0 and self.awaiting_answer and not self.holding and not self.pausing
-                     and not self.agent_talking and self.user_quiet_run >= self._answer_quiet)
+                     and not self.agent_talking and self.waited >= self._answer_quiet)
         return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
                         speak_now=speak_now)
 

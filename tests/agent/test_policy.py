@@ -137,18 +137,41 @@ def test_the_answer_prompt_ends_once_the_agent_writes_a_word_or_talks():
     assert [d.speak_now for d in decisions] == [True, False, False]
 
 
-def test_no_answer_prompt_by_default_after_a_blip_or_while_a_cut_agent_is_held():
-    assert not any(d.speak_now for d in run(TurnPolicy(PolicyConfig(), 80), [True] * 6 + [False] * 40, 0.0))
+def test_no_answer_prompt_when_off_after_a_blip_or_while_a_cut_agent_is_held():
+    assert PolicyConfig().answer_after_ms == 1600  # on by default
+    off = TurnPolicy(PolicyConfig(answer_after_ms=0), 80)
+    assert not any(d.speak_now for d in run(off, [True] * 6 + [False] * 40, 0.0))
     policy = TurnPolicy(PolicyConfig(answer_after_ms=160), frame_ms=80)
     assert not any(d.speak_now for d in run(policy, [True, True, False] * 3 + [False] * 20, 0.0))  # noise
     cfg = PolicyConfig(answer_after_ms=160, barge_in_min_speech_ms=160, release_after_ms=480)
     policy = TurnPolicy(cfg, frame_ms=80)
     policy.after_step(0.2)
-    decisions = run(policy, [True] * 3) + run(policy, [False] * 8, agent_rms=0.0)  # cut, held for 480 ms of quiet
-    assert [d.force_silence for d in decisions] == [False] + [True] * 7 + [False] * 3
-    assert [d.speak_now for d in decisions] == [False] * 8 + [True] * 3  # then, silent still, it must answer
+    decisions = run(policy, [True] * 6) + run(policy, [False] * 8, agent_rms=0.0)  # cut, held for 480 ms of quiet
+    assert [d.force_silence for d in decisions] == [False] + [True] * 10 + [False] * 3
+    assert [d.speak_now for d in decisions] == [False] * 11 + [True] * 3  # then, silent still, it must answer
 
 
 def test_answer_after_ms_out_of_range_is_refused():
     with pytest.raises(ValueError, match="answer_after_ms"):
         PolicyConfig(answer_after_ms=-1)
+
+
+def test_the_agents_own_echo_after_it_stops_does_not_arm_the_answer_prompt():
+    cfg = PolicyConfig(answer_after_ms=160, echo_tail_ms=240)
+    policy = TurnPolicy(cfg, frame_ms=80)
+    policy.after_step(0.2)  # the agent talked, and stops now
+    decisions = run(policy, [True] * 3 + [False] * 10, agent_rms=0.0)  # 240 ms of its echo, then quiet
+    assert not any(d.speak_now for d in decisions)
+    decisions = run(policy, [True] * 3 + [False] * 3, agent_rms=0.0)  # the user, later: answered
+    assert [d.speak_now for d in decisions] == [False] * 4 + [True] * 2
+
+
+def test_a_one_frame_vad_blip_does_not_restart_the_wait_and_a_short_interruption_still_gets_an_answer():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=480), frame_ms=80)
+    decisions = run(policy, [True] * 4 + [False] * 3 + [True] + [False] * 3, agent_rms=0.0)
+    assert [d.speak_now for d in decisions[4:]] == [False] * 5 + [True] * 2  # 6 frames of quiet, the blip counted
+    # "wait-" over the talking agent: cut at its third frame, and the user falls silent with the cut
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=480, release_after_ms=320), frame_ms=80)
+    policy.after_step(0.2)
+    decisions = run(policy, [True] * 3) + run(policy, [False] * 7, agent_rms=0.0)
+    assert decisions[2].cut and [d.speak_now for d in decisions[3:]] == [False] * 5 + [True] * 2
