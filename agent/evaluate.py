@@ -311,12 +311,12 @@ def summarize(scores: list[DialogueScore]) -> dict:
     return {
         "dialogues": len(scores),
         "turn_take_over_rate": rate(turn_ends, "took_over"),
-        "turn_take_over_rate_unprompted": round(float(np.mean([x["took_over"] and not x.get("prompted") for x in
-                                                               turn_ends])), 4) if turn_ends else None,
+        "turn_take_over_rate_unprompted": rate([{"own": x["took_over"] and not x["prompted"]} for x in turn_ends],
+                                               "own"),
         "turns_prompted": sum(bool(x.get("prompted")) for x in turn_ends),
         "answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x["took_over"] and not x["prompted"]]),
         "prompted_answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x.get("prompted")]),
-        "turn_latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
+        "turn_latency_ms_median": _median(lat),
         "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
         "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),
         "backchannels_agent_talking": len(backs),
@@ -325,7 +325,7 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "interruptions_agent_talking": len(talking),
         "interruption_stop_within_400ms": round(float(np.mean([s is not None and s <= 400 for s in
                                                               [x["stop_ms"] for x in talking]])), 4) if talking else None,
-        "interruption_stop_ms_median": round(float(np.median(stops)), 1) if stops else None,
+        "interruption_stop_ms_median": _median(stops),
         "interruption_answered_rate": rate(inter, "answered_after"),
         "answer_accuracy": rate(answers, "contains"),
         "answer_f1_mean": round(float(np.mean([a["f1"] for a in answers])), 4) if answers else None,

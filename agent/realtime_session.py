@@ -390,8 +390,9 @@ class RealtimeConnection:
         live = self.session.model if self.session is not None else self.model_session
         if live is not None and hasattr(live, "sampling"):
             live.sampling = new.sampling
-        if (new.cuts, new.turn_type) != (old.cuts, old.turn_type) and self.session is not None:  # this session's only
-            self.session.policy.reconfigure(new.policy(self.registry.session_config.policy))
+        policy = new.policy(self.registry.session_config.policy)
+        if self.session is not None and policy != self.session.policy.config:  # this session's policy only
+            self.session.policy.reconfigure(policy)
         if new.input_rate != old.input_rate and self.session is not None:
             self._plumb_input()
         if new.output_rate != old.output_rate and self.session is not None:
