@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.recognizer_train import add_recognizer_commands
 
     add_recognizer_commands(sub)
+    from agent.turn_train import add_turn_commands
+
+    add_turn_commands(sub)
     from agent.daemon.cli import add_daemon_command  # duplex daemon (docs/daemon.md)
 
     add_daemon_command(sub)

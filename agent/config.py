@@ -38,6 +38,9 @@ class SessionConfig:
         context: rolling-window settings.
         heard: who writes a heard-text model's transcript of the user (its own draws or the listener's
             recogniser; ``agent/heard.py``).
+        turn_detector: the turn detector that tells a mid-turn pause from a finished turn
+            (``listen/turn_detector.py``; the policy's ``wait_unfinished``): "" the shipped one (none when this
+            copy ships none), "off", or a detector directory (``duplex turn train``).
     """
 
     system_prompt: str = ""
@@ -48,6 +51,7 @@ class SessionConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     heard: HeardConfig = field(default_factory=HeardConfig)
+    turn_detector: str = ""
 
     def __post_init__(self) -> None:
         if self.vad_aggressiveness not in (0, 1, 2, 3):

@@ -81,6 +81,15 @@ def _fsq_weights() -> Check:
     return Check("fsq weights", True, f"{shipped} (sha256 {weights_digest(shipped)})", "fsq codec")
 
 
+def _turn_detector() -> Check:
+    from listen.turn_detector import ASSETS_DIR, shipped_detector_dir
+
+    if shipped_detector_dir() is None:
+        return Check("turn detector", False, f"{ASSETS_DIR} has none", "waiting through a user's pause",
+                     "restore listen/assets/turn_detector (git checkout listen/assets) or pass --set turn_detector=DIR")
+    return Check("turn detector", True, str(ASSETS_DIR), "waiting through a user's pause")
+
+
 def run_checks() -> list[Check]:
     return [
         Check("python", sys.version_info >= (3, 11), platform.python_version(), "core", "Python >= 3.11 is required"),
@@ -104,6 +113,7 @@ def run_checks() -> list[Check]:
         _binary("mosquitto", "daemon tests", "apt-get install mosquitto"),
         _binary("chromium", "browser tests", "apt-get install chromium"),
         _fsq_weights(),
+        _turn_detector(),
         _default_model(),
     ]
 

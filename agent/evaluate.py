@@ -8,6 +8,8 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
   and how long after the user stopped (latency); ``turn_take_over_rate_unprompted`` counts only the answers
   the model began itself, not those the policy's answer prompt (``policy.answer_after_ms``) began;
 - **pauses** (``pause``): did the agent wrongly take the turn during a mid-utterance pause (rate, lower is better);
+  ``pauses_waited`` / ``turns_waited`` count the pauses and turn ends where the policy held the agent back
+  because the turn detector heard the user as not finished (``policy.wait_unfinished``);
 - **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop, i.e. fall silent
   while the user said "mm-hmm" (rate, lower is better);
 - **interruptions** (``interruption``): where the agent was talking at the user's onset, the time until its audio
@@ -216,13 +218,16 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
             prompted = start is not None and any(getattr(o.mark, "speak_now", False) for o in outs[f:start + 1])
             # how much of the 2 s after its start the answer is heard: one stray word or a reply
             spoke = 0 if start is None else int(active[start:min(n, start + window)].sum())
-            score.turn_ends.append({"time": t, "took_over": start is not None, "prompted": prompted,
+            # waited: the policy held the agent back here (the turn detector heard a mid-turn pause)
+            waited = any(getattr(o.mark, "wait", False) for o in outs[f:(start if start is not None else min(n, f + window)) + 1])
+            score.turn_ends.append({"time": t, "took_over": start is not None, "prompted": prompted, "waited": waited,
                                     "latency_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1),
                                     "active_ms": round(spoke * frame_s * 1000, 1)})
         elif kind == "pause":
             end = frame(float(ev.get("end", t + float(ev.get("duration", 0.8)))))
             start = first_active(f + 1, end)
             score.pauses.append({"time": t, "took_over": start is not None,
+                                 "waited": any(getattr(o.mark, "wait", False) for o in outs[f:end + 1]),
                                  "start_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
         elif kind == "user_backchannel":
             # stopped: a silence that begins while the user says "mm-hmm" (its end: ``end``); the agent's
@@ -314,6 +319,8 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "turn_take_over_rate_unprompted": rate([{"own": x["took_over"] and not x["prompted"]} for x in turn_ends],
                                                "own"),
         "turns_prompted": sum(bool(x.get("prompted")) for x in turn_ends),
+        "turns_waited": sum(bool(x.get("waited")) for x in turn_ends),
+        "pauses_waited": sum(bool(x.get("waited")) for s in scores for x in s.pauses),
         "answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x["took_over"] and not x["prompted"]]),
         "prompted_answer_active_ms_median": _median([x["active_ms"] for x in turn_ends if x.get("prompted")]),
         "turn_latency_ms_median": _median(lat),

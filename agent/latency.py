@@ -27,6 +27,7 @@ class FrameMark:
     agent_rms: float
     user_speech: bool
     speak_now: bool = False  # the policy's answer prompt was on (the agent had to start its answer)
+    wait: bool = False  # the turn detector heard a mid-turn pause: the agent was kept from starting
 
 
 def _percentiles(values) -> dict[str, float]:
@@ -65,6 +66,7 @@ class LatencyRecorder:
         self.turns_measured = 0
         self.barge_ins = 0
         self.answer_prompt_frames = 0  # frames in which the policy made the agent start its answer
+        self.wait_frames = 0  # frames in which the policy kept the agent from starting (a mid-turn pause heard)
         self._user_was_speaking = False
         self._speech_end_frame: int | None = None
 
@@ -76,6 +78,7 @@ class LatencyRecorder:
         if mark.late_by_ms > self.frame_ms / 2:
             self.frames_late += 1
         self.answer_prompt_frames += mark.speak_now
+        self.wait_frames += mark.wait
         self._track_turn(mark)
 
     def _track_turn(self, mark: FrameMark) -> None:
@@ -113,6 +116,7 @@ class LatencyRecorder:
             "barge_ins": self.barge_ins,
             "barge_in_frames": list(self.barge_in_frames),
             "answer_prompt_frames": self.answer_prompt_frames,
+            "wait_frames": self.wait_frames,
         }
 
     def report(self) -> dict:

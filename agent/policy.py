@@ -22,6 +22,12 @@ and says whatever it would say. The model still decides every turn it takes soon
 long a user waits (LiveKit's agents call the bound a maximum endpointing delay). It must be longer than the
 mid-turn pauses the agent should wait through.
 
+The wait (``wait_unfinished``) is the net for the opposite failure: the model takes the turn in a mid-turn
+pause. While the user is silent after saying something, and the session's turn detector
+(``listen/turn_detector.py``) says from how the last words sounded that the user has not finished, the agent
+may not start: its slot is forced silent, as after a barge-in, until the user goes on, the detector changes
+its mind, or the answer prompt's bound is reached (then the agent must answer).
+
 The echo guard (half-duplex fallback, for open speakers without echo cancellation): while the agent
 talks, and ``echo_tail_ms`` after, the user's audio is replaced by silence before the model hears it
 and cannot trigger a barge-in.
@@ -51,6 +57,11 @@ class PolicyConfig:
             all the while, the agent must start its answer (its text slot draws no PAD or end-of-turn until it
             writes a word); 0: off. 1600 is longer than data-tiny's mid-turn pauses (0.6-1.5 s), and a turn
             end the model misses is still answered within the 2 s ``duplex eval`` allows.
+        wait_unfinished: keep the agent from starting while the user is silent after speaking and the session's
+            turn detector says they have not finished (a mid-turn pause); no effect without a detector
+            (``SessionConfig.turn_detector``).
+        unfinished_below: the detector's P(finished) below which the user is taken to be still going; 0: the
+            threshold the detector was tuned with (``turn.json``).
     """
 
     barge_in: bool = True
@@ -62,6 +73,8 @@ class PolicyConfig:
     pause_before_cut_ms: float = 0.0
     resume_after_ms: float = 240.0
     answer_after_ms: float = 1600.0
+    wait_unfinished: bool = True
+    unfinished_below: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
@@ -71,6 +84,8 @@ class PolicyConfig:
                 raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
         if not (0 <= self.agent_talking_rms <= 1):
             raise ValueError(f"policy.agent_talking_rms must be between 0 and 1, got {self.agent_talking_rms}.")
+        if not (0 <= self.unfinished_below < 1):
+            raise ValueError(f"policy.unfinished_below must be at least 0 and below 1, got {self.unfinished_below}.")
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,8 @@ class Decision:
         pause_audio: hold this frame's agent audio back (a barge-in not yet confirmed; the model talks on).
         speak_now: the user has waited ``answer_after_ms`` for an answer: the text slot may not draw PAD or
             end-of-turn this frame.
+        wait: the user is in a mid-turn pause (the turn detector says unfinished): the agent is forced silent
+            (``force_silence`` is set too) so that it does not take the turn.
     """
 
     force_silence: bool = False
@@ -91,6 +108,7 @@ class Decision:
     mute_user: bool = False
     pause_audio: bool = False
     speak_now: bool = False
+    wait: bool = False
 
 
 class TurnPolicy:
@@ -135,8 +153,9 @@ class TurnPolicy:
         self.requested_hold = max(self.requested_hold, int(frames))
         self._cut_requested = True
 
-    def before_step(self, user_speech: bool) -> Decision:
-        """Decide for this frame from the user's VAD flag and the agent's state so far."""
+    def before_step(self, user_speech: bool, user_unfinished: bool = False) -> Decision:
+        """Decide for this frame from the user's VAD flag, the turn detector's verdict (``user_unfinished``:
+        the user sounds as if they will go on) and the agent's state so far."""
         c = self.config
         echo_active = c.echo_guard and (self.agent_talking or self.since_agent_talked <= self._echo_tail)
         if echo_active:
@@ -186,10 +205,11 @@ class TurnPolicy:
             return Decision(force_silence=True, cut=cut, mute_user=echo_active)
         if cut:  # the barge-in took this speech for the user's: it wants an answer, however soon it ended
             self.awaiting_answer = True
-        speak_now = (self._answer_quiet > 0 and self.awaiting_answer and not self.holding and not self.pausing
-                     and not self.agent_talking and self.waited >= self._answer_quiet)
-        return Decision(force_silence=self.holding, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
-                        speak_now=speak_now)
+        unanswered = self.awaiting_answer and not self.holding and not self.pausing and not self.agent_talking
+        speak_now = unanswered and self._answer_quiet > 0 and self.waited >= self._answer_quiet
+        wait = c.wait_unfinished and user_unfinished and unanswered and not user_speech and not speak_now
+        return Decision(force_silence=self.holding or wait, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
+                        speak_now=speak_now, wait=wait)
 
     def after_step(self, agent_rms: float, wrote_word: bool = False) -> None:
         """Record whether the agent's output this frame was audible, and whether its text slot wrote a word:

@@ -57,8 +57,8 @@ class SessionSettings:
 
     def policy(self, base: PolicyConfig) -> PolicyConfig:
         """This session's turn policy: the server's, with the cut as the client set it, and without the answer
-        prompt when the client turned turn detection off."""
-        off = {} if self.turn_type is not None else {"answer_after_ms": 0.0}
+        prompt or the wait in a mid-turn pause when the client turned turn detection off."""
+        off = {} if self.turn_type is not None else {"answer_after_ms": 0.0, "wait_unfinished": False}
         return dataclasses.replace(base, barge_in=self.cuts, **off)
 
     @property

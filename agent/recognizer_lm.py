@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -78,13 +77,11 @@ def make_word_lm(model_dir: str, data: str, order: int = 3, progress: bool = Tru
     """``duplex recognizer lm``: count the train split's user turns of ``data``, tune on its val turns, write
     ``model_dir/lm.json``."""
     from agent.recognizer_train import error_rates, featurize, user_turns
+    from agent.training.tokenize import dialogue_dirs
     from listen.recognizer import load_recognizer
 
     model = load_recognizer(model_dir)
-    dirs = [Path(d) for d in data.split(",") if d]
-    for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"No dialogue directory {d}; make one with `duplex data synth`.")
+    dirs = dialogue_dirs(data)
     train_texts = [t for _, _, _, t in user_turns(dirs, "train")]
     if not train_texts:
         raise ValueError(f"No user turns in the train split of {data} to count words from.")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.training.schedule import run_progress, warmup_cosine
+from agent.training.tokenize import dialogue_dirs
 from listen.recognizer import RecognizerConfig, build_model, normalize_text, save_recognizer
 
 # A turn's audio starts this long before its first word (each batch drops a random part of it: a live
@@ -277,10 +278,7 @@ def train_recognizer(cfg: RecognizerTrainConfig, progress: bool = True) -> dict:
     else:
         mcfg = RecognizerConfig.from_dict(cfg.model)
         model = build_model(mcfg)
-    dirs = [Path(d) for d in cfg.data.split(",") if d]
-    for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"No dialogue directory {d}; make one with `duplex data synth`.")
+    dirs = dialogue_dirs(cfg.data)
     train_f, train_t = featurize(model, user_turns(dirs, "train"), out / "features-train.npz", progress, cfg.via_rate)
     val_f, val_t = featurize(model, user_turns(dirs, "val"), out / "features-val.npz", progress, cfg.via_rate)
     if not train_f:
@@ -386,10 +384,7 @@ def eval_recognizer(model_dir: str | None, data: str, split: str = "test", limit
     from listen.recognizer import load_recognizer
 
     model = load_recognizer(model_dir)
-    dirs = [Path(d) for d in data.split(",") if d]
-    for d in dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"No dialogue directory {d}; make one with `duplex data synth`.")
+    dirs = dialogue_dirs(data)
     turns = user_turns(dirs, split)
     if limit:
         turns = turns[:limit]

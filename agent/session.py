@@ -20,6 +20,7 @@ from agent.heard import HeardWriter, load_heard_recognizer
 from agent.latency import FrameMark, LatencyRecorder
 from agent.policy import Decision, TurnPolicy
 from listen.listener import Listener, UserFrame
+from listen.turn_detector import load_session_detector
 from speak.vocoder import Vocoder
 from streaming.clock import FrameClock, Tick
 from streaming.codecs.base import Codec
@@ -103,6 +104,12 @@ class Session:
             recognizer, self.layout, tokenizer, codec.spec.sample_rate, self.config.heard.max_lag_frames,
             self.config.heard.during_agent_turn, self.config.heard.decoder)
         model.listener_heard = self.heard_writer is not None
+        # loaded even with the wait off: a Realtime client may turn turn detection on mid-session
+        self.turn_detector = load_session_detector(self.config.turn_detector, codec.spec.sample_rate)
+        self._unfinished_below = 0.0
+        if self.turn_detector is not None:
+            self._unfinished_below = (self.config.policy.unfinished_below
+                                      or float(self.turn_detector.model.meta.get("threshold", 0.5)))
 
     # ---- input side ----------------------------------------------------------------------------
     async def push_audio(self, pcm: np.ndarray) -> int:
@@ -193,7 +200,12 @@ class Session:
     async def process_frame(self, user: UserFrame, tick: Tick, underrun: bool = False) -> FrameOutput:
         """Run one frame through policy, model and decoder."""
         t0 = time.perf_counter()
-        decision = self.policy.before_step(user.speech)
+        unfinished = False
+        if self.turn_detector is not None:
+            # it hears every frame (its state carries the utterance); the policy asks it only in the user's silence
+            finished = self.turn_detector.push(user.audio.samples)
+            unfinished = finished is not None and finished < self._unfinished_below
+        decision = self.policy.before_step(user.speech, user_unfinished=unfinished)
         codes = self._silence_codes if decision.mute_user else user.codes
         given = None
         if self.heard_writer is not None:
@@ -230,6 +242,7 @@ class Session:
             speak_ms=round((t2 - t1) * 1000.0, 3), total_ms=round(listen_ms + (t2 - t0) * 1000.0, 3),
             late_by_ms=round(tick.late_by * 1000.0, 3), forced=result.forced, rebased=result.rebased,
             text_id=result.text_id, agent_rms=round(rms, 5), user_speech=user.speech, speak_now=decision.speak_now,
+            wait=decision.wait,
         )
         self.latency.add(mark)
         if decision.cut:

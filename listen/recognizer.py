@@ -92,8 +92,10 @@ def normalize_text(text: str, alphabet: str = ALPHABET) -> str:
     return " ".join(keep.split())
 
 
-def build_model(cfg: RecognizerConfig):
-    """The torch module (built lazily: ``import listen`` stays numpy-only)."""
+def build_model(cfg: RecognizerConfig, classes: int | None = None):
+    """The torch module (built lazily: ``import listen`` stays numpy-only). ``classes``: the output size
+    (default: CTC blank + alphabet; the turn detector, ``listen/turn_detector.py``, uses the same streaming
+    encoder with two)."""
     import torch
     from torch import nn
 
@@ -124,7 +126,7 @@ def build_model(cfg: RecognizerConfig):
             self.inp = nn.Linear(cfg.n_mels * cfg.stack, cfg.dim)
             self.blocks = nn.ModuleList(Block() for _ in range(cfg.conv_layers))
             self.rnn = nn.GRU(cfg.dim, cfg.dim, cfg.rnn_layers, batch_first=True)
-            self.out = nn.Linear(cfg.dim, cfg.classes)
+            self.out = nn.Linear(cfg.dim, classes or cfg.classes)
 
         def features(self, pcm, state=None):
             """PCM ``(B, n*stack*hop)`` -> log-mel steps ``(B, n, stack*n_mels)``, state (the last window's

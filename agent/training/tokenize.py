@@ -263,6 +263,15 @@ def read_record(path: Path) -> dict:
     return record
 
 
+def dialogue_dirs(data: str) -> list[Path]:
+    """The dialogue directories of a comma-separated ``--data`` value, each checked to exist."""
+    dirs = [Path(d) for d in data.split(",") if d]
+    for d in dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"No dialogue directory {d}; make one with `duplex data synth`.")
+    return dirs
+
+
 def iter_dialogues(data_dir: Path) -> Iterable[tuple[Path, dict]]:
     records = sorted(p for p in data_dir.glob("*.json") if p.name not in ("manifest.json", SHARD_INDEX))
     if not records:

@@ -175,3 +175,44 @@ def test_a_one_frame_vad_blip_does_not_restart_the_wait_and_a_short_interruption
     policy.after_step(0.2)
     decisions = run(policy, [True] * 3) + run(policy, [False] * 7, agent_rms=0.0)
     assert decisions[2].cut and [d.speak_now for d in decisions[3:]] == [False] * 5 + [True] * 2
+
+
+def run_heard(policy: TurnPolicy, frames: list[tuple[bool, bool]], agent_rms: float = 0.2):
+    """Like ``run``, with the turn detector's verdict per frame: ``(user_speech, user_unfinished)``."""
+    decisions = []
+    for speech, unfinished in frames:
+        d = policy.before_step(speech, user_unfinished=unfinished)
+        decisions.append(d)
+        policy.after_step(0.0 if d.force_silence else agent_rms)
+    return decisions
+
+
+def test_the_agent_waits_through_a_pause_the_detector_calls_unfinished_then_may_answer():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=800), frame_ms=80)
+    heard = [(True, False)] * 5 + [(False, True)] * 4 + [(False, False)] * 3
+    decisions = run_heard(policy, heard, agent_rms=0.0)
+    assert [d.wait for d in decisions] == [False] * 5 + [True] * 4 + [False] * 3
+    assert all(d.force_silence for d in decisions if d.wait)  # the slot is forced silent: no start
+    assert not any(d.force_silence for d in decisions[9:])  # finished: the model may take the turn
+
+
+def test_the_wait_never_outlasts_the_answer_prompt():
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=400), frame_ms=80)
+    decisions = run_heard(policy, [(True, False)] * 5 + [(False, True)] * 8, agent_rms=0.0)
+    assert [d.wait for d in decisions[5:]] == [True] * 4 + [False] * 4
+    assert [d.speak_now for d in decisions[5:]] == [False] * 4 + [True] * 4  # 400 ms: it must answer now
+
+
+def test_no_wait_while_the_user_talks_the_agent_talks_before_anything_was_said_or_when_off():
+    policy = TurnPolicy(PolicyConfig(), frame_ms=80)
+    assert not any(d.wait for d in run_heard(policy, [(False, True)] * 5, agent_rms=0.0))  # nothing said yet
+    assert not any(d.wait for d in run_heard(policy, [(True, True)] * 5, agent_rms=0.0))  # the user talks
+    policy.after_step(0.2)  # the agent has started: the wait does not cut it
+    assert not any(d.wait or d.force_silence for d in run_heard(policy, [(False, True)] * 3, agent_rms=0.2))
+    off = TurnPolicy(PolicyConfig(wait_unfinished=False), frame_ms=80)
+    assert not any(d.wait for d in run_heard(off, [(True, False)] * 5 + [(False, True)] * 5, agent_rms=0.0))
+
+
+def test_unfinished_below_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="unfinished_below"):
+        PolicyConfig(unfinished_below=1.0)

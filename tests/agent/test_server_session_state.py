@@ -139,7 +139,7 @@ async def test_turn_detection_null_sends_no_vad_events_and_never_cuts_the_agent(
         await c.close()
 
 
-def test_turn_detection_null_also_turns_off_the_answer_prompt():
+def test_turn_detection_null_also_turns_off_the_answer_prompt_and_the_wait_in_a_pause():
     import dataclasses
 
     from agent.policy import PolicyConfig
@@ -151,7 +151,7 @@ def test_turn_detection_null_also_turns_off_the_answer_prompt():
     assert vad.policy(base) == base
     assert dataclasses.replace(vad, barge_in=False).policy(base) == dataclasses.replace(base, barge_in=False)
     alone = dataclasses.replace(vad, turn_type=None).policy(base)  # the model alone decides its turns
-    assert (alone.barge_in, alone.answer_after_ms) == (False, 0.0)
+    assert (alone.barge_in, alone.answer_after_ms, alone.wait_unfinished) == (False, 0.0, False)
 
 
 async def test_beta_clients_turn_detection_and_modalities_are_read(server):

@@ -138,6 +138,40 @@ async def test_a_model_that_misses_the_turn_end_is_made_to_answer_after_answer_a
     assert session.latency.summary()["answer_prompt_frames"] == 1
 
 
+async def test_a_pause_the_turn_detector_calls_unfinished_keeps_the_agent_from_starting(codec, layout, loud_codes,
+                                                                                         speech_after_silence, tmp_path):
+    import torch
+
+    from listen.recognizer import RecognizerConfig
+    from listen.turn_detector import build_detector, save_detector
+
+    torch.manual_seed(0)
+    save_detector(build_detector(RecognizerConfig.from_dict({"sample_rate": 8000, "hop": 80, "win": 200, "n_fft": 256,
+                                                             "n_mels": 16, "dim": 16})), tmp_path / "det",
+                  {"threshold": 0.9999})  # a detector that hears every silence as a mid-turn pause
+    audio, rate = speech_after_silence
+    policy = PolicyConfig(answer_after_ms=640)
+    probe = Session(TalkingModel(layout, loud_codes, talk_from=10**6), codec, default_tokenizer(),
+                    SessionConfig(policy=policy, turn_detector="off"), input_rate=rate)
+    last_speech = max(i for i, o in enumerate(await run_offline(probe, audio)) if o.user.speech)
+    starts = last_speech + 2  # a model that takes the turn 160 ms after the user stops
+
+    async def first_audible(turn_detector):
+        session = Session(TalkingModel(layout, loud_codes, talk_from=starts), codec, default_tokenizer(),
+                          SessionConfig(policy=policy, turn_detector=turn_detector), input_rate=rate)
+        outs = await run_offline(session, audio, tail_frames=20)
+        return outs, next(i for i, o in enumerate(outs) if i > last_speech and o.mark.agent_rms >= 0.01)
+
+    outs, start = await first_audible("off")
+    assert start == starts and not any(o.mark.wait for o in outs)
+    outs, start = await first_audible(str(tmp_path / "det"))
+    waited = [i for i, o in enumerate(outs) if o.mark.wait]
+    assert [i for i in waited if i > last_speech] == list(range(last_speech + 1, last_speech + 8))  # until the prompt
+    assert all(not outs[i].user.speech for i in waited)  # before that, only the gaps at the sentence's commas
+    assert all(outs[i].forced for i in waited) and outs[last_speech + 8].mark.speak_now
+    assert start == last_speech + 8  # 640 ms: the answer prompt's bound, then it must answer
+
+
 async def test_echo_guard_feeds_the_model_silence_while_the_agent_talks(codec, layout, loud_codes,
                                                                          speech_after_silence):
     audio, rate = speech_after_silence

@@ -633,3 +633,24 @@ def test_eval_tells_the_turns_the_answer_prompt_began_from_those_the_model_took(
     assert s["turn_take_over_rate"] == round(2 / 3, 4) and s["turn_take_over_rate_unprompted"] == round(1 / 3, 4)
     assert s["turns_prompted"] == 1 and s["prompted_answer_active_ms_median"] == 160.0
     assert s["answer_active_ms_median"] == 800.0
+
+
+def test_eval_counts_the_pauses_and_turn_ends_where_the_policy_made_the_agent_wait():
+    from types import SimpleNamespace
+
+    from agent.evaluate import summarize
+
+    def run(wait_frames: set[int], start: int | None):
+        """A pause from frame 10 to 20, then a turn end at frame 30; the agent talks from ``start``."""
+        outs = [SimpleNamespace(mark=SimpleNamespace(agent_rms=0.1 if start is not None and f >= start else 0.0,
+                                                     speak_now=False, wait=f in wait_frames),
+                                text_id=150, text_delta="", heard_delta="") for f in range(60)]
+        record = {"id": "d", "turns": [], "qa": [], "events": [
+            {"type": "pause", "time": 10 * 0.08, "end": 20 * 0.08}, {"type": "turn_end", "time": 30 * 0.08}]}
+        return _score(record, outs)
+
+    held, late = run({11, 12, 13}, 33), run({31, 32}, 34)
+    assert [s.pauses[0]["waited"] for s in (held, late)] == [True, False]
+    assert [s.turn_ends[0]["waited"] for s in (held, late)] == [False, True]
+    s = summarize([held, late])
+    assert (s["pauses_waited"], s["turns_waited"]) == (1, 1)
