@@ -10,6 +10,9 @@ events (the ``duplex data synth`` contract, see ``agent/dialogue``):
 - **pauses** (``pause``): did the agent wrongly take the turn during a mid-utterance pause (rate, lower is better);
   ``pauses_waited`` / ``turns_waited`` count the pauses and turn ends where the policy held the agent back
   because the turn detector heard the user as not finished (``policy.wait_unfinished``);
+- **agent backchannel points** (``agent_backchannel``): the breath in a long user turn where the script's agent
+  says "uh-huh"; the share where the agent is heard there (``agent_heard_at_backchannel_points``), and where the wait
+  in a mid-turn pause held it silent (``agent_backchannel_points_waited``: it would keep it from the "uh-huh");
 - **user backchannels** (``user_backchannel``) while the agent talks: did the agent stop, i.e. fall silent
   while the user said "mm-hmm" (rate, lower is better);
 - **interruptions** (``interruption``): where the agent was talking at the user's onset, the time until its audio
@@ -94,6 +97,7 @@ class DialogueScore:
     backchannels: list[dict] = field(default_factory=list)
     interruptions: list[dict] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)
+    agent_backchannels: list[dict] = field(default_factory=list)
 
 
 def _norm_words(text: str) -> list[str]:
@@ -229,6 +233,12 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
             score.pauses.append({"time": t, "took_over": start is not None,
                                  "waited": any(getattr(o.mark, "wait", False) for o in outs[f:end + 1]),
                                  "start_ms": None if start is None else round(max(0.0, start * frame_s - t) * 1000, 1)})
+        elif kind == "agent_backchannel":
+            # the script's agent says "uh-huh" in the breath of a long user turn: is the agent heard there
+            # (a backchannel, or a start in the breath: the sound cannot tell them apart)
+            end = min(n, frame(float(ev.get("end", t + 0.5))) + 2)
+            score.agent_backchannels.append({"time": t, "spoke": bool(active[max(0, f - 1):end].any()),
+                                             "waited": any(getattr(o.mark, "wait", False) for o in outs[max(0, f - 3):end])})
         elif kind == "user_backchannel":
             # stopped: a silence that begins while the user says "mm-hmm" (its end: ``end``); the agent's
             # answer ending later on its own is not a stop
@@ -297,6 +307,7 @@ def summarize(scores: list[DialogueScore]) -> dict:
     talking = [x for x in inter if x.get("agent_active", True)]
     stops = [x["stop_ms"] for x in talking if x["stop_ms"] is not None]
     backs = [x for s in scores for x in s.backchannels if x["agent_active"]]
+    agent_backs = [x for s in scores for x in s.agent_backchannels]
     answers = [x for s in scores for x in s.answers]
     heard = [x for x in answers if "heard_question" in x]
     extra = {}
@@ -326,6 +337,9 @@ def summarize(scores: list[DialogueScore]) -> dict:
         "turn_latency_ms_median": _median(lat),
         "turn_latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
         "pause_take_over_rate": rate([x for s in scores for x in s.pauses], "took_over"),
+        "agent_backchannel_points": len(agent_backs),
+        "agent_heard_at_backchannel_points": rate(agent_backs, "spoke"),
+        "agent_backchannel_points_waited": sum(bool(x["waited"]) for x in agent_backs),
         "backchannels_agent_talking": len(backs),
         "backchannel_take_over_rate": rate(backs, "agent_stopped"),
         "interruptions": len(inter),

@@ -8,10 +8,11 @@ import pytest
 from agent.policy import PolicyConfig, TurnPolicy
 
 
-def run(policy: TurnPolicy, user_speech: list[bool], agent_rms: float = 0.2):
+def run(policy: TurnPolicy, user_speech: list[bool], agent_rms: float = 0.2, unfinished: list[bool] | None = None):
+    """Step the policy over the user's VAD flags (and the turn detector's verdicts, when given)."""
     decisions = []
-    for speech in user_speech:
-        d = policy.before_step(speech)
+    for i, speech in enumerate(user_speech):
+        d = policy.before_step(speech, user_unfinished=bool(unfinished and unfinished[i]))
         decisions.append(d)
         policy.after_step(0.0 if d.force_silence else agent_rms)
     return decisions
@@ -178,13 +179,8 @@ def test_a_one_frame_vad_blip_does_not_restart_the_wait_and_a_short_interruption
 
 
 def run_heard(policy: TurnPolicy, frames: list[tuple[bool, bool]], agent_rms: float = 0.2):
-    """Like ``run``, with the turn detector's verdict per frame: ``(user_speech, user_unfinished)``."""
-    decisions = []
-    for speech, unfinished in frames:
-        d = policy.before_step(speech, user_unfinished=unfinished)
-        decisions.append(d)
-        policy.after_step(0.0 if d.force_silence else agent_rms)
-    return decisions
+    """``run`` over ``(user_speech, user_unfinished)`` pairs."""
+    return run(policy, [f[0] for f in frames], agent_rms, [f[1] for f in frames])
 
 
 def test_the_agent_waits_through_a_pause_the_detector_calls_unfinished_then_may_answer():

@@ -646,7 +646,8 @@ def test_eval_counts_the_pauses_and_turn_ends_where_the_policy_made_the_agent_wa
                                                      speak_now=False, wait=f in wait_frames),
                                 text_id=150, text_delta="", heard_delta="") for f in range(60)]
         record = {"id": "d", "turns": [], "qa": [], "events": [
-            {"type": "pause", "time": 10 * 0.08, "end": 20 * 0.08}, {"type": "turn_end", "time": 30 * 0.08}]}
+            {"type": "pause", "time": 10 * 0.08, "end": 20 * 0.08}, {"type": "turn_end", "time": 30 * 0.08},
+            {"type": "agent_backchannel", "time": 45 * 0.08, "end": 48 * 0.08}]}
         return _score(record, outs)
 
     held, late = run({11, 12, 13}, 33), run({31, 32}, 34)
@@ -654,3 +655,9 @@ def test_eval_counts_the_pauses_and_turn_ends_where_the_policy_made_the_agent_wa
     assert [s.turn_ends[0]["waited"] for s in (held, late)] == [False, True]
     s = summarize([held, late])
     assert (s["pauses_waited"], s["turns_waited"]) == (1, 1)
+    # the breath where the script says "uh-huh": the agent talking from frame 33 on is heard there; held, not
+    quiet = run({44, 45, 46, 47}, None)
+    assert [x.agent_backchannels[0]["spoke"] for x in (held, quiet)] == [True, False]
+    s = summarize([held, quiet])
+    assert (s["agent_backchannel_points"], s["agent_heard_at_backchannel_points"]) == (2, 0.5)
+    assert s["agent_backchannel_points_waited"] == 1
