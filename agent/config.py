@@ -210,6 +210,29 @@ def resolve_session_config(config: str | Path | None = None, overrides: list[str
     return from_dict(SessionConfig, apply_overrides(data, overrides or []))
 
 
+def add_train_flags(p: Any, outputs: str, set_example: str) -> None:
+    """The flags every small model's ``train`` command takes (argparse parser ``p``); what they set is read back
+    by :func:`config_from_flags`."""
+    p.add_argument("--data", help="dialogue directories (duplex data synth), comma-separated")
+    p.add_argument("--out", help=f"output directory ({outputs})")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule ends with it)")
+    p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a setting, e.g. {set_example}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_flags(cls: type, args: Any, flags: tuple[str, ...]) -> Any:
+    """A ``cls`` config from a command's flags (``args.<flag>``; those not given are left to the defaults) and its
+    ``--set KEY=VALUE`` overrides (``args.overrides``), types checked first (nested dict fields are left to
+    ``from_dict``)."""
+    data = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    data = apply_overrides(data, getattr(args, "overrides", None) or [])
+    check_types(cls, {k: v for k, v in data.items() if not isinstance(v, dict)})
+    return from_dict(cls, data)
+
+
 def save_resolved(path: str | Path, **sections: Any) -> Path:
     """Write the resolved configuration (dataclasses or plain values) as JSON."""
     out = {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in sections.items()}

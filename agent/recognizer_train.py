@@ -398,18 +398,13 @@ def eval_recognizer(model_dir: str | None, data: str, split: str = "test", limit
 
 def add_recognizer_commands(sub) -> None:
     """``duplex recognizer train|eval`` (called from agent/cli.py's build_parser)."""
+    from agent.config import add_train_flags
+
     group = sub.add_parser("recognizer", help="the streaming recogniser that writes a heard-text model's transcript")
     rsub = group.add_subparsers(dest="recognizer_cmd", required=True)
     p = rsub.add_parser("train", help="train it with CTC on the user turns of synthetic dialogues")
-    p.add_argument("--data", help="dialogue directories (duplex data synth), comma-separated")
-    p.add_argument("--out", help="output directory (best/, last/, metrics.jsonl, loss.png)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule ends with it)")
-    p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    add_train_flags(p, "best/, last/, metrics.jsonl, loss.png", "--set lr=1e-3 --set model.dim=320")
     p.add_argument("--init", help="a recogniser directory to continue from (its shape and weights)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set lr=1e-3 --set model.dim=320")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
     p = rsub.add_parser("eval", help="character and word error rates on held-out user turns")
     p.add_argument("--model", help="recogniser directory (default: the shipped one)")
@@ -426,13 +421,9 @@ def add_recognizer_commands(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from agent.config import apply_overrides, check_types, from_dict
+    from agent.config import config_from_flags
 
-    data = {k: v for k, v in (("data", args.data), ("out", args.out), ("steps", args.steps), ("init", args.init),
-                              ("max_seconds", args.max_seconds), ("threads", args.threads)) if v is not None}
-    data = apply_overrides(data, args.overrides)
-    check_types(RecognizerTrainConfig, {k: v for k, v in data.items() if k != "model"})
-    cfg = from_dict(RecognizerTrainConfig, data)
+    cfg = config_from_flags(RecognizerTrainConfig, args, ("data", "out", "steps", "init", "max_seconds", "threads"))
     print(json.dumps(train_recognizer(cfg, progress=not args.quiet), indent=2))
     print(f"wrote {cfg.out} (best/, last/, metrics.jsonl, loss.png)")
     return 0

@@ -337,17 +337,12 @@ def eval_detector(model_dir: str | None, data: str, split: str = "test", mic_pat
 
 def add_turn_commands(sub) -> None:
     """``duplex turn train|eval`` (called from agent/cli.py's build_parser)."""
+    from agent.config import add_train_flags
+
     group = sub.add_parser("turn", help="the turn detector: a finished turn or a mid-turn pause, from the audio")
     tsub = group.add_subparsers(dest="turn_cmd", required=True)
     p = tsub.add_parser("train", help="train it on the turn ends and pauses of synthetic dialogues")
-    p.add_argument("--data", help="dialogue directories (duplex data synth), comma-separated")
-    p.add_argument("--out", help="output directory (best/, last/, metrics.jsonl)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-seconds", type=float, help="wall-clock budget (the schedule ends with it)")
-    p.add_argument("--threads", type=int, help="torch threads (default 2)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set mic_paths=soxr-lq --set model.dim=96")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_train_flags(p, "best/, last/, metrics.jsonl", "--set mic_paths=soxr-lq --set model.dim=96")
     p.set_defaults(func=_cmd_train)
     p = tsub.add_parser("eval", help="pauses held and turn ends left free, on held-out dialogues")
     p.add_argument("--model", help="detector directory (default: the shipped one)")
@@ -360,13 +355,9 @@ def add_turn_commands(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from agent.config import apply_overrides, check_types, from_dict
+    from agent.config import config_from_flags
 
-    data = {k: v for k, v in (("data", args.data), ("out", args.out), ("steps", args.steps),
-                              ("max_seconds", args.max_seconds), ("threads", args.threads)) if v is not None}
-    data = apply_overrides(data, args.overrides)
-    check_types(TurnTrainConfig, {k: v for k, v in data.items() if k != "model"})
-    cfg = from_dict(TurnTrainConfig, data)
+    cfg = config_from_flags(TurnTrainConfig, args, ("data", "out", "steps", "max_seconds", "threads"))
     print(json.dumps(train_detector(cfg, progress=not args.quiet), indent=2))
     print(f"wrote {cfg.out} (best/, last/, metrics.jsonl)")
     return 0
