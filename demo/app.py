@@ -140,6 +140,10 @@ def build_blocks(server: RealtimeServer):
                                      info="< 0: answers sooner and more often, but may cut into your pauses; applies at once")
                 prebuffer = gr.Slider(0, 120, value=config["prebufferMs"], step=5, label="Minimum playback cushion (ms)",
                                       info="delay before agent audio plays; grows by itself on jitter")
+            headphones = gr.Checkbox(False, label="I use headphones",
+                                     info="turns the browser's echo canceller off: with speakers it is needed, but it "
+                                          "mutes your first few hundred ms whenever you talk over the agent; "
+                                          "applies at the next Start")
         call = "(v) => { if (window.duplexPage) window.duplexPage.set(%s); return []; }"
         model.change(None, [model], None, js=call % "{model: v}")
         adapter.change(None, [adapter], None, js=call % "{adapter: v === 'none' ? null : v}")
@@ -147,6 +151,7 @@ def build_blocks(server: RealtimeServer):
         audio_t.change(None, [audio_t], None, js=call % "{sampling: {audio_temperature: v}}")
         pad_bias.change(None, [pad_bias], None, js=call % "{sampling: {pad_bias: v}}")
         prebuffer.change(None, [prebuffer], None, js=call % "{prebufferMs: v}")
+        headphones.change(None, [headphones], None, js=call % "{headphones: v}")
         gr.Markdown(f"Protocol: `ws://<this host>{REALTIME_PATH}` speaks a subset of the OpenAI Realtime API "
                     "(see `docs/realtime-events.md`); the openai SDK and other clients can use it too.")
     return blocks

@@ -85,6 +85,11 @@ class EchoConfig:
             Kills barge-in (the user cannot interrupt).
         half_duplex_tail_ms: how long the mic stays gated after the agent falls silent (room reverb).
         reference_threshold: speaker RMS (full scale 1) above which the agent counts as audible.
+        transparent_without_echo: when the microphone carries no measurable echo of the speaker (a headset, a
+            speaker the microphone does not hear), pass it through noise suppression and the high-pass only.
+            WebRTC's canceller otherwise mutes the user's first 300-700 ms whenever the agent plays, echo or
+            not, and a barge-in comes too late (``agent/daemon/echo_presence.py``). Back to cancelling as soon
+            as an echo shows.
     """
 
     aec: bool = True
@@ -96,6 +101,7 @@ class EchoConfig:
     half_duplex: bool = False
     half_duplex_tail_ms: float = 300.0
     reference_threshold: float = 0.003
+    transparent_without_echo: bool = True
 
     def __post_init__(self) -> None:
         if self.stream_delay_ms is not None and not (0 <= self.stream_delay_ms <= 1000):

@@ -11,6 +11,10 @@
   still converging), the microphone is gated (zeros) while the agent is audible and for a short tail
   after, so the agent cannot barge in on itself; the user can interrupt once the canceller has
   converged.
+- Transparent without echo (``transparent_without_echo``): a second module instance runs the same noise
+  suppression and high-pass without the canceller, and :class:`agent.daemon.echo_presence.EchoPresence`
+  scores whether the microphone follows the speaker at all. While it says "clear" (a headset), the output is
+  that second instance's: the canceller would only mute the user's barge-in. It turns back at the first echo.
 - Half-duplex fallback (``half_duplex``): the gate always applies. Works without ``livekit``; kills
   barge-in.
 
@@ -26,6 +30,7 @@ import threading
 import numpy as np
 
 from agent.daemon.config import AEC_RATES, EchoConfig
+from agent.daemon.echo_presence import EchoPresence, frame_db
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,14 @@ class EchoCanceller:
                                                       noise_suppression=config.noise_suppression,
                                                       high_pass_filter=config.high_pass_filter,
                                                       auto_gain_control=config.auto_gain_control)
+        self._plain_apm = None  # the same processing without the canceller, for when there is no echo
+        self.presence: EchoPresence | None = None
+        if self._apm is not None and config.aec and config.transparent_without_echo and not config.half_duplex:
+            self._plain_apm = self._rtc.AudioProcessingModule(echo_cancellation=False,
+                                                              noise_suppression=config.noise_suppression,
+                                                              high_pass_filter=config.high_pass_filter,
+                                                              auto_gain_control=config.auto_gain_control)
+            self.presence = EchoPresence()
         self.stream_delay_ms = float(config.stream_delay_ms if config.stream_delay_ms is not None else stream_delay_ms)
         if self._apm is not None:
             self._apm.set_stream_delay_ms(int(round(self.stream_delay_ms)))
@@ -75,6 +88,7 @@ class EchoCanceller:
         self.reference_audible_s = 0.0
         self.gated_frames = 0
         self.processed_frames = 0
+        self.transparent_frames = 0
         self.dropped_reference_frames = 0
 
     # ---- far end (speaker callback thread) ------------------------------------------------------
@@ -98,11 +112,14 @@ class EchoCanceller:
     def active(self) -> bool:
         return self._apm is not None
 
-    def _feed_reference(self) -> None:
+    def _feed_reference(self) -> list[float]:
+        """Feed the queued speaker frames to the canceller; returns their levels (dBFS), oldest first."""
         with self._lock:
             frames = list(self._ref_frames)
             self._ref_frames.clear()
+        levels = []
         for f in frames:
+            levels.append(frame_db(f))
             rms = float(np.sqrt(np.mean(np.square(f, dtype=np.float64))))
             if rms >= self._threshold:
                 self._hot = self._tail_frames
@@ -110,6 +127,7 @@ class EchoCanceller:
             if self._apm is not None:
                 rf = self._rtc.AudioFrame(_pcm16(f), self.rate, 1, self.frame)
                 self._apm.process_reverse_stream(rf)
+        return levels
 
     # ---- near end (microphone) -------------------------------------------------------------------
     def process(self, mic: np.ndarray) -> np.ndarray:
@@ -121,15 +139,19 @@ class EchoCanceller:
         if n == 0:
             return np.zeros(0, np.float32)
         out = np.empty(n * self.frame, np.float32)
-        self._feed_reference()
+        levels = self._feed_reference()
         for i in range(n):
             f = buf[i * self.frame:(i + 1) * self.frame]
-            if self._apm is not None:
-                af = self._rtc.AudioFrame(_pcm16(f), self.rate, 1, self.frame)
-                self._apm.process_stream(af)
-                y = np.frombuffer(bytes(af.data), dtype="<i2").astype(np.float32) / 32768.0
-            else:
-                y = f
+            y = self._run(self._apm, f) if self._apm is not None else f
+            if self.presence is not None:
+                plain = self._run(self._plain_apm, f)
+                # the speaker frames queued since the last call, spread over this call's microphone frames
+                played = levels[i * len(levels) // n:(i + 1) * len(levels) // n]
+                speaker_db = -np.inf if not played else 10.0 * np.log10(
+                    np.mean(np.power(10.0, np.asarray(played) / 10.0)))
+                if self.presence.update(speaker_db, frame_db(plain)):
+                    y = plain
+                    self.transparent_frames += 1
             gate = self._hot > 0 and (self.config.half_duplex or self.warming_up)
             if self._hot > 0:
                 self._hot -= 1
@@ -140,8 +162,20 @@ class EchoCanceller:
             self.processed_frames += 1
         return out
 
+    def _run(self, apm, f: np.ndarray) -> np.ndarray:
+        af = self._rtc.AudioFrame(_pcm16(f), self.rate, 1, self.frame)
+        apm.process_stream(af)
+        return np.frombuffer(bytes(af.data), dtype="<i2").astype(np.float32) / 32768.0
+
+    @property
+    def transparent(self) -> bool:
+        """True while no echo is measured and the microphone bypasses the canceller."""
+        return self.presence is not None and self.presence.clear
+
     def stats(self) -> dict:
         return {"aec": bool(self.config.aec and self._apm is not None), "half_duplex": self.config.half_duplex,
                 "warming_up": self.warming_up, "stream_delay_ms": self.stream_delay_ms,
                 "reference_audible_s": round(self.reference_audible_s, 2), "gated_frames": self.gated_frames,
-                "processed_frames": self.processed_frames}
+                "processed_frames": self.processed_frames, "transparent": self.transparent,
+                "transparent_frames": self.transparent_frames,
+                "echo_score": None if self.presence is None else round(self.presence.score, 3)}

@@ -34,9 +34,14 @@ MIC_PATHS = {
                    "far end, noise suppression, high-pass; what Chromium applies with echoCancellation on), then "
                    "the server's 24 kHz path",
     "daemon-apm": "the microphone daemon: WebRTC audio processing at its 16 kHz process rate (echo cancellation "
-                  "with the agent as far end, noise suppression, high-pass), then the session's soxr LQ",
+                  "with the agent as far end, bypassed while the microphone carries no echo; noise suppression, "
+                  "high-pass), then the session's soxr LQ",
+    "browser-headphones": "the page with 'I use headphones' ticked: WebRTC's noise suppression and high-pass at "
+                          "48 kHz without the echo canceller, then the server's 24 kHz path (for audio without "
+                          "an echo of the agent)",
 }
-DEFAULT_MIC_PATHS = tuple(MIC_PATHS)
+# Not browser-headphones: it passes an echo in the user channel (a training augmentation) on uncancelled.
+DEFAULT_MIC_PATHS = ("soxr-hq", "soxr-lq", "soxr-lq-48k", "decimate-24k", "browser-apm", "daemon-apm")
 OFFLINE_PATHS = ("soxr-hq",)  # what shards made before the paths existed used
 SERVER_INPUT_RATE = 24000  # agent.server.ServerConfig.default_input_rate (the page and the OpenAI SDK send 24 kHz)
 SESSION_RESAMPLE_QUALITY = "LQ"  # agent.config.SessionConfig.resample_quality
@@ -61,14 +66,18 @@ APM_RATE = 48000  # Chromium runs WebRTC's processing at 48 kHz
 DAEMON_PROCESS_RATE = 16000  # agent.daemon.config.AudioConfig.process_rate
 
 
-def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = APM_RATE) -> np.ndarray:
+def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = APM_RATE,
+                      transparent_without_echo: bool = False, aec: bool = True) -> np.ndarray:
     """``(N,)`` float32 at ``rate`` (48 kHz in a browser, the daemon's 16 kHz) through WebRTC's audio
     processing as a browser page runs it (``far``: what the speaker played, the echo canceller's reference,
     at the same rate) -> ``(N // (rate / 100) * (rate / 100),)`` float32.
 
     The daemon's :class:`agent.daemon.echo.EchoCanceller` runs the module (livekit's), here with what Chromium
     turns on with ``echoCancellation`` (echo cancellation, noise suppression, high-pass), no warm-up gate,
-    and the far end fed one 10 ms frame ahead of each microphone frame.
+    and the far end fed one 10 ms frame ahead of each microphone frame. ``transparent_without_echo``: the
+    daemon's bypass of the canceller while the microphone carries no echo (``agent/daemon/echo_presence.py``);
+    a browser has no such thing. ``aec=False``: noise suppression and high-pass only (a page whose user has
+    headphones).
 
     Why a path of its own: measured on the stage-3 default and the page's own recordings, Chromium's
     processing (mostly its band-split filters and high-pass, not the level: -0.4 dB) changes codec2 700C's
@@ -77,13 +86,17 @@ def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = 
     from agent.daemon.config import EchoConfig
     from agent.daemon.echo import EchoCanceller, EchoUnavailable
 
-    config = EchoConfig(aec=True, noise_suppression=True, high_pass_filter=True, auto_gain_control=False,
-                        warmup_seconds=0.0, half_duplex=False, stream_delay_ms=0.0)
+    config = EchoConfig(aec=aec, noise_suppression=True, high_pass_filter=True, auto_gain_control=False,
+                        warmup_seconds=0.0, half_duplex=False, stream_delay_ms=0.0,
+                        transparent_without_echo=transparent_without_echo)
     try:
         apm = EchoCanceller(config, rate=rate)
     except EchoUnavailable:
-        raise ValueError("The browser-apm and daemon-apm microphone paths need WebRTC's audio processing from the "
-                         "livekit package: pip install livekit (or pass --mic-paths without them).") from None
+        apm = None
+    if apm is None or not apm.active:
+        raise ValueError("The browser-apm, browser-headphones and daemon-apm microphone paths need WebRTC's audio "
+                         "processing from the livekit package: pip install livekit (or pass --mic-paths without "
+                         "them).")
     n = rate // 100
     out = []
     for i in range(0, len(x) // n * n, n):
@@ -93,12 +106,13 @@ def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = 
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _processed(x: np.ndarray, far: np.ndarray | None, rate: int, apm_rate: int, quality: str) -> np.ndarray:
+def _processed(x: np.ndarray, far: np.ndarray | None, rate: int, apm_rate: int, quality: str,
+               transparent_without_echo: bool = False, aec: bool = True) -> np.ndarray:
     """``x`` (and the far end) resampled to ``apm_rate`` at ``quality``, then through :func:`webrtc_processing`;
     the last < 10 ms passes unprocessed, so the length is kept."""
     xa = _soxr(x, rate, apm_rate, quality)
     fa = None if far is None else _soxr(np.asarray(far, np.float32), rate, apm_rate, quality)
-    y = webrtc_processing(xa, fa, apm_rate)
+    y = webrtc_processing(xa, fa, apm_rate, transparent_without_echo, aec)
     return np.concatenate([y, xa[len(y):]])
 
 
@@ -127,8 +141,10 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.
         return _server(x, rate, out_rate)
     if path == "browser-apm":
         return _server(_processed(x, far, rate, APM_RATE, "HQ"), APM_RATE, out_rate)
+    if path == "browser-headphones":
+        return _server(_processed(x, None, rate, APM_RATE, "HQ", aec=False), APM_RATE, out_rate)
     if path == "daemon-apm":  # the daemon's edge resampler is soxr LQ (a no-op from 16 kHz)
-        y = _processed(x, far, rate, DAEMON_PROCESS_RATE, "LQ")
+        y = _processed(x, far, rate, DAEMON_PROCESS_RATE, "LQ", transparent_without_echo=True)
         return _soxr(y, DAEMON_PROCESS_RATE, out_rate, SESSION_RESAMPLE_QUALITY)
     raise ValueError(f"Unknown microphone path {path!r}; choose from {', '.join(MIC_PATHS)}.")
 

@@ -55,6 +55,7 @@ class DuplexPage {
       adapter: null,
       sampling: { ...CONFIG.sampling },
       prebufferMs: CONFIG.prebufferMs,
+      headphones: false,
     };
     this.state = "idle";
     this.steps = [];
@@ -77,7 +78,7 @@ class DuplexPage {
       this.settings.prebufferMs = update.prebufferMs;
       if (this.node) this.node.port.postMessage({ type: "config", prebufferMs: update.prebufferMs });
     }
-    for (const key of ["model", "adapter"]) {
+    for (const key of ["model", "adapter", "headphones"]) {
       if (key in update && update[key] !== this.settings[key]) {
         this.settings[key] = update[key];
         if (this.state === "live") this.status(`${key} changes apply when you start again`);
@@ -104,7 +105,8 @@ class DuplexPage {
       const url = URL.createObjectURL(new Blob([WORKLET_SOURCE], { type: "application/javascript" }));
       await this.ctx.audioWorklet.addModule(url);
       this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: false, channelCount: 1 },
+        // With headphones nothing echoes: the browser's canceller would only mute the user's barge-in.
+        audio: { echoCancellation: !this.settings.headphones, noiseSuppression: true, autoGainControl: false, channelCount: 1 },
       });
     } catch (e) {
       this.fail(`Cannot use the microphone or audio output: ${e.message || e}`);

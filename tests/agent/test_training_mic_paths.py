@@ -155,3 +155,16 @@ def test_tokenize_records_its_paths_and_refuses_to_mix_them(dialogues, nano_mode
     bad = run_cli("data", "tokenize", "--data", dialogues, "--out", tmp_path / "s2", "--model", nano_model_dir,
                   "--mic-paths", "telephone", "-q")
     assert bad.rc != 0 and "telephone" in bad.err and "soxr-lq" in bad.err
+
+
+def test_headphones_path_is_the_browsers_processing_without_its_canceller(speech, codec):
+    """The page with "I use headphones": noise suppression and the high-pass still run (its ids differ from the
+    bare server path), and what the agent plays is not a reference any more (no far end changes it)."""
+    far = np.roll(speech, RATE) * 0.5
+    frames = _frames(speech)
+    alone = _encode_channel(codec, speech, RATE, frames, "browser-headphones")
+    with_far = _encode_channel(codec, speech, RATE, frames, "browser-headphones", far=far)
+    assert (alone == with_far).all()
+    bare = _encode_channel(codec, speech, RATE, frames, "decimate-24k")
+    assert (alone == bare).mean() < 0.8
+    assert "browser-headphones" not in DEFAULT_MIC_PATHS  # it would pass the data's echo augmentation on

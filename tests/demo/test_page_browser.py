@@ -2,7 +2,8 @@
 browser download) with a fake microphone fed from an espeak-ng WAV opens the page served by the
 ``duplex demo`` app on the embedded default model, presses Start, talks for a few turns, and checks
 that agent audio was played (the level the page measures on its output), the transcript appeared,
-latency marks arrived, barge-in flushed the playback, and the conversation downloads as a stereo WAV.
+latency marks arrived, barge-in flushed the playback, and the conversation downloads as a stereo WAV;
+then "I use headphones" starts the microphone again without the browser's echo canceller.
 
 It also records the page's own "end of user speech -> first agent audio" marks (the AudioWorklet's
 audio clock: the last loud microphone block -> the first loud played block after it) and prints them
@@ -119,6 +120,8 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             page.wait_for_function("document.querySelector('.dx-root').dataset.state === 'live'", timeout=20000)
             assert len(page_server.realtime.connections) == 1
             conn = next(iter(page_server.realtime.connections))
+            track = "window.duplexPage.stream.getAudioTracks()[0].getSettings().echoCancellation"
+            echo_cancelled = page.evaluate(track)
             # A Gradio slider reaches the live session through the page (session.update x_duplex.sampling).
             # The run measures PAD_BIAS (the default, 0, unless set); to prove the slider path even then, it
             # first sets a nearby value (within the mic file's leading second of silence), then PAD_BIAS.
@@ -161,6 +164,14 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             if os.environ.get("DUPLEX_PAGE_WAV"):
                 Path(os.environ["DUPLEX_PAGE_WAV"]).write_bytes(wav)
             page.click(".dx-start")  # stop
+            # "I use headphones" reaches the microphone at the next Start: the browser's echo canceller is off.
+            page.get_by_label("I use headphones").check()
+            page.wait_for_function("window.duplexPage.settings.headphones === true", timeout=10000)
+            page.click(".dx-start")
+            page.wait_for_function("document.querySelector('.dx-root').dataset.state === 'live'", timeout=20000)
+            with_headphones = page.evaluate(track)
+            page.click(".dx-start")
+            assert (echo_cancelled, with_headphones) == (True, False)
             assert not errors, errors
             assert not outside, f"the page tried to reach the network: {outside[:3]}"
         finally:

@@ -9,6 +9,8 @@ real VAD, the real barge-in policy) -> playout.
   what shows the AEC test proves something.
 - AEC on, and a real user talks over the agent at 6 s: the barge-in still happens (double talk).
 - Half-duplex fallback: no self-interruption, but the user cannot interrupt either.
+- A headset (the microphone never hears the speaker): the canceller steps aside (nothing to cancel; it
+  would only mute the user's barge-in), and a room with an echo, loud or 26 dB down, never makes it.
 """
 from __future__ import annotations
 
@@ -114,19 +116,21 @@ def speech(tmp_path_factory):
     return to_rate(agent, rate, 8000) * 0.9, to_rate(user, rate_u, RATE) * 0.6
 
 
-async def simulate(speech, aec: bool, half_duplex: bool = False, seconds: float = 8.0, user_at: float | None = None):
+async def simulate(speech, aec: bool, half_duplex: bool = False, seconds: float = 8.0, user_at: float | None = None,
+                   room_gain: float = 0.5, transparent: bool = True):
     """Run the daemon's audio path in lock-step through the room; returns (daemon, backend)."""
     agent_8k, user_16k = speech
     backend = SpeakerBackend(agent_8k)
     cfg = DaemonConfig(audio=AudioConfig(backend="none"), mqtt=MqttConfig(enabled=False),
-                       echo=EchoConfig(aec=aec, half_duplex=half_duplex, stream_delay_ms=30.0, warmup_seconds=3.0),
+                       echo=EchoConfig(aec=aec, half_duplex=half_duplex, stream_delay_ms=30.0, warmup_seconds=3.0,
+                                       transparent_without_echo=transparent),
                        session=SessionConfig())
     brain = LocalBrain(BrainConfig(), cfg.session, input_rate=RATE, realtime=False, backend=backend, codec=backend.codec)
     daemon = Daemon(cfg, brain=brain, audio=None)
     task = asyncio.create_task(brain.run())
     while brain.session is None:
         await asyncio.sleep(0)
-    room = Room()
+    room = Room(gain=room_gain)
     rng = np.random.default_rng(1)
     user_start = int(user_at * RATE) if user_at is not None else None
     for i in range(int(seconds * 100)):
@@ -155,6 +159,23 @@ async def test_aec_on_the_agent_does_not_interrupt_itself(speech):
     assert stats["reference_audible_s"] > 7  # it really was talking the whole time
     # The warm-up gate covered only the first ~3.5 s; the canceller alone kept the echo out after that.
     assert stats["gated_frames"] < 450 < stats["processed_frames"] - 450
+    assert stats["transparent_frames"] == 0 and stats["echo_score"] > 0.5  # it never stepped aside for this echo
+
+
+async def test_a_quiet_echo_keeps_the_canceller_on(speech):
+    daemon, backend = await simulate(speech, aec=True, seconds=10.0, room_gain=0.05)  # 26 dB down
+    stats = daemon.echo.stats()
+    assert stats["transparent_frames"] == 0, stats
+    assert daemon.cuts == 0
+
+
+async def test_with_a_headset_the_canceller_steps_aside_and_the_user_still_barges_in(speech):
+    daemon, backend = await simulate(speech, aec=True, seconds=9.0, user_at=6.0, room_gain=0.0)
+    stats = daemon.echo.stats()
+    # after the warm-up's 3 s and 1.5 s of measured speaker audio, well before the user speaks at 6 s
+    assert stats["transparent_frames"] > 300, stats
+    assert stats["echo_score"] < 0.2
+    assert daemon.cuts >= 1
 
 
 async def test_aec_off_the_agent_interrupts_itself(speech):
