@@ -329,6 +329,15 @@ def _add_data_synth(data_group: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_synth)
 
 
+def cmd_bench_detector(args: argparse.Namespace) -> int:
+    from agent.bench_detector import bench_detector
+
+    counts = [int(v) for v in str(args.sessions).split(",") if v.strip()]
+    print(json.dumps(bench_detector(sessions=counts, frames=args.frames, detector=args.detector,
+                                    threads=args.threads), indent=2))
+    return 0
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from agent.bench_serve import bench_serve
 
@@ -436,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (transformers backend)")
     p.add_argument("--engine-args", help="extra vLLM AsyncEngineArgs as JSON")
     p.set_defaults(func=cmd_bench_serve)
+    p = bench.add_parser("detector", help="the turn detector per session frame, one forward each vs batched")
+    p.add_argument("--sessions", default="1,8,32,64", help="session counts, comma-separated")
+    p.add_argument("--frames", type=int, default=50, help="80 ms frames per session (paced in real time)")
+    p.add_argument("--detector", default="", help="a detector directory (default: the shipped one)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as a server's sessions use)")
+    p.set_defaults(func=cmd_bench_detector)
 
     p = sub.add_parser("serve", help="Realtime WebSocket server (OpenAI Realtime subset, see docs/realtime-events.md)")
     _add_server_flags(p, 8765)

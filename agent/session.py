@@ -203,7 +203,7 @@ class Session:
         unfinished = False
         if self.turn_detector is not None:
             # it hears every frame (its state carries the utterance); the policy asks it only in the user's silence
-            finished = self.turn_detector.push(user.audio.samples)
+            finished = await self.turn_detector.push_async(user.audio.samples)  # batched with other sessions
             unfinished = finished is not None and finished < self._unfinished_below
         decision = self.policy.before_step(user.speech, user_unfinished=unfinished)
         codes = self._silence_codes if decision.mute_user else user.codes

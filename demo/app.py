@@ -4,7 +4,8 @@ One FastAPI app serves both the page (Gradio 6 Blocks mounted at ``/``) and the 
 (``/v1/realtime``, :mod:`agent.server`); the page is just another client of that protocol. The live
 audio path never goes through Gradio's own streaming components (their HLS output adds seconds):
 a ``gr.HTML`` hosts an AudioWorklet client (``demo/static/client.js`` + ``worklet.js``) that captures
-the microphone with the browser's echo cancellation on, sends 32 ms PCM16 batches, and plays the
+the microphone with the browser's echo cancellation on (and off, to send that while no echo is measured:
+``echo_presence.js``), sends 32 ms PCM16 batches, and plays the
 agent's audio through a bounded jitter buffer that is flushed at once when the agent is cut off.
 
 Gradio components choose the model/adapter and the sampling; their change events run in the browser
@@ -82,7 +83,7 @@ PAGE_CSS = """
 def client_js(config: dict) -> str:
     """The page's JavaScript with its configuration and the worklet source filled in."""
     src = (STATIC / "client.js").read_text()
-    worklet = (STATIC / "worklet.js").read_text()
+    worklet = (STATIC / "echo_presence.js").read_text() + "\n" + (STATIC / "worklet.js").read_text()
     return src.replace("__DUPLEX_CONFIG__", json.dumps(config)).replace("__DUPLEX_WORKLET__", json.dumps(worklet))
 
 
@@ -141,9 +142,10 @@ def build_blocks(server: RealtimeServer):
                 prebuffer = gr.Slider(0, 120, value=config["prebufferMs"], step=5, label="Minimum playback cushion (ms)",
                                       info="delay before agent audio plays; grows by itself on jitter")
             headphones = gr.Checkbox(False, label="I use headphones",
-                                     info="turns the browser's echo canceller off: with speakers it is needed, but it "
-                                          "mutes your first few hundred ms whenever you talk over the agent; "
-                                          "applies at the next Start")
+                                     info="turns the browser's echo canceller off from the start. With speakers it "
+                                          "is needed, but it mutes your first few hundred ms whenever you talk over "
+                                          "the agent; unticked, the page bypasses it once it measures no echo "
+                                          "(after ~1.5 s of the agent's voice). Applies at the next Start")
         call = "(v) => { if (window.duplexPage) window.duplexPage.set(%s); return []; }"
         model.change(None, [model], None, js=call % "{model: v}")
         adapter.change(None, [adapter], None, js=call % "{adapter: v === 'none' ? null : v}")

@@ -19,9 +19,11 @@ A detector directory holds ``config.json`` (a :class:`~listen.recognizer.Recogni
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,7 +93,8 @@ class TurnDetectorState:
 class TurnDetector:
     """Feeds one stream's PCM ``(n,)`` float32 at ``input_rate`` (the codec rate a session's frames have) and
     says how likely it is that the user has finished their turn. Stateful per session: :meth:`reset` starts a
-    new stream. Costs one small forward per 80 ms frame (two 40 ms steps)."""
+    new stream. Costs one small forward per 80 ms frame (two 40 ms steps): :meth:`push` runs it at once,
+    :meth:`push_async` runs it with every other session's waiting frame in one batch (:class:`DetectorBatcher`)."""
 
     def __init__(self, model, input_rate: int) -> None:
         import torch
@@ -112,8 +115,8 @@ class TurnDetector:
         if self._resampler is not None:
             self._resampler.reset()
 
-    def push(self, pcm: np.ndarray) -> float | None:
-        """P(the user has finished) after this audio (any length; samples short of a step wait for the next)."""
+    def _whole_steps(self, pcm: np.ndarray) -> np.ndarray | None:
+        """The samples that make whole steps, at the detector's rate (the rest waits in the state); None if none."""
         x = np.asarray(pcm, np.float32).reshape(-1)
         if self._resampler is not None:
             x = self._resampler.process(x)
@@ -121,13 +124,118 @@ class TurnDetector:
         x = np.nan_to_num(np.concatenate([st.pending, x]), nan=0.0, posinf=1.0, neginf=-1.0)
         n = len(x) // self.cfg.step_samples * self.cfg.step_samples
         st.pending = x[n:]
-        if n == 0:
-            return st.finished
-        torch = self._torch
+        return np.ascontiguousarray(x[:n]) if n else None
+
+    def push(self, pcm: np.ndarray) -> float | None:
+        """P(the user has finished) after this audio (any length; samples short of a step wait for the next)."""
+        x = self._whole_steps(pcm)
+        if x is not None:
+            with self._torch.inference_mode():
+                logp, self.state.model = self.model(self._torch.from_numpy(x)[None], self.state.model)
+            self.state.finished = float(logp[0, -1, 1].exp())
+        return self.state.finished
+
+    async def push_async(self, pcm: np.ndarray) -> float | None:
+        """:meth:`push`, batched with the other sessions of this event loop, in a worker thread."""
+        x = self._whole_steps(pcm)
+        if x is not None:
+            batcher = DetectorBatcher.for_model(self.model)
+            batcher.streams.add(self)
+            self.state.finished, self.state.model = await batcher.run(x, self.state.model)
+        return self.state.finished
+
+
+class DetectorBatcher:
+    """One forward for every session's detector frame that is waiting (continuous batching, as the vLLM
+    backend batches the model's steps). A session awaits :meth:`run`; while a batch runs in a worker thread
+    the event loop goes on and the next frames queue up for the next batch. So N sessions cost about one
+    small forward per round instead of N (measured by ``duplex bench detector``), and none of it blocks
+    the loop. With a single stream on the loop (``duplex chat``, the daemon, ``duplex eval``) there is nothing to
+    batch, and its forward runs at once, as :meth:`TurnDetector.push` does (a thread hop per frame would cost
+    more than it saves). One batcher per model and event loop (futures belong to their loop)."""
+
+    _by_loop: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.model = model
+        self._torch = torch
+        self._queue: list[tuple[np.ndarray, dict, asyncio.Future]] = []
+        self._draining = False
+        self.streams: "weakref.WeakSet" = weakref.WeakSet()  # the detectors that use it (alive)
+        self.batches = 0  # forwards run, and frames they carried (mean batch = frames / batches)
+        self.frames = 0
+
+    @classmethod
+    def for_model(cls, model) -> "DetectorBatcher":
+        per_loop = cls._by_loop.setdefault(asyncio.get_running_loop(), {})
+        if id(model) not in per_loop:
+            per_loop[id(model)] = cls(model)
+        return per_loop[id(model)]
+
+    async def run(self, x: np.ndarray, state: dict) -> tuple[float, dict]:
+        """P(finished) after the whole steps ``x`` ``(n,)`` from ``state``, and the new state."""
+        if len(self.streams) <= 1 and not self._draining:
+            return self._forward([(x, state, None)])[0]
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._queue.append((x, state, done))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await asyncio.to_thread(self._forward, batch)
+                except Exception as e:  # every waiting session hears it, none hangs
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
+                    continue
+                for (*_, done), result in zip(batch, results):
+                    if not done.done():  # a session closed while its frame was in flight
+                        done.set_result(result)
+        finally:
+            self._draining = False
+
+    def _forward(self, batch: list) -> list[tuple[float, dict]]:
+        torch, cfg = self._torch, self.model.cfg
+        groups: dict[int, list[int]] = {}
+        for i, (x, _, _) in enumerate(batch):
+            groups.setdefault(len(x), []).append(i)  # only equal lengths stack (80 ms frames: always one group)
+        out: list = [None] * len(batch)
         with torch.inference_mode():
-            logp, st.model = self.model(torch.from_numpy(np.ascontiguousarray(x[:n]))[None], st.model)
-        st.finished = float(logp[0, -1, 1].exp())
-        return st.finished
+            for idx in groups.values():
+                if len(idx) == 1:  # nothing to stack: the stream's own state, as push runs it
+                    x, state, _ = batch[idx[0]]
+                    logp, new = self.model(torch.from_numpy(x)[None], state)
+                    out[idx[0]] = (float(logp[0, -1, 1].exp()), new)
+                    continue
+                pcm = torch.from_numpy(np.stack([batch[i][0] for i in idx]))
+                states = [batch[i][1] or _zero_state(cfg, torch) for i in idx]
+                state = {k: torch.cat([s[k] for s in states], dim=1 if k == "rnn" else 0) for k in states[0]}
+                logp, new = self.model(pcm, state)
+                finished = logp[:, -1, 1].exp().tolist()
+                for j, i in enumerate(idx):
+                    out[i] = (finished[j], {k: (v[:, j:j + 1] if k == "rnn" else v[j:j + 1]).clone()
+                                            for k, v in new.items()})
+            self.batches += len(groups)
+            self.frames += len(batch)
+        return out
+
+
+def _zero_state(cfg: RecognizerConfig, torch) -> dict:
+    """The state a stream starts from (what the modules assume for None): silence before it, zeros inside."""
+    state = {"mel": torch.zeros(1, cfg.win - cfg.hop),
+             "rnn": torch.zeros(cfg.rnn_layers, 1, cfg.dim)}
+    for i in range(cfg.conv_layers):
+        state[f"conv{i}"] = torch.zeros(1, cfg.kernel - 1, cfg.dim)
+    return state
 
 
 @functools.lru_cache(maxsize=8)

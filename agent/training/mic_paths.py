@@ -31,8 +31,8 @@ MIC_PATHS = {
     "decimate-24k": "the Realtime server (page, SDK clients): 24 kHz PCM16, decimated by an integer factor "
                     "(8 kHz codecs) or resampled by the session's soxr LQ (16 kHz codecs)",
     "browser-apm": "the page in a browser: WebRTC audio processing at 48 kHz (echo cancellation with the agent as "
-                   "far end, noise suppression, high-pass; what Chromium applies with echoCancellation on), then "
-                   "the server's 24 kHz path",
+                   "far end, noise suppression, high-pass; what Chromium applies with echoCancellation on; bypassed "
+                   "while the page measures no echo), then the server's 24 kHz path",
     "daemon-apm": "the microphone daemon: WebRTC audio processing at its 16 kHz process rate (echo cancellation "
                   "with the agent as far end, bypassed while the microphone carries no echo; noise suppression, "
                   "high-pass), then the session's soxr LQ",
@@ -75,8 +75,8 @@ def webrtc_processing(x: np.ndarray, far: np.ndarray | None = None, rate: int = 
     The daemon's :class:`agent.daemon.echo.EchoCanceller` runs the module (livekit's), here with what Chromium
     turns on with ``echoCancellation`` (echo cancellation, noise suppression, high-pass), no warm-up gate,
     and the far end fed one 10 ms frame ahead of each microphone frame. ``transparent_without_echo``: the
-    daemon's bypass of the canceller while the microphone carries no echo (``agent/daemon/echo_presence.py``);
-    a browser has no such thing. ``aec=False``: noise suppression and high-pass only (a page whose user has
+    bypass of the canceller while the microphone carries no echo (``agent/daemon/echo_presence.py``; the page
+    does the same with a second, uncancelled microphone stream, ``demo/static/echo_presence.js``). ``aec=False``: noise suppression and high-pass only (a page whose user has
     headphones).
 
     Why a path of its own: measured on the stage-3 default and the page's own recordings, Chromium's
@@ -139,8 +139,8 @@ def to_codec_rate(pcm: np.ndarray, rate: int, out_rate: int, path: str, far: np.
         return _soxr(_soxr(x, rate, 48000, "HQ"), 48000, out_rate, "LQ")
     if path == "decimate-24k":
         return _server(x, rate, out_rate)
-    if path == "browser-apm":
-        return _server(_processed(x, far, rate, APM_RATE, "HQ"), APM_RATE, out_rate)
+    if path == "browser-apm":  # the page sends its uncancelled stream while it measures no echo (worklet.js)
+        return _server(_processed(x, far, rate, APM_RATE, "HQ", transparent_without_echo=True), APM_RATE, out_rate)
     if path == "browser-headphones":
         return _server(_processed(x, None, rate, APM_RATE, "HQ", aec=False), APM_RATE, out_rate)
     if path == "daemon-apm":  # the daemon's edge resampler is soxr LQ (a no-op from 16 kHz)

@@ -104,10 +104,21 @@ class DuplexPage {
       this.ctx = new AudioContext({ sampleRate: CONFIG.rate, latencyHint: "interactive" });
       const url = URL.createObjectURL(new Blob([WORKLET_SOURCE], { type: "application/javascript" }));
       await this.ctx.audioWorklet.addModule(url);
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        // With headphones nothing echoes: the browser's canceller would only mute the user's barge-in.
-        audio: { echoCancellation: !this.settings.headphones, noiseSuppression: true, autoGainControl: false, channelCount: 1 },
+      const mic = (echoCancellation) => navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation, noiseSuppression: true, autoGainControl: false, channelCount: 1 },
       });
+      // With headphones nothing echoes: the browser's canceller would only mute the user's barge-in.
+      this.stream = await mic(!this.settings.headphones);
+      // Without the box ticked, the same microphone uncancelled too: the worklet sends it while it measures
+      // no echo (worklet.js). A browser that cannot open both keeps the cancelled one throughout.
+      this.plainStream = null;
+      if (!this.settings.headphones) {
+        try {
+          this.plainStream = await mic(false);
+        } catch (e) {
+          console.warn("no second, uncancelled microphone stream; the echo-cancelled one is used throughout", e);
+        }
+      }
     } catch (e) {
       this.fail(`Cannot use the microphone or audio output: ${e.message || e}`);
       return;
@@ -116,13 +127,15 @@ class DuplexPage {
     this.rate = rate;
     const src = this.ctx.createMediaStreamSource(this.stream);
     this.node = new AudioWorkletNode(this.ctx, "duplex-io", {
-      numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
-      processorOptions: { prebufferMs: this.settings.prebufferMs, maxBufferMs: CONFIG.maxBufferMs, batchMs: CONFIG.batchMs },
+      numberOfInputs: 2, numberOfOutputs: 1, outputChannelCount: [1],
+      processorOptions: { prebufferMs: this.settings.prebufferMs, maxBufferMs: CONFIG.maxBufferMs, batchMs: CONFIG.batchMs,
+                          echoSwitch: !!this.plainStream },
     });
+    if (this.plainStream) this.ctx.createMediaStreamSource(this.plainStream).connect(this.node, 0, 1);
     this.analyser = this.ctx.createAnalyser();
     this.analyser.fftSize = 2048;
     this.levelBuf = new Float32Array(this.analyser.fftSize);
-    src.connect(this.node);
+    src.connect(this.node, 0, 0);
     this.node.connect(this.analyser);
     this.analyser.connect(this.ctx.destination);
     this.node.port.onmessage = (e) => this.onWorklet(e.data);
@@ -156,7 +169,7 @@ class DuplexPage {
     this.status("stopped");
     if (this.ws) this.ws.close(1000);
     this.ws = null;
-    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    for (const st of [this.stream, this.plainStream]) if (st) st.getTracks().forEach((t) => t.stop());
     if (this.ctx) this.ctx.close();
     this.ctx = this.node = null;
     clearInterval(this.levelTimer);
@@ -189,6 +202,8 @@ class DuplexPage {
       this.root.dataset.agentSamplesPlayed = m.stats.played;
       this.root.dataset.starves = m.stats.starves;
       this.root.dataset.cushionMs = m.stats.cushionMs;
+      this.root.dataset.echo = m.stats.echo;
+      this.root.dataset.echoClearMs = Math.round(m.stats.clearMs);
     } else if (m.type === "turn") {
       if (m.latencyMs != null) {
         this.turns.push(m.latencyMs);
@@ -406,7 +421,9 @@ class DuplexPage {
     set(".dx-step", s.length ? `${fmt(s[s.length - 1], 1)} ms · p50 ${fmt(percentile(s, 0.5), 1)} · p95 ${fmt(percentile(s, 0.95), 1)} of ${budget} ms` : "–");
     const w = this.wstats;
     set(".dx-buffer", w ? `${fmt((this.buffered * 1000) / this.rate)} ms queued · cushion ${fmt(w.cushionMs)} ms · ${w.starves} starves` : "–");
-    set(".dx-input", this.underruns != null ? `${this.underruns} late mic frames · ${this.dropped} dropped · clock late ${fmt(this.late, 1)} ms` : "–");
+    const canceller = !w ? "" : { off: this.settings.headphones ? " · echo canceller off (headphones)" : "",
+      echo: " · echo canceller on", clear: " · no echo measured: canceller bypassed" }[w.echo];
+    set(".dx-input", this.underruns != null ? `${this.underruns} late mic frames · ${this.dropped} dropped · clock late ${fmt(this.late, 1)} ms${canceller}` : "–");
     this.$(".dx-download").disabled = !this.rec.samples;
     this.plot(budget);
   }

@@ -3,6 +3,10 @@
 //
 // - input 0: the microphone (echo-cancelled by the browser). Blocks of 128 samples are batched into
 //   `batchMs` and posted to the page, which sends them as input_audio_buffer.append events.
+// - input 1 (optional, `echoSwitch`): the same microphone without echo cancellation. EchoPresence
+//   (echo_presence.js) compares its loudness with the agent's, 10 ms at a time; while no echo is measured (a
+//   headset), it is what gets sent: the browser's canceller mutes the user's first few hundred ms whenever
+//   the agent plays, echo or not, and a barge-in would come late. Back to input 0 at the first echo.
 // - output 0: the agent. A bounded ring buffer (drop-oldest beyond `maxBufferMs`), emptied at once on
 //   {type: "flush"}. Adaptive jitter cushion: playback starts `cushion` ms after audio arrives in an
 //   empty buffer; the cushion starts at `prebufferMs`, grows by 10 ms each time the buffer runs dry
@@ -36,7 +40,11 @@ class DuplexIO extends AudioWorkletProcessor {
     this.t0 = 0;
     this.micPeak = 0;
     this.outPeak = 0;
-    this.stats = { played: 0, starves: 0, overflow: 0, flushed: 0 };
+    this.stats = { played: 0, starves: 0, overflow: 0, flushed: 0, echo: o.echoSwitch ? "echo" : "off", echoScore: null,
+                   clearMs: 0 };
+    this.presence = o.echoSwitch ? new EchoPresence() : null;
+    this.echoFrame = Math.round(sampleRate / 100);
+    this.echoAcc = { mic: 0, out: 0, n: 0 };
     // turn timing
     this.micLoud = false;
     this.lastMicLoud = -1;
@@ -125,7 +133,10 @@ class DuplexIO extends AudioWorkletProcessor {
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     this.stats.played += take;
 
-    const input = inputs[0] && inputs[0][0];
+    const plain = this.presence && inputs[1] && inputs[1][0];
+    if (plain) this.measureEcho(plain, out);
+    const cancelled = inputs[0] && inputs[0][0];
+    const input = plain && this.presence.clear ? plain : cancelled;
     let micE = 0;
     let outE = 0;
     for (let i = 0; i < N; i++) {
@@ -157,6 +168,25 @@ class DuplexIO extends AudioWorkletProcessor {
       this.outPeak = 0;
     }
     return true;
+  }
+
+  // Per 10 ms: the played agent's energy and the uncancelled microphone's, in dB, into EchoPresence.
+  measureEcho(mic, out) {
+    const a = this.echoAcc;
+    const db = (e) => Math.max(-70, 10 * Math.log10(e / this.echoFrame + 1e-12));
+    for (let i = 0; i < mic.length; i++) {
+      a.mic += mic[i] * mic[i];
+      a.out += out[i] * out[i];
+      if (++a.n === this.echoFrame) {
+        this.presence.update(db(a.out), db(a.mic));
+        a.mic = 0;
+        a.out = 0;
+        a.n = 0;
+      }
+    }
+    this.stats.echo = this.presence.clear ? "clear" : "echo";
+    this.stats.echoScore = Math.round(this.presence.score * 1000) / 1000;
+    if (this.presence.clear) this.stats.clearMs += (mic.length * 1000) / sampleRate;
   }
 
   // End of user speech -> first agent audio played, both on the audio clock. A turn counts only if

@@ -89,6 +89,19 @@ def test_bench_step_prints_json_with_rtf(run_cli):
     assert result["device"] == "cpu" and result["gpu"] is None
 
 
+def test_bench_detector_prints_both_ways_per_session_count(run_cli):
+    res = run_cli("bench", "detector", "--sessions", "1,3", "--frames", "4")
+    assert res.rc == 0, res.err
+    result = json.loads(res.out)
+    assert result["benchmark"] == "detector" and [r["sessions"] for r in result["results"]] == [1, 3]
+    for r in result["results"]:
+        for way in ("one_at_a_time", "batched"):
+            assert r[way]["cpu_ms_per_frame"] > 0 and 0 <= r[way]["late_frames"] <= 4 * r["sessions"]
+        assert 1.0 <= r["batched"]["mean_batch"] <= r["sessions"]
+    bad = run_cli("bench", "detector", "--sessions", "0")
+    assert bad.rc != 0 and "positive" in bad.err
+
+
 def test_bench_step_names_a_device_it_cannot_use_before_building_a_model(run_cli):
     res = run_cli("bench", "step", "--frames", "2", "--preset", "nano", "--device", "tpu0")
     assert res.rc == 2 and res.out == ""

@@ -164,6 +164,8 @@ def test_page_talks_plays_transcribes_and_measures_latency(page_server, mic_wav,
             if os.environ.get("DUPLEX_PAGE_WAV"):
                 Path(os.environ["DUPLEX_PAGE_WAV"]).write_bytes(wav)
             page.click(".dx-start")  # stop
+            # The fake microphone never hears the agent: the page measured no echo and bypassed the canceller.
+            assert data.get("echo") == "clear" and int(data.get("echoClearMs", 0)) > 1000, data
             # "I use headphones" reaches the microphone at the next Start: the browser's echo canceller is off.
             page.get_by_label("I use headphones").check()
             page.wait_for_function("window.duplexPage.settings.headphones === true", timeout=10000)

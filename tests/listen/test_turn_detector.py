@@ -42,6 +42,43 @@ def test_streamed_frames_give_the_same_verdict_as_one_pass(detector_dir):
     assert det.state.finished is None and det.push(pcm) == pytest.approx(expected, abs=1e-5)
 
 
+def test_sessions_batched_together_hear_what_each_hears_alone(detector_dir):
+    """Five concurrent streams (one starts late, one pushes chunks of another length) through the shared
+    batcher give each stream's own one-at-a-time answers, and the batcher did run them together."""
+    import asyncio
+
+    from listen.turn_detector import DetectorBatcher
+
+    model = load_detector(detector_dir)
+    rng = np.random.default_rng(1)
+    streams = [(0.1 * rng.standard_normal(8000 * 2)).astype(np.float32) for _ in range(5)]
+    chunk = [640, 640, 640, 640, 960]
+    start = [0, 0, 0, 4, 0]  # the fourth stream joins at the fifth frame: a fresh state beside grown ones
+
+    def alone(k):
+        det = TurnDetector(model, 8000)
+        return [det.push(streams[k][i:i + chunk[k]]) for i in range(0, len(streams[k]), chunk[k])]
+
+    async def together():
+        dets = [TurnDetector(model, 8000) for _ in streams]
+        got: list[list] = [[] for _ in streams]
+
+        async def one(k, frame):
+            i = (frame - start[k]) * chunk[k]
+            if 0 <= i < len(streams[k]):
+                got[k].append(await dets[k].push_async(streams[k][i:i + chunk[k]]))
+
+        for frame in range(40):
+            await asyncio.gather(*(one(k, frame) for k in range(len(streams))))
+        batcher = DetectorBatcher.for_model(model)
+        return got, batcher.frames, batcher.batches
+
+    got, frames, batches = asyncio.run(together())
+    for k in range(len(streams)):
+        np.testing.assert_allclose(np.array(got[k], float), np.array(alone(k), float), atol=1e-5, err_msg=str(k))
+    assert frames == sum(len(g) for g in got) and batches < frames / 2  # several sessions per forward
+
+
 def test_another_codec_rate_is_resampled_and_bad_samples_do_not_poison_the_state(detector_dir):
     det = TurnDetector(load_detector(detector_dir), 16000)
     x = np.zeros(16000, np.float32)
