@@ -33,7 +33,7 @@ PAGE_HTML = """
     <meter class="dx-agent-meter" min="0" max="1" value="0"></meter>
     <button class="dx-download" disabled>Download conversation (WAV)</button>
   </div>
-  <div class="dx-status">Press “Start talking” and allow the microphone. Headphones help; echo cancellation is on.</div>
+  <div class="dx-status">Press “Start talking” and allow the microphone. Headphones help; the page drops the browser's echo cancellation while it hears no echo of the agent.</div>
   <div class="dx-main">
     <div class="dx-transcript" aria-live="polite"></div>
     <div class="dx-latency">
