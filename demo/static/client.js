@@ -118,6 +118,18 @@ class DuplexPage {
         } catch (e) {
           console.warn("no second, uncancelled microphone stream; the echo-cancelled one is used throughout", e);
         }
+        // A browser with one processing setting per device may give both streams the same one: then the
+        // switch has nothing to switch to (both cancelled), or worse, the first stream lost its canceller.
+        const ec = (st) => st.getAudioTracks()[0].getSettings().echoCancellation;
+        if (this.plainStream && (ec(this.plainStream) !== false || ec(this.stream) === false)) {
+          console.warn("this browser cannot keep a cancelled and an uncancelled microphone at once; using the cancelled one");
+          this.plainStream.getTracks().forEach((t) => t.stop());
+          this.plainStream = null;
+          if (ec(this.stream) === false) {
+            this.stream.getTracks().forEach((t) => t.stop());
+            this.stream = await mic(true);
+          }
+        }
       }
     } catch (e) {
       this.fail(`Cannot use the microphone or audio output: ${e.message || e}`);
