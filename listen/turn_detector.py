@@ -131,8 +131,7 @@ class TurnDetector:
         x = self._whole_steps(pcm)
         if x is not None:
             with self._torch.inference_mode():
-                logp, self.state.model = self.model(self._torch.from_numpy(x)[None], self.state.model)
-            self.state.finished = float(logp[0, -1, 1].exp())
+                self.state.finished, self.state.model = _forward_one(self.model, x, self.state.model)
         return self.state.finished
 
     async def push_async(self, pcm: np.ndarray) -> float | None:
@@ -213,8 +212,7 @@ class DetectorBatcher:
             for idx in groups.values():
                 if len(idx) == 1:  # nothing to stack: the stream's own state, as push runs it
                     x, state, _ = batch[idx[0]]
-                    logp, new = self.model(torch.from_numpy(x)[None], state)
-                    out[idx[0]] = (float(logp[0, -1, 1].exp()), new)
+                    out[idx[0]] = _forward_one(self.model, x, state)
                     continue
                 pcm = torch.from_numpy(np.stack([batch[i][0] for i in idx]))
                 states = [batch[i][1] or _zero_state(cfg, torch) for i in idx]
@@ -227,6 +225,14 @@ class DetectorBatcher:
             self.batches += len(groups)
             self.frames += len(batch)
         return out
+
+
+def _forward_one(model, x: np.ndarray, state: dict) -> tuple[float, dict]:
+    """One stream's whole steps ``x`` ``(n,)`` from ``state`` -> P(finished) after them, and the new state."""
+    import torch
+
+    logp, new = model(torch.from_numpy(x)[None], state)
+    return float(logp[0, -1, 1].exp()), new
 
 
 def _zero_state(cfg: RecognizerConfig, torch) -> dict:

@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 from agent.daemon.config import AEC_RATES, EchoConfig
-from agent.daemon.echo_presence import EchoPresence, frame_db
+from agent.daemon.echo_presence import EchoPresence, frame_db, power_db
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class EchoCanceller:
             self._ref_frames.clear()
         levels = []
         for f in frames:
-            levels.append(frame_db(f))
-            rms = float(np.sqrt(np.mean(np.square(f, dtype=np.float64))))
-            if rms >= self._threshold:
+            power = float(np.mean(np.square(f, dtype=np.float64)))
+            levels.append(power_db(power))
+            if np.sqrt(power) >= self._threshold:
                 self._hot = self._tail_frames
                 self.reference_audible_s += 0.01
             if self._apm is not None:

@@ -61,10 +61,14 @@ class EchoPresenceConfig:
     audible_db: float = -50.0
 
 
+def power_db(power: float, floor_db: float = -70.0) -> float:
+    """A mean square (full scale 1) in dB, clipped at ``floor_db``."""
+    return max(floor_db, 10.0 * np.log10(power + 1e-12))
+
+
 def frame_db(x: np.ndarray, floor_db: float = -70.0) -> float:
     """Energy of one frame ``(n,)`` in dB full scale, clipped at ``floor_db``."""
-    p = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
-    return max(floor_db, 10.0 * np.log10(p + 1e-12))
+    return power_db(float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0, floor_db)
 
 
 class EchoPresence:
@@ -96,8 +100,8 @@ class EchoPresence:
     def update(self, speaker_db: float, mic_db: float) -> bool:
         """One frame: the speaker's energy (what was played during it) and the microphone's. Returns :attr:`clear`."""
         c = self.config
-        self._ref = np.roll(self._ref, 1)
-        self._audible = np.roll(self._audible, 1)
+        self._ref[1:] = self._ref[:-1]
+        self._audible[1:] = self._audible[:-1]
         self._ref[0] = max(c.floor_db, speaker_db)
         self._audible[0] = speaker_db >= c.audible_db
         self.audible_frames += int(self._audible[0])
@@ -105,15 +109,15 @@ class EchoPresence:
         if not m.any():
             return self.clear
         x, y = self._ref[m], max(c.floor_db, mic_db)
+        new = np.stack([np.ones_like(x), x, np.full_like(x, y), x * x, np.full_like(x, y * y), x * y])  # (6, audible)
+        s = self._sums
         # The user talking over the speaker is far louder than the long window's fit says: leave it out of that
         # window (one backchannel would otherwise swamp a quiet echo's correlation); the recent one takes all.
-        windows = [1] if self._double_talk(y) else [0, 1]
-        s = self._sums
-        for w in windows:
-            s[:, w, m] *= self._decay[w]
-            for k, v in enumerate((1.0, x, y, x * x, y * y, x * y)):
-                s[k, w, m] += v
-        (self.score, self._fit), (self.recent_score, _) = self._best_correlation(0), self._best_correlation(1)
+        if self._double_talk(y):
+            s[:, 1, m] = s[:, 1, m] * self._decay[1] + new
+        else:
+            s[:, :, m] = s[:, :, m] * self._decay[None] + new[:, None]
+        (self.score, self._fit), (self.recent_score, _) = self._best_correlations()
         self._recent_echo = self._recent_echo + 1 if self.recent_score >= c.echo_above else 0
         echo = self.score >= c.echo_above or self._recent_echo * c.frame_ms >= 1000.0 * c.recent_persist_s
         if self.clear and echo:
@@ -133,19 +137,24 @@ class EchoPresence:
         predicted = mean_y + slope * (self._ref[lag] - mean_x)
         return y - predicted > max(self.config.double_talk_db, 3.0 * resid_sd)
 
-    def _best_correlation(self, window: int) -> tuple[float, tuple | None]:
-        """The best lag's correlation in ``window``, and its linear fit (lag, slope, mean x, mean y, residual sd)."""
-        n, sx, sy, sxx, syy, sxy = self._sums[:, window]
+    def _best_correlations(self) -> list[tuple[float, tuple | None]]:
+        """Per window [long, recent]: the best lag's correlation, and its linear fit (lag, slope, mean x, mean y,
+        residual sd); ``(0.0, None)`` for a window with no lag trusted yet."""
+        n, sx, sy, sxx, syy, sxy = self._sums  # each (2, lags)
         ok = n >= 50  # half a second of speaker audio at that lag before it is trusted
-        if not ok.any():
-            return 0.0, None
-        lags = np.flatnonzero(ok)
-        n, sx, sy, sxx, syy, sxy = (v[ok] for v in (n, sx, sy, sxx, syy, sxy))
-        cov = sxy / n - sx * sy / n ** 2
-        var_x, var_y = sxx / n - (sx / n) ** 2, syy / n - (sy / n) ** 2
-        # a microphone (or speaker) that never changes level follows nothing: no echo there
-        r = np.where(var_x * var_y > 1e-6, cov / np.sqrt(np.maximum(var_x * var_y, 1e-12)), 0.0)
-        i = int(r.argmax())
-        slope = cov[i] / var_x[i] if var_x[i] > 1e-6 else 0.0
-        resid_sd = float(np.sqrt(max(0.0, var_y[i] * (1.0 - r[i] ** 2))))
-        return float(r[i]), (int(lags[i]), float(slope), sx[i] / n[i], sy[i] / n[i], resid_sd)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cov = sxy / n - sx * sy / n ** 2
+            var_x, var_y = sxx / n - (sx / n) ** 2, syy / n - (sy / n) ** 2
+            # a microphone (or speaker) that never changes level follows nothing: no echo there
+            r = np.where(var_x * var_y > 1e-6, cov / np.sqrt(np.maximum(var_x * var_y, 1e-12)), 0.0)
+        r = np.where(ok, r, -np.inf)
+        out: list[tuple[float, tuple | None]] = []
+        for w in range(2):
+            if not ok[w].any():
+                out.append((0.0, None))
+                continue
+            i = int(r[w].argmax())
+            slope = cov[w, i] / var_x[w, i] if var_x[w, i] > 1e-6 else 0.0
+            resid_sd = float(np.sqrt(max(0.0, var_y[w, i] * (1.0 - r[w, i] ** 2))))
+            out.append((float(r[w, i]), (i, float(slope), sx[w, i] / n[w, i], sy[w, i] / n[w, i], resid_sd)))
+        return out
