@@ -58,6 +58,34 @@ def validate_sampling(current: Any, changes: dict) -> Any:
         raise ValueError(f"sampling.{e}") from None
 
 
+async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a daemon thread of its own. Unlike ``asyncio.to_thread`` (the default executor, which
+    ``asyncio.run`` joins at exit), a model load still running when the daemon is told to stop does not
+    hold up the process's exit."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def target() -> None:
+        try:
+            r, e = fn(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            r, e = None, exc
+
+        def done() -> None:
+            if not fut.done():
+                fut.set_exception(e) if e is not None else fut.set_result(r)
+
+        try:
+            loop.call_soon_threadsafe(done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=target, name="duplex-load", daemon=True).start()
+    return await fut
+
+
 class _Backoff:
     def __init__(self, initial: float, maximum: float) -> None:
         self.initial, self.maximum, self.next = initial, maximum, initial
@@ -138,7 +166,7 @@ class LocalBrain:
                                                        adapters_dir=self.config.adapters_dir)
                 return backend, codec_for_layout(backend.layout, self.config.codec_weights)
 
-            self.backend, self.codec = await asyncio.to_thread(_load)
+            self.backend, self.codec = await _in_daemon_thread(_load)
         elif self.codec is None:
             self.codec = self.backend.codec
 
@@ -265,6 +293,7 @@ class RemoteBrain:
         self.connected = False
         self.connects = 0
         self.dropped_audio_chunks = 0
+        self.bad_events = 0  # malformed server events skipped
         self.restarts = 0
         self.frames_out = 0
         self._ws = None
@@ -366,28 +395,42 @@ class RemoteBrain:
                 ev = json.loads(raw)
             except (TypeError, ValueError):
                 continue
-            t = ev.get("type") if isinstance(ev, dict) else None
-            if t == "response.output_audio.delta":
-                pcm = np.frombuffer(base64.b64decode(ev.get("delta", "")), dtype="<i2").astype(np.float32) / 32768.0
-                self.frames_out += 1
-                await self._emit(BrainOutput(pcm))
-            elif t == "response.output_audio_transcript.delta":
-                await self._emit(BrainOutput(np.zeros(0, np.float32), text_delta=str(ev.get("delta", ""))))
-            elif t == "x_duplex.barge_in":
-                await self._emit(BrainOutput(np.zeros(0, np.float32), cut=True, frame=ev.get("frame")))
-            elif t == "x_duplex.frame":
-                self._speech = bool(ev.get("user_speech"))
-                if ev.get("end_of_turn"):
-                    await self._emit(BrainOutput(np.zeros(0, np.float32), end_of_turn=True, frame=ev.get("frame")))
-            elif t == "x_duplex.latency":
-                marks = dict(ev.get("marks") or {})
-                mark = {"frame": ev.get("frame"), "step_ms": ev.get("step_ms"), **{k: v for k, v in marks.items()
-                                                                                   if isinstance(v, (int, float))}}
-                await self._emit(BrainOutput(np.zeros(0, np.float32), frame=ev.get("frame"),
-                                             user_speech=self._speech, mark=mark))
-            elif t == "error":
-                err = ev.get("error") or {}
-                self.on_error(f"brain_{err.get('code', 'error')}", str(err.get("message", "")))
+            try:
+                await self._handle(ev)
+            except (TypeError, ValueError, AttributeError) as e:
+                # One malformed event (bad base64, an odd byte count, a non-object field) used to end the
+                # connection, and with it the conversation: skip it.
+                self.bad_events += 1
+                log.warning("remote brain: skipped a malformed %s event (%s: %s)",
+                            str(ev.get("type"))[:64] if isinstance(ev, dict) else "non-object",
+                            type(e).__name__, str(e)[:200])
+
+    async def _handle(self, ev: Any) -> None:
+        t = ev.get("type") if isinstance(ev, dict) else None
+        if t == "response.output_audio.delta":
+            pcm = np.frombuffer(base64.b64decode(ev.get("delta", "")), dtype="<i2").astype(np.float32) / 32768.0
+            self.frames_out += 1
+            await self._emit(BrainOutput(pcm))
+        elif t == "response.output_audio_transcript.delta":
+            await self._emit(BrainOutput(np.zeros(0, np.float32), text_delta=str(ev.get("delta", ""))))
+        elif t == "x_duplex.barge_in":
+            await self._emit(BrainOutput(np.zeros(0, np.float32), cut=True, frame=ev.get("frame")))
+        elif t == "x_duplex.frame":
+            self._speech = bool(ev.get("user_speech"))
+            if ev.get("end_of_turn"):
+                await self._emit(BrainOutput(np.zeros(0, np.float32), end_of_turn=True, frame=ev.get("frame")))
+        elif t == "x_duplex.latency":
+            marks = dict(ev.get("marks") or {})
+            mark = {"frame": ev.get("frame"), "step_ms": ev.get("step_ms"), **{k: v for k, v in marks.items()
+                                                                               if isinstance(v, (int, float))}}
+            await self._emit(BrainOutput(np.zeros(0, np.float32), frame=ev.get("frame"),
+                                         user_speech=self._speech, mark=mark))
+        elif t == "error":
+            err = ev.get("error") or {}
+            if not isinstance(err, dict):
+                err = {"message": err}
+            code = str(err.get("code") or "error")[:64]
+            self.on_error(f"brain_{code}", str(err.get("message", ""))[:500])
 
     async def _emit(self, out: BrainOutput) -> None:
         r = self.on_output(out)

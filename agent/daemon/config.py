@@ -57,8 +57,8 @@ class AudioConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int) and 4000 <= v <= 384000):
                 raise ValueError(f"audio.{name} must be a rate in Hz (4000-384000) or null, got {v!r}.")
-        if not (0 < self.retry_initial_s <= self.retry_max_s):
-            raise ValueError("audio.retry_initial_s must be > 0 and <= audio.retry_max_s.")
+        if not (0 < self.retry_initial_s <= self.retry_max_s <= 3600):
+            raise ValueError("audio.retry_initial_s must be > 0 and <= audio.retry_max_s (at most 3600).")
         if not (0 < self.playout_max_seconds <= 600):
             raise ValueError(f"audio.playout_max_seconds must be > 0 and <= 600, got {self.playout_max_seconds!r}.")
         if not (0 < self.stall_timeout_s <= 600):
@@ -162,10 +162,15 @@ class MqttConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.port, int) and 0 < self.port < 65536):
             raise ValueError(f"mqtt.port must be 1-65535, got {self.port!r}.")
-        if not self.prefix or any(c in self.prefix for c in "#+") or self.prefix.startswith("/"):
-            raise ValueError(f"mqtt.prefix {self.prefix!r} must be a topic path without wildcards.")
-        if not (0 < self.reconnect_initial_s <= self.reconnect_max_s):
-            raise ValueError("mqtt.reconnect_initial_s must be > 0 and <= mqtt.reconnect_max_s.")
+        # An empty host was a traceback logged on every reconnect attempt, forever.
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ValueError(f"mqtt.host must be the broker's host name or address, got {self.host!r}.")
+        # "$" topics ($SYS/...) are the broker's own: it silently drops what clients publish there.
+        if not self.prefix or any(c in self.prefix for c in "#+\x00") or self.prefix.startswith(("/", "$")):
+            raise ValueError(f"mqtt.prefix {self.prefix!r} must be a topic path without wildcards, not starting "
+                             f"with '/' or '$'.")
+        if not (0 < self.reconnect_initial_s <= self.reconnect_max_s <= 3600):
+            raise ValueError("mqtt.reconnect_initial_s must be > 0 and <= mqtt.reconnect_max_s (at most 3600).")
         # 0 would make the metrics loop spin, publishing as fast as the CPU allows.
         if not (0.05 <= self.metrics_interval_s <= 3600):
             raise ValueError(f"mqtt.metrics_interval_s must be between 0.05 and 3600, got {self.metrics_interval_s!r}.")
@@ -219,6 +224,10 @@ class BrainConfig:
             raise ValueError(f"brain.engine must be auto, lean or hf, got {self.engine!r}.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"brain.threads must be >= 1 or null, got {self.threads!r}.")
+        # 0 or less made a tight reconnect loop (thousands of log lines a second with the server down).
+        if not (0 < self.reconnect_initial_s <= self.reconnect_max_s <= 3600):
+            raise ValueError("brain.reconnect_initial_s must be > 0 and <= brain.reconnect_max_s (at most 3600), "
+                             f"got {self.reconnect_initial_s!r} and {self.reconnect_max_s!r}.")
 
 
 @dataclass
@@ -252,6 +261,11 @@ class DaemonConfig:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}.")
         if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
             raise ValueError("max_seconds must be > 0 or null.")
+        if (dataclasses.is_dataclass(self.audio) and dataclasses.is_dataclass(self.mqtt)
+                and self.audio.backend == "mqtt" and not self.mqtt.enabled):
+            # Was accepted: a daemon with no microphone and no speaker at all, silently.
+            raise ValueError("audio.backend mqtt takes its microphone from MQTT (audio/in) and plays on MQTT "
+                             "(audio/out): it needs mqtt.enabled (drop --no-mqtt, or pick another --audio).")
 
 
 def resolve_daemon_config(config: str | Path | None = None, overrides: list[str] | None = None) -> DaemonConfig:

@@ -131,6 +131,8 @@ class Daemon:
             return
         r = self._remote_mic_resamplers.get(rate)
         if r is None:
+            # One remote microphone, one rate: a client cycling through rates must not grow this without bound.
+            self._remote_mic_resamplers.clear()
             r = self._remote_mic_resamplers[rate] = StreamingResampler(rate, self.rate, quality="LQ")
         y = r.process(pcm)
         if len(y):
@@ -146,7 +148,8 @@ class Daemon:
             await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
             x = self.speaker_pull(step)
             if self.mqtt is not None and self.config.mqtt.audio_out and np.any(x):
-                self.mqtt.publish_stream("audio/out", (x * 32767).astype("<i2").tobytes())
+                # Clipped first: a sample over full scale wrapped around to the opposite sign (a loud click).
+                self.mqtt.publish_stream("audio/out", (np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes())
 
     # ---- brain outputs ----------------------------------------------------------------------------------
     def _on_output(self, out: BrainOutput) -> None:
@@ -301,7 +304,8 @@ class Daemon:
             except Exception as e:
                 log.exception("control %s failed", cmd.get("command"))
                 self.mqtt.error("internal_error", f"{cmd.get('command')} failed: {type(e).__name__}",
-                                request_id=cmd.get("request_id"))
+                                topic=self.mqtt.topic("control"), request_id=cmd.get("request_id"))
+                self.mqtt.ack(cmd, False, error=f"internal error ({type(e).__name__})")  # every command is acked
 
     # ---- lifetime ----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -315,6 +319,9 @@ class Daemon:
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 pass
         log.info("starting", extra={"config": json.dumps(to_jsonable(self.config))})
+        if self.config.audio.backend == "mqtt" and not self.config.mqtt.audio_in:
+            log.warning("audio.backend is mqtt but mqtt.audio_in is off: the agent hears nothing "
+                        "(--set mqtt.audio_in=true subscribes to audio/in)")
         tasks: dict[str, asyncio.Task] = {}
         if self.mqtt is not None:
             self.mqtt.set_state(state="starting", config={"device_id": self.config.device_id,
@@ -330,7 +337,13 @@ class Daemon:
             # brain.run() loads too and fails with the same error: read both, so asyncio does not log a
             # "Task exception was never retrieved" traceback after our one-line error.
             load.add_done_callback(lambda t: t.cancelled() or t.exception())
-            await asyncio.wait({load, tasks["brain"]}, return_when=asyncio.FIRST_COMPLETED)
+            # SIGTERM while the model loads stops now (was: only once the load was done, past systemd's
+            # TimeoutStopSec for a large model, so the daemon was killed without its offline state).
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({load, tasks["brain"], stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not load.done():
+                tasks["load"] = load
             for t in (load, tasks["brain"]):
                 if load_error is None and t.done() and not t.cancelled() and t.exception() is not None:
                     load_error = t.exception()
@@ -364,7 +377,12 @@ class Daemon:
         self._stop.set()
         self.brain.stop()  # finishes the frame it is on
         b = tasks.get("brain")
-        if b is not None:
+        load = tasks.get("load")
+        if load is not None and not load.done():  # stopped while the model loads: nothing to finish
+            load.cancel()
+            if b is not None:
+                b.cancel()
+        elif b is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(b), timeout=5.0)
             except (asyncio.TimeoutError, Exception):

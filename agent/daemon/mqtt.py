@@ -103,8 +103,8 @@ def validate_control(obj: Any, command_from_topic: str | None = None) -> dict:
         raise ControlError("invalid_field", "request_id must be a string (up to 128 characters) or an integer.")
     if command_from_topic is not None:
         if "command" in obj and obj["command"] != command_from_topic:
-            raise ControlError("invalid_field", f"command {obj['command']!r} disagrees with the topic "
-                               f"({command_from_topic!r}).", rid)
+            raise ControlError("invalid_field", f"command {json.dumps(obj['command'])[:64]} disagrees with the "
+                               f"topic ({command_from_topic[:64]!r}).", rid)
         obj = {**obj, "command": command_from_topic}
     if "command" not in obj:
         raise ControlError("missing_field", f"A control message needs a \"command\": one of {', '.join(COMMANDS)}.", rid)
@@ -155,6 +155,9 @@ def parse_audio(payload: bytes, default_rate: int, max_bytes: int = 1 << 20) -> 
             data, rate = sf.read(io.BytesIO(payload), dtype="float32", always_2d=True)
         except Exception as e:
             raise ControlError("invalid_audio", f"The WAV payload cannot be read ({e}).") from None
+        if not 4000 <= rate <= 384000:
+            # A header claiming 1 Hz asked the resampler for 16000 samples per sample (a 1 MiB chunk: 32 GB).
+            raise ControlError("invalid_audio", f"The WAV payload's rate is {rate} Hz; 4000 to 384000 Hz are taken.")
         # A float WAV may hold NaN/Inf: zeroed here, before they reach the echo canceller's PCM16 conversion.
         return np.nan_to_num(data.mean(axis=1), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32), int(rate)
     if len(payload) % 2:

@@ -39,10 +39,21 @@ def test_preset_loads_and_flags_override(tmp_path):
     ("brain.threads=0", "brain.threads"), ("brain.engine=turbo", "brain.engine"), ("log_level=LOUD", "log_level"),
     ("mqtt.audio_in_rate=0", "mqtt.audio_in_rate"), ("session.sampling.seed=1.5", "session.sampling.seed"),
     ("session.sampling.seed=99999999999999999999999", "session.sampling.seed"),
+    # Were accepted: 0 or less made the remote brain reconnect in a tight loop (8000 log lines in 2 s);
+    # an empty host a traceback on every MQTT reconnect; a "$" prefix topics the broker drops silently;
+    # an infinite backoff a device or broker never retried again.
+    ("brain.reconnect_initial_s=0", "brain.reconnect_initial_s"), ("brain.reconnect_initial_s=-1", "brain.reconnect"),
+    ("brain.reconnect_max_s=.nan", "brain.reconnect"), ("mqtt.host=''", "mqtt.host"),
+    ("mqtt.prefix=$SYS", "mqtt.prefix"), ("audio.retry_max_s=.inf", "audio.retry"),
+    ("mqtt.reconnect_max_s=.inf", "mqtt.reconnect"),
+    ("--no-mqtt --audio mqtt", "audio.backend mqtt .* needs mqtt.enabled"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(override, words):
+    overrides = [override]
+    if override.startswith("--"):  # flags
+        overrides = daemon_overrides(build_parser().parse_args(["daemon", *override.split()]))
     with pytest.raises(ValueError, match=words):
-        resolve_daemon_config(None, [override])
+        resolve_daemon_config(None, overrides)
 
 
 def test_cli_reports_a_bad_setting_in_one_line(run_cli):

@@ -449,3 +449,97 @@ def test_an_adapter_the_local_brain_does_not_have_is_refused_before_the_conversa
     assert not restarts and brain.adapter is None and plain.adapter is None
     plain.set_adapter(None)  # none is always fine
     assert restarts == [1]
+
+
+async def test_agent_audio_over_full_scale_on_audio_out_is_clipped_not_wrapped():
+    """At volume 1.0 the speaker samples are not clipped; 1.5 became int16 -16385 on audio/out (a click)."""
+    cfg = make_config(free_port(), audio_out=True)
+    cfg.audio.backend = "mqtt"
+    d = Daemon(cfg, brain=IdleBrain(), audio=None)
+    sent = []
+    d.mqtt.publish_stream = lambda name, obj: sent.append((name, obj))
+    d.playout.push(np.full(RATE, 1.5, np.float32))
+    task = asyncio.create_task(d._mqtt_speaker())
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    d.stop()
+    await asyncio.wait_for(task, 5)
+    assert sent and sent[0][0] == "audio/out"
+    pcm = np.frombuffer(sent[0][1], "<i2")
+    assert len(pcm) == RATE // 50 and pcm.min() == 32767
+
+
+def test_a_wav_on_audio_in_with_an_absurd_rate_is_refused():
+    """A header claiming 1 Hz was resampled to 16 kHz: 16000 samples out per sample in (a 1 MiB chunk, 32 GB)."""
+    from agent.daemon.mqtt import ControlError, parse_audio
+
+    for rate in (1, 2_000_000):
+        w = bytearray(_wav())
+        w[24:28] = struct.pack("<I", rate)
+        w[28:32] = struct.pack("<I", rate * 2)
+        with pytest.raises(ControlError) as e:
+            parse_audio(bytes(w), RATE)
+        assert e.value.code == "invalid_audio" and f"{rate} Hz" in e.value.message
+    assert parse_audio(_wav(8000), RATE)[1] == 8000
+
+
+def test_a_command_disagreeing_with_its_topic_is_named_in_a_short_message():
+    from agent.daemon.mqtt import ControlError, parse_json, validate_control
+
+    with pytest.raises(ControlError) as e:
+        validate_control(parse_json(b'{"command": "' + b"x" * 60000 + b'"}', 65536), command_from_topic="ping")
+    assert e.value.code == "invalid_field" and "disagrees with the topic" in e.value.message
+    assert len(e.value.message) < 200  # was the whole 60 kB command echoed back
+
+
+def test_a_stop_while_the_model_loads_ends_the_daemon_at_once(monkeypatch):
+    """SIGTERM during the model load was only acted on once the load was done (7.5 s for the embedded model;
+    a large one outlived systemd's TimeoutStopSec=15, which then killed the daemon without its offline
+    state); and asyncio.run then waited for the loading thread."""
+    import threading
+
+    import agent.models
+
+    release = threading.Event()
+    monkeypatch.setattr(agent.models, "resolve_model", lambda path: release.wait(30))  # a load that takes 30 s
+    cfg = make_config(free_port())
+    cfg.mqtt.enabled = False
+    d = Daemon(cfg, audio=None)  # the real LocalBrain
+
+    async def main() -> int:
+        task = asyncio.create_task(d.run())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        d.stop()
+        return await asyncio.wait_for(task, 5)
+
+    t0 = time.monotonic()
+    try:
+        assert asyncio.run(main()) == 0
+        assert time.monotonic() - t0 < 4  # not the 30 s of the load
+    finally:
+        release.set()
+
+
+async def test_a_command_that_fails_unexpectedly_is_still_acked_with_ok_false():
+    """docs/daemon.md: every command is acked. An unexpected failure got an internal_error but no ack, so a
+    client waiting for its request_id waited forever."""
+
+    class BrokenBrain(IdleBrain):
+        def cancel(self) -> None:
+            raise RuntimeError("boom")
+
+    d = Daemon(make_config(free_port()), brain=BrokenBrain(), audio=None)
+    loop_task = asyncio.create_task(d._control_loop())
+    try:
+        d.mqtt.control_queue.put_nowait({"command": "stop_speaking", "request_id": "s1"})
+        d.mqtt.control_queue.put_nowait({"command": "ping", "request_id": "p1"})
+        deadline = time.monotonic() + 5
+        while len(d.mqtt._reliable) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        out = [(m.topic.rsplit("/", 1)[-1], json.loads(m.payload)) for m in d.mqtt._reliable]
+    finally:
+        loop_task.cancel()
+    assert [(t, m.get("code") or m.get("ok"), m.get("request_id")) for t, m in out] == [
+        ("error", "internal_error", "s1"), ("ack", False, "s1"), ("ack", True, "p1")]

@@ -82,3 +82,37 @@ async def test_remote_brain_streams_and_survives_a_server_restart(mosquitto, wat
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             srv.stop()
+
+
+async def test_a_malformed_server_event_is_skipped_and_the_connection_goes_on():
+    """Bad base64, an odd PCM16 byte count or a non-object field in one server event ended the connection
+    (the reader raised), so the daemon reconnected and the conversation started over."""
+    import base64
+    import json
+
+    from agent.config import SessionConfig
+    from agent.daemon.brain import RemoteBrain
+
+    brain = RemoteBrain(BrainConfig(mode="remote"), SessionConfig())
+    outs, errors = [], []
+    brain.on_output = outs.append
+    brain.on_error = lambda code, message: errors.append((code, message))
+    good = base64.b64encode(np.array([1000, -1000], "<i2").tobytes()).decode()
+    events = [{"type": "response.output_audio.delta", "delta": "!!notbase64"},
+              {"type": "response.output_audio.delta", "delta": base64.b64encode(b"\x01\x02\x03").decode()},
+              {"type": "x_duplex.latency", "marks": [1, 2]},
+              {"type": "error", "error": "boom"},
+              {"type": "response.output_audio.delta", "delta": good}]
+
+    class FakeSocket:
+        async def _gen(self):
+            for e in events:
+                yield json.dumps(e)
+
+        def __aiter__(self):
+            return self._gen()
+
+    await brain._read(FakeSocket())  # returns normally: the connection was not given up
+    assert len(outs) == 1 and np.allclose(outs[0].audio, [1000 / 32768, -1000 / 32768])
+    assert errors == [("brain_error", "boom")]
+    assert brain.bad_events == 3
