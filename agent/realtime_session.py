@@ -143,6 +143,9 @@ class RealtimeConnection:
         self.user_quiet = 0
         self.last_speech_frame = 0
         self._turns_seen = 0
+        self.user_item_committed = False  # the open user item was already committed (by a client's commit)
+        self.appended_since_commit = False  # audio reached the input buffer since the last commit (or clear)
+        self.client_cut = False  # a response.cancel asked for a cut: the frame that makes it is no barge-in
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -159,8 +162,8 @@ class RealtimeConnection:
                 return
             self._emit(server_event(ev.SESSION_CREATED, session=self.session_view()))
             if self._model_warning:
-                self._emit(error_event("model_not_found", f"No model named {self._model_warning!r} here; using "
-                                       f"{self.settings.model!r} (models: {', '.join(self.registry.names)}).",
+                self._emit(error_event("model_not_found", f"No model named {ev.short_repr(self._model_warning)} "
+                                       f"here; using {self.settings.model!r} (models: {', '.join(self.registry.names)}).",
                                        param="model"))
             tasks += [asyncio.create_task(self._read_loop()), asyncio.create_task(self._watchdog())]
             await self._stop.wait()
@@ -313,17 +316,30 @@ class RealtimeConnection:
         x = pcm16_bytes_to_float32(data)
         if self.decimator is not None:
             x = self.decimator.process(x)
+        self.appended_since_commit = True
         if await self.session.push_audio(x):
             self.last_arrival = time.monotonic()
             self.frame_arrived.set()
 
     async def _on_commit(self, event: dict) -> None:
-        item = self.user_item or ev.new_id("item")
+        # As the OpenAI API: an empty buffer is an error, not a phantom item; a user item is committed once.
+        speaking = self.user_speaking and not self.user_item_committed
+        if not self.appended_since_commit and not speaking:
+            raise EventError("input_audio_buffer_commit_empty", "The input audio buffer is empty: no audio was "
+                             "appended since the last commit.")
+        item = self.user_item if speaking else ev.new_id("item")
+        self.user_item_committed = speaking
+        self.appended_since_commit = False
         self._emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=item, previous_item_id=self.prev_user_item))
+        self.prev_user_item = item
 
     async def _on_clear(self, event: dict) -> None:
         if self.session is not None:
             self.session.user_frames.clear()
+            self.session.listener.drop_pending()  # the partial frame too: nothing appended before a clear is heard
+        if self.decimator is not None:
+            self.decimator.reset()
+        self.appended_since_commit = False
         self._emit(server_event(ev.INPUT_AUDIO_BUFFER_CLEARED))
 
     async def _on_truncate(self, event: dict) -> None:
@@ -359,6 +375,7 @@ class RealtimeConnection:
         self._finish_response("cancelled", "client_cancelled")
         self.muted, self.mute_quiet = True, 0
         if self.session is not None:
+            self.client_cut = True
             self.session.hold_agent(1.0)  # the model's own slots go silent too: it knows it was stopped
 
     # ---- session.update ----------------------------------------------------------------------
@@ -463,13 +480,18 @@ class RealtimeConnection:
             raise
         except Exception as e:
             log.exception("frame loop of %s failed", self.id)
+            self._finish_response("failed")  # a client waiting on response.done is not left hanging
             self._emit(error_event("server_error", f"The model failed: {type(e).__name__}: {e}",
                                    error_type="server_error"))
             self.request_close(1011, "model failed")
 
     def _on_frame(self, out: FrameOutput) -> None:
         if out.cut:
-            self._barge_in(out)
+            if self.client_cut and self.response is None:  # the cut the client's cancel asked for: no barge-in
+                self.out_resampler.reset()
+            else:
+                self._barge_in(out)
+            self.client_cut = False
         self._track_user(out)
         if out.heard_delta:
             self._heard(out.heard_delta)
@@ -523,6 +545,7 @@ class RealtimeConnection:
             if not self.user_speaking:
                 self._complete_heard()
                 self.user_speaking, self.user_item = True, ev.new_id("item")
+                self.user_item_committed = False
                 self.muted = False  # a new user turn lifts a client's response.cancel
                 emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STARTED,
                                   audio_start_ms=int(out.index * self.frame_ms), item_id=self.user_item))
@@ -534,9 +557,13 @@ class RealtimeConnection:
                 emit(server_event(ev.INPUT_AUDIO_BUFFER_SPEECH_STOPPED,
                                   audio_end_ms=int((self.last_speech_frame + 1) * self.frame_ms),
                                   item_id=self.user_item))
-                emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
-                                  previous_item_id=self.prev_user_item))
-                self.prev_user_item = self.user_item
+                if not self.user_item_committed:  # a client's commit already committed it
+                    emit(server_event(ev.INPUT_AUDIO_BUFFER_COMMITTED, item_id=self.user_item,
+                                      previous_item_id=self.prev_user_item))
+                    self.prev_user_item = self.user_item
+                    if self.settings.turn_type is not None:  # the server VAD committed the buffer
+                        self.appended_since_commit = False
+                self.user_item_committed = True
 
     def _heard(self, delta: str) -> None:
         if self.user_item is None:  # heard before the VAD found speech: no user item to attach it to

@@ -76,7 +76,7 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
         raise EventError("invalid_field", "session.x_duplex must be an object.", param="session.x_duplex")
     unknown = sorted(set(x) - set(X_FIELDS))
     if unknown:
-        raise EventError("invalid_field", f"Unknown session.x_duplex field(s) {', '.join(unknown)}; known: "
+        raise EventError("invalid_field", f"Unknown session.x_duplex field(s) {_some(unknown)}; known: "
                          f"{', '.join(X_FIELDS)}.", param=f"session.x_duplex.{unknown[0]}")
     model = x.get("model", current.model)
     if not isinstance(model, str) or model not in models:
@@ -117,7 +117,7 @@ def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
     known = [f.name for f in dataclasses.fields(SamplingConfig)]
     unknown = sorted(set(value) - set(known))
     if unknown:
-        raise EventError("invalid_field", f"Unknown session.x_duplex.sampling field(s) {', '.join(unknown)}; known: "
+        raise EventError("invalid_field", f"Unknown session.x_duplex.sampling field(s) {_some(unknown)}; known: "
                          f"{', '.join(known)}.", param=f"session.x_duplex.sampling.{unknown[0]}")
     try:
         sampling = SamplingConfig(**{**dataclasses.asdict(current), **value})  # checks every value
@@ -193,3 +193,10 @@ def session_view(settings: SessionSettings, session_id: str, models: list[str], 
             "codec_rate": spec.sample_rate if spec else None, "started": started,
         },
     }
+
+
+def _some(names: list[str], at_most: int = 5) -> str:
+    """The first few of a client's unknown field names, each cut short: an error names them, it does not copy
+    thousands of them back."""
+    shown = ", ".join(ev.short_repr(n, 40) for n in names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")

@@ -143,6 +143,14 @@ class Listener:
         self._resampler = StreamingResampler(rate, self.spec.sample_rate, self.resample_quality)
         self._input_rate = rate
 
+    def drop_pending(self) -> None:
+        """Forget audio received but not yet framed (the resampler's held-back samples and the partial frame):
+        a client's ``input_audio_buffer.clear``. The clock, the VAD and the encoder go on as they were."""
+        self._resampler.reset()
+        self._framer.reset()
+        self._carry = np.zeros(0, dtype=np.float32)
+        self._seconds_in = self.frames_emitted * self.frame_seconds
+
     def reset(self) -> None:
         """Start a new stream: clear all state, the clock (index 0) and the counters."""
         self._resampler.reset()

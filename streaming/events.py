@@ -68,7 +68,7 @@ __all__ = [
     "X_LATENCY", "X_FRAME", "X_BARGE_IN",
     # sets
     "CLIENT_EVENTS", "SERVER_EVENTS", "PROJECT_EVENTS",
-    "RESPONSE_STATUSES", "CANCEL_REASONS", "MIN_RATE", "MAX_RATE", "DEFAULT_RATE",
+    "RESPONSE_STATUSES", "CANCEL_REASONS", "MIN_RATE", "MAX_RATE", "DEFAULT_RATE", "MAX_EVENT_ID_CHARS",
     # api
     "EventError", "SessionAudio", "new_id", "new_event_id", "server_event", "error_event",
     "response_done", "output_audio_delta", "output_audio_transcript_delta",
@@ -130,6 +130,10 @@ RESPONSE_STATUSES = frozenset({"completed", "cancelled", "failed", "incomplete"}
 # Why a response was cancelled: the user spoke over it, or the client sent response.cancel.
 CANCEL_REASONS = frozenset({"turn_detected", "client_cancelled"})
 
+# A client's event_id comes back in the error it causes: a long one would let a client that does not read make
+# the server hold (and send) megabytes per error. Realtime SDKs use ids of about 30 characters.
+MAX_EVENT_ID_CHARS = 512
+
 MIN_RATE = 8000
 MAX_RATE = 48000
 DEFAULT_RATE = 24000  # the Realtime API's PCM rate
@@ -189,12 +193,24 @@ def server_event(type: str, **fields: Any) -> dict[str, Any]:
     return {"type": type, "event_id": new_event_id(), **fields}
 
 
+# An error's message and param may name what a client sent (an unknown field, a model name): bounded, so a client
+# cannot make the server copy megabytes back into every error it earns.
+MAX_ERROR_MESSAGE_CHARS = 500
+MAX_ERROR_PARAM_CHARS = 200
+
+
 def error_event(code: str, message: str, event_id: str | None = None, param: str | None = None,
                 error_type: str = "invalid_request_error") -> dict[str, Any]:
-    """An ``error`` event; ``event_id`` names the client event that caused it."""
+    """An ``error`` event; ``event_id`` names the client event that caused it. ``message`` and ``param``
+    are cut to :data:`MAX_ERROR_MESSAGE_CHARS` / :data:`MAX_ERROR_PARAM_CHARS` characters."""
     return server_event(ERROR, error={
-        "type": error_type, "code": code, "message": message, "param": param, "event_id": event_id,
+        "type": error_type, "code": code, "message": _clip(message, MAX_ERROR_MESSAGE_CHARS),
+        "param": None if param is None else _clip(param, MAX_ERROR_PARAM_CHARS), "event_id": event_id,
     })
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def response_done(response_id: str, status: str, reason: str | None = None,
@@ -308,13 +324,13 @@ def parse_audio_format(fmt: Any, param: str = "format") -> int:
     kind = fmt.get("type")
     if kind != "audio/pcm":
         raise EventError("unsupported_audio_format",
-                         f'only "audio/pcm" (PCM16 mono) is supported, got {kind!r}.', param=f"{param}.type")
+                         f'only "audio/pcm" (PCM16 mono) is supported, got {short_repr(kind)}.', param=f"{param}.type")
     rate = fmt.get("rate", DEFAULT_RATE)
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
     if not _is_int(rate) or not MIN_RATE <= rate <= MAX_RATE:
         raise EventError("unsupported_audio_format",
-                         f"rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, got {rate!r}.",
+                         f"rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, got {short_repr(rate)}.",
                          param=f"{param}.rate")
     return rate
 
@@ -372,6 +388,9 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     event_id = event.get("event_id")
     if event_id is not None and not isinstance(event_id, str):
         raise EventError("invalid_field", "event_id must be a string.", param="event_id")
+    if event_id is not None and len(event_id) > MAX_EVENT_ID_CHARS:
+        raise EventError("invalid_field", f"event_id is {len(event_id)} characters; at most {MAX_EVENT_ID_CHARS}.",
+                         param="event_id")
     etype = event.get("type")
     if not isinstance(etype, str):
         raise EventError("invalid_event", 'an event needs a string "type".', event_id, param="type")
@@ -427,6 +446,9 @@ def _check_session_update(event: dict) -> None:
     for key in ("instructions", "type", "voice"):
         if key in session and not isinstance(session[key], str):
             raise EventError("invalid_field", f"session.{key} must be a string.", param=f"session.{key}")
+    if session.get("type", "realtime") != "realtime":  # a transcription session would be answered, not transcribed
+        raise EventError("invalid_field", f"session.type {short_repr(session['type'])} is not supported; this server "
+                         f'only runs "realtime" (speech-to-speech) sessions.', param="session.type")
     mods = session.get("output_modalities")
     if mods is not None and not (isinstance(mods, list) and all(isinstance(m, str) for m in mods)):
         raise EventError("invalid_field", "session.output_modalities must be a list of strings.",

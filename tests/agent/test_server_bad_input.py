@@ -194,6 +194,15 @@ CASES = {
                                         "invalid_field", None),
     "one_append_longer_than_the_rate_limit_accepts": (_long_append, "audio_too_large", None),
     "a_huge_unknown_event_type": (lambda c: c.send("y" * 60_000), "unknown_event", None),
+    # The error names what was wrong without copying it back: no 40 KB list of unknown fields, no echoed 40 KB id.
+    "thousands_of_unknown_session_fields": (lambda c: c.send("session.update", session={"x_duplex": {
+        f"field_{i:05d}": 1 for i in range(3000)}}), "invalid_field", None),
+    "event_id_longer_than_any_sdk_sends": (lambda c: c.send("response.cancel", event_id="e" * 40_000),
+                                           "invalid_field", None),
+    "a_transcription_session": (lambda c: c.send("session.update", session={"type": "transcription"}),
+                                "invalid_field", None),
+    "commit_on_an_empty_buffer": (lambda c: c.send("input_audio_buffer.commit"), "input_audio_buffer_commit_empty",
+                                  None),
 }
 FLOODS = ("flood_1000_events_per_second", "error_storm_of_unknown_events", "audio_far_ahead_of_real_time",
           "flood_then_list_as_type")

@@ -3,6 +3,7 @@ the output rate mid-response, a model switch the backend refuses, a seed set bef
 and the model list sits behind the server's token."""
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import numpy as np
@@ -229,3 +230,145 @@ async def test_a_text_only_response_is_refused_and_an_audio_one_starts(server):
         assert (await c.until("response.created"))["response"]["status"] == "in_progress"
     finally:
         await c.close()
+
+
+def _quiet_b64(ms: int = 40) -> str:
+    return base64.b64encode(bytes(2 * 24 * ms)).decode()  # PCM16 silence at 24 kHz
+
+
+async def test_commit_on_an_empty_buffer_is_an_error_and_each_commit_is_a_new_item(server):
+    """As the OpenAI API: committing nothing is ``input_audio_buffer_commit_empty``, not a phantom item."""
+    c = await Client.connect(_url(server))
+    try:
+        await c.until("session.created")
+        await c.send("input_audio_buffer.commit", event_id="c0")
+        err = (await c.error())["error"]
+        assert err["code"] == "input_audio_buffer_commit_empty" and err["event_id"] == "c0" and err["message"]
+        await c.send("input_audio_buffer.append", audio=_quiet_b64())
+        await c.send("input_audio_buffer.commit")
+        first = await c.until("input_audio_buffer.committed")
+        assert first["previous_item_id"] is None and first["item_id"].startswith("item_")
+        await c.send("input_audio_buffer.commit")  # nothing appended since
+        assert (await c.error())["error"]["code"] == "input_audio_buffer_commit_empty"
+        await c.send("input_audio_buffer.append", audio=_quiet_b64())
+        await c.send("input_audio_buffer.clear")
+        await c.until("input_audio_buffer.cleared")
+        await c.send("input_audio_buffer.commit")  # what was appended was cleared
+        assert (await c.error())["error"]["code"] == "input_audio_buffer_commit_empty"
+        await c.send("input_audio_buffer.append", audio=_quiet_b64())
+        await c.send("input_audio_buffer.commit")
+        second = await c.until("input_audio_buffer.committed")
+        assert second["previous_item_id"] == first["item_id"] != second["item_id"]
+    finally:
+        await c.close()
+
+
+async def test_clear_drops_the_partial_frame_too_so_nothing_appended_before_it_is_heard(server):
+    c = await Client.connect(_url(server))
+    try:
+        created = await c.until("session.created")
+        tone = (0.5 * np.sin(2 * np.pi * 300 * np.arange(2400) / 24000) * 32767).astype("<i2")  # 100 ms
+        await c.send("input_audio_buffer.append", audio=base64.b64encode(tone.tobytes()).decode())
+        conn = _conn(server, created)
+        for _ in range(500):  # until the append has reached the session's listener
+            if conn.session is not None and conn.session.listener.samples_in:
+                break
+            await asyncio.sleep(0.01)
+        listener = conn.session.listener
+        assert listener.buffered_seconds > 0  # 100 ms is not a whole number of 80 ms frames: some is held
+        await c.send("input_audio_buffer.clear")
+        await c.until("input_audio_buffer.cleared")
+        assert listener.buffered_seconds == pytest.approx(0.0)
+    finally:
+        await c.close()
+
+
+async def test_a_commit_while_the_user_speaks_commits_that_item_once(server, speech):
+    """The server VAD's own commit at the end of the utterance does not commit the same item a second time, and
+    the committed items chain through ``previous_item_id``."""
+    import asyncio
+
+    import websockets
+
+    c = await Client.connect(_url(server))
+    try:
+        await c.until("session.created")
+        committed_by_client = []
+
+        async def reader():
+            try:
+                while True:
+                    e = await c.recv(30)
+                    if e["type"] == "input_audio_buffer.speech_started" and not committed_by_client:
+                        committed_by_client.append(e["item_id"])
+                        await c.send("input_audio_buffer.commit")
+            except (asyncio.TimeoutError, websockets.ConnectionClosed):
+                pass
+
+        task = asyncio.create_task(reader())
+        await c.stream(speech, 24000)
+        await asyncio.sleep(1.0)
+        task.cancel()
+        assert committed_by_client, "the VAD never heard the speech"
+        commits = c.of("input_audio_buffer.committed")
+        ids = [e["item_id"] for e in commits]
+        assert ids.count(committed_by_client[0]) == 1, ids
+        assert len(set(ids)) == len(ids)
+        assert [e["previous_item_id"] for e in commits] == [None] + ids[:-1]
+        assert c.of("input_audio_buffer.speech_stopped"), "the utterance still ends with speech_stopped"
+    finally:
+        await c.close()
+
+
+async def test_a_response_cancel_is_not_reported_as_a_barge_in(server):
+    """The cut a client's cancel asks for is no ``x_duplex.barge_in`` (the user did not talk over the agent)."""
+    c = await Client.connect(_url(server, "&model=talker"))
+    try:
+        await c.until("session.created")
+        await c.send("response.create")  # the talker speaks at once
+        await c.until("response.created")
+        await c.until("response.output_audio.delta")
+        await c.send("response.cancel")
+        assert (await c.until("response.done"))["response"]["status_details"]["reason"] == "client_cancelled"
+        await c.drain(0.8)
+        assert [f for f in c.of("x_duplex.frame") if f["cut"]], "the cancel did cut the agent"
+        assert not c.of("x_duplex.barge_in"), c.of("x_duplex.barge_in")
+    finally:
+        await c.close()
+
+
+class FailingBackend(ScriptedBackend):
+    """Sessions that talk, then fail at their sixth frame (a backend that loses its engine mid-response)."""
+
+    def open_session(self, sampling=None, system_prompt="", adapter=None):
+        s = super().open_session(sampling, system_prompt, adapter)
+        step = s.step
+
+        async def failing_step(*args, **kwargs):
+            if s.frame >= 5:
+                raise RuntimeError("engine lost")
+            return await step(*args, **kwargs)
+
+        s.step = failing_step
+        return s
+
+
+async def test_a_model_failure_mid_response_ends_the_response_as_failed_before_closing(nano_model):
+    import websockets
+
+    registry = make_registry(nano_model)
+    failing = FailingBackend()
+    registry.add_backend("failing", failing, failing.codec)
+    cfg = ServerConfig(port=0)
+    with BackgroundServer(create_app(RealtimeServer(registry, cfg)), cfg) as srv:
+        c = await Client.connect(srv.ws_url + "?model=failing")
+        await c.until("session.created")
+        await c.send("response.create")
+        rid = (await c.until("response.created"))["response"]["id"]
+        done = await c.until("response.done")
+        assert done["response"]["id"] == rid and done["response"]["status"] == "failed"
+        assert (await c.until("error"))["error"]["code"] == "server_error"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await c.recv(10)
+        assert closed.value.rcvd.code == 1011

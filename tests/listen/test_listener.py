@@ -131,6 +131,18 @@ def test_listener_continues_the_clock_after_flush(fake_codec):
     assert listener.buffered_seconds == pytest.approx(0.0)
 
 
+def test_drop_pending_forgets_the_partial_frame_and_keeps_the_clock(fake_codec):
+    listener = Listener(fake_codec, 16000)
+    first = listener.push(_tone(16000, 0.3, 1, np.float32))
+    assert first and listener.buffered_seconds > 0.01  # the resampler's delay and a partial frame are held
+    listener.drop_pending()  # a client's input_audio_buffer.clear
+    assert listener.buffered_seconds == pytest.approx(0.0)
+    after = listener.push(np.zeros(16000 * 3 // 10, np.float32)) + listener.flush()
+    assert [f.index for f in after] == list(range(len(first), len(first) + len(after)))
+    assert len(after) == 8  # 0.3 s of 40 ms frames, the last one padded: only what came after the clear
+    assert all(float(np.abs(f.audio.samples).max()) < 1e-3 for f in after)  # none of the held tone
+
+
 def test_listener_accepts_pcm16_bytes(fake_codec):
     frames = Listener(fake_codec, 8000).push(np.full(640, 1000, "<i2").tobytes())
     assert len(frames) == 2

@@ -270,3 +270,37 @@ def test_oversize_audio_rejected_without_decoding():
     with pytest.raises(EventError) as info:
         decode_audio_b64("A" * 10_000, 100)  # not even valid base64: the length check comes first
     assert info.value.code == "audio_too_large"
+
+
+def test_a_transcription_session_type_is_refused_not_silently_run_as_realtime():
+    with pytest.raises(EventError) as info:
+        parse_client_event(raw({"type": "session.update", "event_id": "s1", "session": {"type": "transcription"}}), MAX)
+    err = info.value.to_event()["error"]
+    assert err["code"] == "invalid_field" and err["param"] == "session.type" and err["event_id"] == "s1"
+    assert "transcription" in err["message"]
+    parse_client_event(raw({"type": "session.update", "session": {"type": "realtime"}}), MAX)  # the GA value
+    parse_client_event(raw({"type": "session.update", "session": {}}), MAX)  # beta clients send no type
+
+
+def test_an_overlong_event_id_is_refused_and_not_echoed_back():
+    long_id = "e" * (ev.MAX_EVENT_ID_CHARS + 1)
+    with pytest.raises(EventError) as info:
+        parse_client_event(raw({"type": "response.cancel", "event_id": long_id}), MAX)
+    err = info.value.to_event()["error"]
+    assert err["code"] == "invalid_field" and err["param"] == "event_id"
+    assert err["event_id"] is None and len(json.dumps(err)) < 500
+    ok = "e" * ev.MAX_EVENT_ID_CHARS
+    assert parse_client_event(raw({"type": "response.cancel", "event_id": ok}), MAX)["event_id"] == ok
+
+
+def test_error_messages_and_params_stay_bounded_whatever_the_client_sent():
+    e = ev.error_event("invalid_field", "Unknown field(s) " + ", ".join(f"k{i}" for i in range(50_000)) + ".",
+                       param="session.x_duplex." + "k" * 100_000)
+    assert len(e["error"]["message"]) <= ev.MAX_ERROR_MESSAGE_CHARS and e["error"]["message"].endswith("...")
+    assert len(e["error"]["param"]) <= ev.MAX_ERROR_PARAM_CHARS
+    assert ev.error_event("x", "short.", param=None)["error"] == {
+        "type": "invalid_request_error", "code": "x", "message": "short.", "param": None, "event_id": None}
+    for fmt in ({"type": "y" * 100_000}, {"type": "audio/pcm", "rate": "9" * 100_000}):
+        with pytest.raises(EventError) as info:
+            ev.parse_audio_format(fmt)
+        assert len(info.value.message) < 300, fmt.keys()
