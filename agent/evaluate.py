@@ -70,6 +70,9 @@ class EvalConfig:
         reference: score each dialogue's own agent channel (the script) instead of a model: what a model that
             does exactly what the data does gets, so a measure's best value on this data is known.
         asr: also score intelligibility through the offline recogniser.
+        cut_explained_s: a barge-in cut counts as set off by the user if the user was speaking at it or within
+            this long before it (the canceller can hide an onset for a while, and the cut needs 240 ms of speech);
+            other cuts (``barge_in_cuts_without_user_speech``) were set off by echo or noise.
         mic_path: how the user channel reaches the codec rate. Empty: the session resamples the WAV itself
             (what ``duplex chat`` does). A name from ``agent/training/mic_paths.py`` first takes it the way
             that live input does, e.g. ``browser-apm`` to score the model as the page's users hear it.
@@ -83,6 +86,7 @@ class EvalConfig:
     take_over_window_s: float = 2.0
     active_rms: float = 0.02
     stop_quiet_frames: int = 5
+    cut_explained_s: float = 1.0
     reference: bool = False
     asr: bool = False
     mic_path: str = ""
@@ -98,6 +102,7 @@ class DialogueScore:
     interruptions: list[dict] = field(default_factory=list)
     answers: list[dict] = field(default_factory=list)
     agent_backchannels: list[dict] = field(default_factory=list)
+    cuts: list[dict] = field(default_factory=list)
 
 
 def _norm_words(text: str) -> list[str]:
@@ -257,6 +262,14 @@ def score_dialogue(record: dict, outs: list, frame_s: float, cfg: EvalConfig, pa
                                         "stop_ms": None if stop is None else round(max(0.0, stop * frame_s - t) * 1000, 1),
                                         "answered_after": resumed is not None})
     turns = record.get("turns", [])
+    # Every barge-in cut, and whether the user was speaking then: a cut with no user speech in the second
+    # before it was set off by the agent's own echo or by noise, and cut the agent's answer for nothing.
+    user_speech = [(float(u["start"]), float(u["end"])) for u in turns if u["speaker"] == "user"]
+    for i, o in enumerate(outs):
+        if getattr(o, "cut", False):
+            t = i * frame_s
+            score.cuts.append({"time": round(t, 3),
+                               "user_speaking": any(a <= t and b >= t - cfg.cut_explained_s for a, b in user_speech)})
     for a, b, qa in answer_windows(record, frame_s, n):
         said = "".join(o.text_delta for o in outs[a:b])
         score.answers.append({"question": qa["question"], "expected": qa["answer"], "said": said.strip(),
@@ -348,6 +361,8 @@ def summarize(scores: list[DialogueScore]) -> dict:
                                                               [x["stop_ms"] for x in talking]])), 4) if talking else None,
         "interruption_stop_ms_median": _median(stops),
         "interruption_answered_rate": rate(inter, "answered_after"),
+        "barge_in_cuts": sum(len(s.cuts) for s in scores),
+        "barge_in_cuts_without_user_speech": sum(not c["user_speaking"] for s in scores for c in s.cuts),
         "answer_accuracy": rate(answers, "contains"),
         "answer_f1_mean": round(float(np.mean([a["f1"] for a in answers])), 4) if answers else None,
         "questions": len(answers),

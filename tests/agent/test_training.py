@@ -330,6 +330,23 @@ def test_answer_windows_end_at_the_next_request_and_skip_interrupted_answers():
     assert [(a, b) for a, b, _ in answer_windows(record, 0.08, 20)] == [(10, 20)]  # clamped to the frames run
 
 
+def test_a_cut_with_no_user_speech_in_the_second_before_it_is_counted_as_set_off_by_echo():
+    from agent.evaluate import summarize
+
+    record, outs = _answered_sky()
+    # cuts at 1.44 s (the backchannel 1.2-1.5 s is under way), at 2.24 s (0.74 s after it ended: the
+    # canceller may have hidden it that long), at 3.92 s (0.92 s after the last request ended), and at
+    # 4.96 s, with nobody speaking for almost 2 s: the agent's echo or noise set that one off
+    outs.extend(type(outs[0])(mark=type(outs[0].mark)(agent_rms=0.0), text_id=150, text_delta="", heard_delta="")
+                for _ in range(30))
+    for f in (18, 28, 49, 62):
+        outs[f].cut = True
+    score = _score(record, outs)
+    assert [c["user_speaking"] for c in score.cuts] == [True, True, True, False]
+    summary = summarize([score])
+    assert summary["barge_in_cuts"] == 4 and summary["barge_in_cuts_without_user_speech"] == 1
+
+
 def _talking(quiet_from: int, quiet_to: int):
     """The agent talks over frames 10-39 except ``quiet_from``-``quiet_to``; a user backchannel at frames 15-19."""
     from types import SimpleNamespace
