@@ -108,6 +108,11 @@ class ChatConfig:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
             raise ValueError(f"--out {out}: the directory {out.parent} is not writable; pass another path.")
+        for suffix in SIDE_SUFFIXES:  # a directory named like a side file failed only after the whole run
+            side = _side_path(out, suffix)
+            if side.is_dir():
+                raise ValueError(f"--out {out}: {side} is a directory, but the run writes its {suffix} file there; "
+                                 f"pass another name or move it.")
         existed = out.exists()
         try:  # the file itself may refuse (read-only, immutable, /proc), even to root
             open(out, "ab").close()
@@ -115,6 +120,9 @@ class ChatConfig:
             raise ValueError(f"--out {out} cannot be written ({e.strerror or e}); pass another path.") from None
         if not existed:
             out.unlink()
+
+
+SIDE_SUFFIXES = (".txt", ".transcript.json", ".latency.json", ".config.json")  # written beside the WAV
 
 
 def _side_path(output: Path, suffix: str) -> Path:

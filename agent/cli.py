@@ -40,13 +40,14 @@ def _session_config(args: argparse.Namespace):
     from agent.config import SessionConfig, apply_overrides, check_types, from_dict, load_yaml
 
     overrides = list(args.overrides)
-    if args.system_prompt is not None:
+    # The shortcut flags are optional: `duplex eval` has only --config and --set.
+    if getattr(args, "system_prompt", None) is not None:
         overrides.append(f"system_prompt={json.dumps(args.system_prompt)}")
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         overrides.append(f"sampling.seed={args.seed}")
-    if args.echo_guard:
+    if getattr(args, "echo_guard", False):
         overrides.append("policy.echo_guard=true")
-    if args.no_barge_in:
+    if getattr(args, "no_barge_in", False):
         overrides.append("policy.barge_in=false")
     overrides = [_typed_override(item) for item in overrides]
     data = apply_overrides(load_yaml(args.config, kind="session") if args.config else {}, overrides)
@@ -332,7 +333,11 @@ def _add_data_synth(data_group: argparse._SubParsersAction) -> None:
 def cmd_bench_detector(args: argparse.Namespace) -> int:
     from agent.bench_detector import bench_detector
 
-    counts = [int(v) for v in str(args.sessions).split(",") if v.strip()]
+    try:
+        counts = [int(v) for v in str(args.sessions).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sessions must be session counts separated by commas, e.g. 1,8,32, got "
+                         f"{args.sessions!r}.") from None
     print(json.dumps(bench_detector(sessions=counts, frames=args.frames, detector=args.detector,
                                     threads=args.threads), indent=2))
     return 0
@@ -341,7 +346,12 @@ def cmd_bench_detector(args: argparse.Namespace) -> int:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from agent.bench_serve import bench_serve
 
-    engine_args = json.loads(args.engine_args) if args.engine_args else None
+    if not 0 <= args.max_late <= 1:
+        raise ValueError(f"--max-late is a share of the frames, from 0 to 1, got {args.max_late}.")
+    try:
+        engine_args = json.loads(args.engine_args) if args.engine_args else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--engine-args is not valid JSON ({e}); e.g. '{{\"enforce_eager\": true}}'.") from None
     if engine_args is not None and not isinstance(engine_args, dict):
         raise ValueError("--engine-args must be a JSON object, e.g. '{\"enforce_eager\": true}'.")
     result = bench_serve(backend=args.backend, sessions=args.sessions, model=args.model, preset=args.preset,

@@ -202,7 +202,29 @@ def load_yaml(path_or_preset: str | Path, kind: str | None = None) -> dict:
         raise ValueError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of settings.")
+    _check_plain(data, path, "", set())
     return data
+
+
+def _check_plain(node: Any, path: Path, where: str, seen: set[int]) -> None:
+    """Refuse what YAML reads into something other than text, numbers, booleans, lists and mappings (an unquoted
+    date such as ``system_prompt: 2024-01-01``, ``!!binary``, ``!!set``, a self-referencing anchor), naming the
+    key: such values would otherwise fail far from the file with a bare Python error."""
+    if isinstance(node, (dict, list)):
+        if id(node) in seen:
+            raise ValueError(f"{where} in {path} refers to itself (a YAML anchor used inside itself).")
+        seen = seen | {id(node)}
+        for key, value in (node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(node, dict):
+                if not isinstance(key, (str, int)) or isinstance(key, bool):  # 1: ... is refused by name later
+                    raise ValueError(f"{key!r} in {path} is not a setting name (names are text).")
+                child = f"{where}.{key}" if where else str(key)
+            else:
+                child = f"{where}[{key}]"
+            _check_plain(value, path, child, seen)
+    elif node is not None and not isinstance(node, (str, int, float, bool)):
+        raise ValueError(f"{where or 'a value'} in {path} is a {type(node).__name__} ({node}), not text or a "
+                         f"number; quote it to make it text.")
 
 
 def resolve_session_config(config: str | Path | None = None, overrides: list[str] | None = None) -> SessionConfig:

@@ -464,7 +464,7 @@ def run_eval(cfg: EvalConfig, model: str | None, out: str | Path, session_cfg: S
         from agent.codec_eval import Recognizer
 
         summary.update(intelligibility(Recognizer(), scores, runs))
-    result = {"summary": summary, "config": asdict(cfg), "model": source,
+    result = {"summary": summary, "config": asdict(cfg), "session": asdict(session_cfg), "model": source,
               "complete": not stopped, "dialogues": [asdict(s) for s in scores]}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(scores, out / "eval.png")

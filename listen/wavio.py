@@ -24,6 +24,8 @@ class WavInfo(NamedTuple):
 
 
 def _check_path(path: str | os.PathLike) -> Path:
+    if not str(path).strip():  # Path("") is ".", the current folder: name what was given instead
+        raise AudioInputError("No audio file was given (the path is empty).")
     p = Path(path)
     if not p.exists():
         raise AudioInputError(f"Audio file not found: {p}.")

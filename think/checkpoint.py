@@ -84,6 +84,9 @@ def init_from_config(out_dir: str | Path, layout: DuplexLayout, config: ModelCon
                          f"{tokenizer.get_vocab_size()} ids.")
     if config.hidden % config.heads or config.heads % config.kv_heads:
         raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads.")
+    if (config.hidden // config.heads) % 2:  # rotary embeddings rotate pairs of dimensions
+        raise ValueError(f"hidden / heads (the head size) must be even for rotary embeddings, got "
+                         f"{config.hidden} / {config.heads} = {config.hidden // config.heads}.")
     torch.manual_seed(seed)
     hf_config = LlamaConfig(
         vocab_size=padded_vocab(layout), hidden_size=config.hidden, intermediate_size=config.intermediate,
@@ -238,8 +241,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "float32
     hf_logging.disable_progress_bar()  # a loading bar per session is noise on a CLI and in server logs
     try:
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True, dtype=getattr(torch, dtype))
-    except (OSError, ValueError):
-        raise  # transformers' own messages for missing/unreadable files are already clear
+    except (OSError, ValueError) as e:
+        text = str(e).strip()
+        if "\n" not in text:
+            raise  # transformers' own messages for missing/unreadable files are already clear
+        # Some are pages (an unknown model_type: its paragraphs on upgrading transformers): keep the first.
+        raise ValueError(f"Cannot load {p}: {' '.join(text.split(chr(10) * 2)[0].split())}") from e
     except Exception as e:  # e.g. safetensors' SafetensorError on damaged weights, shape mismatches
         raise ValueError(f"Cannot load the weights in {p} ({type(e).__name__}: {str(e).strip()}); the checkpoint "
                          f"is damaged or incomplete: rebuild it with `duplex model init`.") from e

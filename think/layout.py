@@ -295,7 +295,9 @@ class DuplexLayout:
                                     f"(made by `duplex model init`)?")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+        except KeyError as e:  # str(KeyError) is only the quoted key
+            raise ValueError(f"{path} is not a valid duplex layout: it has no {e} entry.") from e
+        except (TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid duplex layout: {e}") from e
 
     @classmethod

@@ -37,7 +37,7 @@ import soundfile as sf
 from agent.dialogue import augment as aug
 from agent.dialogue import tts
 from agent.dialogue.content import Picker, slot_split
-from agent.dialogue.timeline import Builder, TimelineConfig, held
+from agent.dialogue.timeline import PHENOMENA, Builder, TimelineConfig, held
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -69,7 +69,7 @@ class SynthConfig:
     voices: VoiceConfig = field(default_factory=VoiceConfig)
 
 
-def _fill(cls, data: dict):
+def _fill(cls, data: dict, where: str = ""):
     names = {f.name: f for f in dataclasses.fields(cls)}
     kw = {}
     for k, v in (data or {}).items():
@@ -79,14 +79,66 @@ def _fill(cls, data: dict):
         sub = {"TimelineConfig": TimelineConfig, "aug.AugmentConfig": aug.AugmentConfig,
                "AugmentConfig": aug.AugmentConfig, "VoiceConfig": VoiceConfig}.get(ft if isinstance(ft, str)
                                                                                   else ft.__name__)
-        kw[k] = _fill(sub, v) if sub and isinstance(v, dict) else v
-    return cls(**kw)
+        if sub and not isinstance(v, dict):
+            raise ValueError(f"data preset setting {where}{k} must be a section of settings (a mapping), got {v!r}.")
+        kw[k] = _fill(sub, v, f"{where}{k}.") if sub else _check_kind(f"{where}{k}", v, _default(names[k]))
+    return _check_values(cls(**kw))
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _check_kind(name: str, v, default):
+    """A data preset value of the kind its default is (a wrong one failed inside the first dialogue's worker)."""
+    bad = ((isinstance(default, bool) and not isinstance(v, bool))
+           or (isinstance(default, int) and not isinstance(default, bool)
+               and (isinstance(v, bool) or not isinstance(v, int)))
+           or (isinstance(default, float) and not _number(v))
+           or (isinstance(default, tuple) and not (isinstance(v, (list, tuple)) and len(v) == 2
+                                                   and all(map(_number, v)) and v[0] <= v[1]))
+           or (isinstance(default, (dict, list)) and not isinstance(v, type(default)))
+           or (default is None and v is not None and not isinstance(v, dict)))
+    if bad:
+        want = ("true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int)
+                else "a number" if isinstance(default, float) else "a [low, high] range of numbers"
+                if isinstance(default, tuple) else "a mapping" if isinstance(default, dict) or default is None
+                else "a list")
+        raise ValueError(f"data preset setting {name} must be {want}, got {v!r}.")
+    return tuple(v) if isinstance(default, tuple) else v
+
+
+def _weights(name: str, w: dict, known: tuple[str, ...] | None = None) -> None:
+    unknown = [k for k in w if known is not None and k not in known]
+    if unknown:
+        raise ValueError(f"data preset setting {name} has unknown key(s) {', '.join(map(str, unknown))}; "
+                         f"known: {', '.join(known)}.")
+    if not all(_number(x) and x >= 0 for x in w.values()) or not sum(w.values()) > 0:
+        raise ValueError(f"data preset setting {name} must map names to numbers >= 0 with a positive sum, got {w!r}.")
+
+
+def _check_values(cfg):
+    """The ranges the synthesis needs (each of these failed inside a worker, or divided by zero)."""
+    if isinstance(cfg, SynthConfig):
+        _weights("splits", cfg.splits, ("train", "val", "test"))
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in cfg.splits.values()):
+            raise ValueError(f"data preset setting splits must map splits to whole dialogue counts, got {cfg.splits!r}.")
+        if not 0 <= cfg.heldout_share <= 1 or cfg.seconds_per_dialogue <= 0:
+            raise ValueError("data preset settings heldout_share must be 0 to 1 and seconds_per_dialogue > 0.")
+    elif isinstance(cfg, TimelineConfig):
+        _weights("timeline.phenomena", cfg.phenomena, PHENOMENA)
+        if not (0 < cfg.min_duration and cfg.min_duration + 3.0 <= cfg.max_duration):
+            raise ValueError(f"data preset settings timeline.min_duration and max_duration need 0 < min and "
+                             f"min + 3 s <= max, got {cfg.min_duration} and {cfg.max_duration}.")
+    return cfg
 
 
 def load_preset(name_or_path: str | None) -> SynthConfig:
     """A ``data-*`` preset name (agent/presets/NAME.yaml) or a YAML file path."""
-    import yaml
-
     if not name_or_path:
         return SynthConfig()
     p = Path(name_or_path)
@@ -95,7 +147,9 @@ def load_preset(name_or_path: str | None) -> SynthConfig:
     if not p.exists():
         known = sorted(x.stem for x in PRESET_DIR.glob("data-*.yaml"))
         raise FileNotFoundError(f"no data preset {name_or_path!r}; known: {', '.join(known)} (or a YAML path).")
-    return _fill(SynthConfig, yaml.safe_load(p.read_text()) or {})
+    from agent.config import load_yaml
+
+    return _fill(SynthConfig, load_yaml(p))  # one-sentence errors for bad YAML, dates, a list instead of settings
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -73,12 +73,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from agent.config import resolve_session_config
+    from agent.cli import _session_config
     from agent.evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(data=args.data, split=args.split, limit=args.limit, asr=args.asr, mic_path=args.mic_path,
                      device=args.device, reference=args.reference)
-    result = run_eval(cfg, args.model, args.out, resolve_session_config(args.config, args.overrides),
+    result = run_eval(cfg, args.model, args.out, _session_config(args),
                       progress=not args.quiet)
     print(json.dumps(result["summary"], indent=2))
     print(f"wrote {Path(args.out) / 'eval.json'} and eval.png")

@@ -141,6 +141,9 @@ class TrainConfig:
             raise ValueError("window_frames >= 2, batch_size >= 1 and steps >= 1 are required.")
         if isinstance(self.lora_targets, str):  # --set lora_targets=q_proj: one target, not its letters
             self.lora_targets = [self.lora_targets]
+        if not isinstance(self.lora_targets, list) or not self.lora_targets:  # --set lora_targets=5 (or [])
+            raise ValueError(f"lora_targets must be a list of module names ({', '.join(LORA_TARGETS)}), "
+                             f"got {self.lora_targets!r}.")
         # Each of these would crash mid-run (save_every=0: a modulo by zero), or train silently wrong
         # (a negative warm-up, eval_every or loss weight), after minutes of loading.
         limits = {"lr": (self.lr, 0, False), "save_every": (self.save_every, 1, True),
@@ -159,7 +162,7 @@ class TrainConfig:
         bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
         if bad:
             raise ValueError(f"LoRA may only target attention/MLP projections ({', '.join(LORA_TARGETS)}); "
-                             f"vLLM cannot serve adapters on {', '.join(bad)} (no modules_to_save, no extra vocab).")
+                             f"vLLM cannot serve adapters on {', '.join(map(str, bad))} (no modules_to_save, no extra vocab).")
 
 
 def forward_loss(model: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, layout: DuplexLayout,
@@ -418,9 +421,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if not state_path.is_file():
             raise FileNotFoundError(f"Nothing to resume in {out} (no last/trainer_state.pt).")
         _check_resume(cfg, out, layout)
-    model = _build_model(cfg, layout).to(_device(cfg))
+    # The shards first: a run they cannot feed fails before it makes (and leaves behind) a model
     train_s = build_sampler(cfg, layout, "train", cfg.seed)
     val_s = build_sampler(cfg, layout, "val", cfg.seed + 1) or build_sampler(cfg, layout, "test", cfg.seed + 1)
+    model = _build_model(cfg, layout).to(_device(cfg))
     groups = _param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))

@@ -387,6 +387,28 @@ def test_hand_edited_layout_file_is_a_clear_error(run_cli, nano_model, question_
     _assert_clean_error(_chat(run_cli, model, question_wav, tmp_path / "o.wav"), "inconsistent")
 
 
+def test_layout_file_missing_an_entry_names_the_entry(run_cli, nano_model, question_wav, tmp_path):
+    """Was "... is not a valid duplex layout: 'codec'" (a bare KeyError's text)."""
+    model = _copy_model(nano_model, tmp_path / "model")
+    layout_path = model / "duplex_layout.json"
+    layout = json.loads(layout_path.read_text())
+    del layout["codec"]
+    layout_path.write_text(json.dumps(layout))
+    _assert_clean_error(_chat(run_cli, model, question_wav, tmp_path / "o.wav"), "not a valid duplex layout",
+                        "it has no 'codec' entry")
+
+
+def test_unknown_model_type_in_config_json_is_one_line(run_cli, nano_model, question_wav, tmp_path):
+    """transformers' message for an unknown model_type is three paragraphs (how to upgrade transformers)."""
+    model = _copy_model(nano_model, tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "nonsense"
+    (model / "config.json").write_text(json.dumps(config))
+    res = _chat(run_cli, model, question_wav, tmp_path / "o.wav")
+    line = _assert_clean_error(res, f"Cannot load {model}", "nonsense")
+    assert res.err.strip() == line and "pip install" not in line
+
+
 def test_model_dir_without_layout_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path):
     model = _copy_model(nano_model, tmp_path / "model")
     (model / "duplex_layout.json").unlink()
@@ -485,6 +507,16 @@ def test_read_only_output_directory_is_a_clear_error_before_the_model_loads(run_
     assert not any(ro.iterdir())
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".latency.json"])
+def test_a_directory_where_a_side_file_goes_is_a_clear_error_before_the_model_loads(run_cli, question_wav, tmp_path,
+                                                                                    suffix):
+    """Was "Is a directory: o.txt" only after the whole conversation had run (and with no latency report)."""
+    (tmp_path / f"o{suffix}").mkdir()
+    res = _chat(run_cli, tmp_path / "no-model-needed", question_wav, tmp_path / "o.wav")
+    _assert_clean_error(res, f"o{suffix} is a directory", "pass another name")
+    assert not (tmp_path / "o.wav").exists()
+
+
 def test_an_output_file_that_cannot_be_written_is_a_clear_error_before_the_model_loads(run_cli, nano_model,
                                                                                         question_wav):
     """/proc takes no new files, even from root: this was a libsndfile traceback after the model loaded."""
@@ -574,8 +606,14 @@ def test_file_corrupt_in_the_middle_is_a_clear_error_not_a_hang(run_cli, nano_mo
     ("system_prompt: 42\n", ["system_prompt", "must be text", "quote"]),
     ("policy:\n  barge_in: sometimes\n", ["policy.barge_in", "true/false"]),
     (b"\xff\xfe\x00sampling: 1\n", ["bad.yaml", "UTF-8"]),
+    # YAML reads these as a date, bytes, a set and a self-referencing list: they failed inside the config
+    # copy (json.dumps) with a Python traceback.
+    ("system_prompt: 2024-01-01\n", ["system_prompt", "bad.yaml", "date", "quote it"]),
+    ("sampling:\n  seed: !!binary aGVsbG8=\n", ["sampling.seed", "bytes", "quote it"]),
+    ("sampling:\n  seed: !!set {a}\n", ["sampling.seed", "set"]),
+    ("a: &x [*x]\n", ["a[0]", "refers to itself"]),
 ], ids=["scalar-section", "wrong-type", "unknown-key", "not-a-mapping", "broken-yaml", "float-seed", "int-text",
-        "word-bool", "not-utf8"])
+        "word-bool", "not-utf8", "unquoted-date", "binary", "set", "self-reference"])
 def test_bad_config_file_is_a_clear_error(run_cli, nano_model, question_wav, tmp_path, yaml_text, words):
     config = tmp_path / "bad.yaml"
     config.write_bytes(yaml_text if isinstance(yaml_text, bytes) else yaml_text.encode())

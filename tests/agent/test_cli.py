@@ -153,3 +153,48 @@ def test_a_set_number_written_with_an_exponent_is_a_number_not_text(run_cli, nan
     assert _typed_override("system_prompt=5e-4") == 'system_prompt="5e-4"'  # a text setting keeps its text
     r = run_cli("recognizer", "train", "--data", tmp_path, "--set", "lr=abc", "-q")
     assert r.rc == 2 and "lr must be a number" in r.err
+
+
+def test_eval_set_overrides_are_checked_like_chat_and_a_text_setting_takes_a_number_as_text(run_cli, tmp_path,
+                                                                                             monkeypatch):
+    """`duplex eval --set` skipped chat's checks: system_prompt=42 reached the tokenizer as an int and
+    sampling=3 reached the backend as the section, both as tracebacks after the model had loaded."""
+    import agent.evaluate
+
+    seen = {}
+
+    def fake_run_eval(cfg, model, out, session_config, progress=True):
+        seen["config"] = session_config
+        return {"summary": {}}
+
+    monkeypatch.setattr(agent.evaluate, "run_eval", fake_run_eval)
+    base = ["eval", "--data", tmp_path, "--out", tmp_path / "ev", "-q"]
+    res = run_cli(*base, "--set", "system_prompt=42", "--set", "sampling.seed=7")
+    assert res.rc == 0, res.err
+    assert seen["config"].system_prompt == "42" and seen["config"].sampling.seed == 7
+    for override, words in [("sampling=3", ["sampling is a section"]),
+                            ("sampling.seed=abc", ["sampling.seed must be an integer"])]:
+        bad = run_cli(*base, "--set", override)
+        assert bad.rc == 2 and "Traceback" not in bad.err, bad.err
+        assert len(bad.error_lines) == 1 and all(w in bad.error_lines[0] for w in words), bad.err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "serve", "--engine-args", "{bad"], ["--engine-args is not valid JSON", "enforce_eager"]),
+    (["bench", "serve", "--max-late", "2"], ["--max-late", "from 0 to 1", "2.0"]),
+    (["bench", "detector", "--sessions", "one,two"], ["--sessions must be session counts", "'one,two'"]),
+], ids=["engine-args-json", "max-late-above-one", "sessions-words"])
+def test_bench_bad_flag_values_are_one_sentence_before_any_work(run_cli, argv, words):
+    """Were the JSON parser's bare message, an accepted share of 200 %, and int()'s "invalid literal"."""
+    res = run_cli(*argv)
+    assert res.rc == 2 and res.out == "" and "Traceback" not in res.err
+    assert len(res.error_lines) == 1 and all(w in res.error_lines[0] for w in words), res.err
+
+
+def test_model_init_with_an_odd_head_size_is_one_sentence_and_writes_nothing(run_cli, tmp_path):
+    """hidden 100 over 4 heads is a head size of 25: transformers' rotary check raised a validation traceback."""
+    res = run_cli("model", "init", tmp_path / "m", "--preset", "nano", "--model-json", '{"hidden": 100, "heads": 4}')
+    assert res.rc == 2 and "Traceback" not in res.err
+    assert res.error_lines == ["duplex: error: hidden / heads (the head size) must be even for rotary embeddings, "
+                               "got 100 / 4 = 25."]
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())

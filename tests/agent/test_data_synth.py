@@ -258,6 +258,41 @@ def test_workers_below_one_are_refused_not_taken_as_one(tmp_path, capsys, worker
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("yaml_text, words", [
+    ("splits: 3\n", ["splits must be a mapping"]),
+    ("splits: {val: 0, test: 0, train: 0}\n", ["splits", "positive sum"]),
+    ("splits: {bogus: 1}\n", ["splits has unknown key", "bogus"]),
+    ("timeline: 5\n", ["timeline must be a section"]),
+    ("timeline: {min_duration: abc}\n", ["timeline.min_duration must be a number", "'abc'"]),
+    ("timeline: {min_duration: 20, max_duration: 5}\n", ["min_duration and max_duration", "20 and 5"]),
+    ("timeline: {phenomena: {normal: 0}}\n", ["timeline.phenomena", "positive sum"]),
+    ("timeline: {latency: 0.3}\n", ["timeline.latency must be a [low, high] range"]),
+    ("heldout_share: abc\n", ["heldout_share must be a number"]),
+    ("count: abc\n", ["count must be an integer"]),
+    ("splits: [1,\n", ["not valid YAML"]),
+    ("timeline: {min_duration: 2024-01-01}\n", ["timeline.min_duration", "date"]),
+], ids=["splits-scalar", "splits-zero", "splits-unknown", "timeline-scalar", "text-number", "min-above-max",
+        "no-phenomenon", "range-scalar", "share-text", "count-text", "broken-yaml", "date"])
+def test_a_bad_data_preset_is_one_sentence_before_any_dialogue_is_made(tmp_path, capsys, yaml_text, words):
+    """Each was a traceback: in the parent (splits: 3, a modulo by zero, a KeyError) or from inside the first
+    dialogue's worker ("'int' object has no attribute 'min_duration'", "high - low < 0")."""
+    from agent.cli import main
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml_text)
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--count", "1", "--preset", str(preset), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_shipped_data_presets_still_load():
+    for name in ("data-smoke", "data-tiny"):
+        cfg = synth.load_preset(name)
+        assert cfg.count >= 1 and isinstance(cfg.timeline.latency, tuple) and sum(cfg.splits.values()) > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # fast checks with a fake voice (no TTS): every phenomenon placed as labelled
 

@@ -102,6 +102,23 @@ def test_an_interrupted_turn_ends_its_text_after_the_user_begins_not_before(nano
     assert done[last_piece + 1] == layout.eot_id
 
 
+def test_shards_with_no_train_split_fail_before_a_model_is_made(dialogues, nano_model_dir, tmp_path, capsys):
+    import shutil
+
+    only_val = tmp_path / "val_only"
+    only_val.mkdir()
+    for f in dialogues.glob("d2.*"):
+        shutil.copy(f, only_val / f.name)
+    shards = tmp_path / "shards"
+    assert main(["data", "tokenize", "--data", str(only_val), "--out", str(shards), "--model", str(nano_model_dir),
+                 "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--shards", str(shards), "--out", str(out), "-q"]) == 2
+    assert "train split" in capsys.readouterr().err
+    assert not (out / "init").exists()  # no random model made for nothing and left behind
+
+
 def test_tokenize_then_train_smoke_writes_a_loadable_checkpoint(dialogues, nano_model_dir, tmp_path):
     shards = tmp_path / "shards"
     assert main(["data", "tokenize", "--data", str(dialogues), "--out", str(shards), "--model", str(nano_model_dir),
@@ -178,6 +195,17 @@ def test_lora_preset_refuses_targets_vllm_cannot_serve(dialogues, nano_model_dir
     assert "vLLM cannot serve" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["5", "[]", "[q_proj, 5]", "{a: 1}"])
+def test_lora_targets_that_are_not_a_list_of_names_are_one_sentence(tmp_path, capsys, value):
+    """lora_targets=5 iterated an int (TypeError traceback); [q_proj, 5] joined an int into the message."""
+    code = main(["train", "--preset", "lora", "--shards", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--set", f"lora_targets={value}", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "lora_targets must be a list of module names" in err or "vLLM cannot serve adapters on 5" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_eval_scores_held_out_dialogues_through_the_loop(dialogues, nano_model_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -190,8 +218,11 @@ def test_eval_scores_held_out_dialogues_through_the_loop(dialogues, nano_model_d
         (data / f"{name}.json").write_text(json.dumps(record))
         (data / f"{name}.wav").write_bytes((dialogues / f"{name}.wav").read_bytes())
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "-q"]) == 0
+    assert main(["eval", "--data", str(data), "--out", str(out), "--model", str(nano_model_dir), "-q",
+                 "--set", "sampling.seed=3", "--set", "system_prompt=42"]) == 0
     result = json.loads((out / "eval.json").read_text())
+    # the resolved session settings the scores were made with are saved beside them (the prompt as text)
+    assert result["session"]["sampling"]["seed"] == 3 and result["session"]["system_prompt"] == "42"
     s = result["summary"]
     assert s["dialogues"] == 2 and s["questions"] == 2 and s["interruptions"] == 2
     assert 0.0 <= s["turn_take_over_rate"] <= 1.0 and 0.0 <= s["answer_accuracy"] <= 1.0

@@ -76,6 +76,8 @@ def test_empty_file_and_directory_raise_clear_errors(tmp_path):
         read_wav(empty)
     with pytest.raises(AudioInputError, match="not a file"):
         read_wav(tmp_path)
+    with pytest.raises(AudioInputError, match=r"^No audio file was given \(the path is empty\)\.$"):
+        read_wav("")  # not "Audio path is not a file: .."
 
 
 def test_eight_bit_wav_reads_and_converts(tmp_path):
