@@ -44,7 +44,7 @@ class SessionConfig:
     """
 
     system_prompt: str = ""
-    vad_aggressiveness: int = 2
+    vad_aggressiveness: int = 3
     resample_quality: str = "LQ"
     max_queued_frames: int = 25
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

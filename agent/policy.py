@@ -65,7 +65,7 @@ class PolicyConfig:
     """
 
     barge_in: bool = True
-    barge_in_min_speech_ms: float = 240.0
+    barge_in_min_speech_ms: float = 160.0
     release_after_ms: float = 320.0
     agent_talking_rms: float = 0.01
     echo_guard: bool = False

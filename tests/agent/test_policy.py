@@ -143,7 +143,10 @@ def test_no_answer_prompt_when_off_after_a_blip_or_while_a_cut_agent_is_held():
     off = TurnPolicy(PolicyConfig(answer_after_ms=0), 80)
     assert not any(d.speak_now for d in run(off, [True] * 6 + [False] * 40, 0.0))
     policy = TurnPolicy(PolicyConfig(answer_after_ms=160), frame_ms=80)
-    assert not any(d.speak_now for d in run(policy, [True, True, False] * 3 + [False] * 20, 0.0))  # noise
+    # blips shorter than barge_in_min_speech_ms (160 ms: two frames) are noise, not something to answer
+    assert not any(d.speak_now for d in run(policy, [True, False] * 4 + [False] * 20, 0.0))
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=160, barge_in_min_speech_ms=240), frame_ms=80)
+    assert not any(d.speak_now for d in run(policy, [True, True, False] * 3 + [False] * 20, 0.0))
     cfg = PolicyConfig(answer_after_ms=160, barge_in_min_speech_ms=160, release_after_ms=480)
     policy = TurnPolicy(cfg, frame_ms=80)
     policy.after_step(0.2)
@@ -172,7 +175,7 @@ def test_a_one_frame_vad_blip_does_not_restart_the_wait_and_a_short_interruption
     decisions = run(policy, [True] * 4 + [False] * 3 + [True] + [False] * 3, agent_rms=0.0)
     assert [d.speak_now for d in decisions[4:]] == [False] * 5 + [True] * 2  # 6 frames of quiet, the blip counted
     # "wait-" over the talking agent: cut at its third frame, and the user falls silent with the cut
-    policy = TurnPolicy(PolicyConfig(answer_after_ms=480, release_after_ms=320), frame_ms=80)
+    policy = TurnPolicy(PolicyConfig(answer_after_ms=480, release_after_ms=320, barge_in_min_speech_ms=240), frame_ms=80)
     policy.after_step(0.2)
     decisions = run(policy, [True] * 3) + run(policy, [False] * 7, agent_rms=0.0)
     assert decisions[2].cut and [d.speak_now for d in decisions[3:]] == [False] * 5 + [True] * 2

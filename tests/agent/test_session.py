@@ -112,8 +112,11 @@ async def test_a_backchannel_pauses_the_agent_and_it_goes_on_where_it_was(codec,
     assert _level(outs[paused[-1] + 1]) > 0.01 and _level(outs[-1]) > 0.01  # it goes on
     assert session.policy.backchannels == 1
 
+    # its commas are up to 320 ms of silence to the VAD: longer than a resume, so the pause must outlast them
+    import dataclasses
+
     long_session = Session(TalkingModel(layout, loud_codes), codec, default_tokenizer(),
-                           SessionConfig(policy=policy), input_rate=rate)
+                           SessionConfig(policy=dataclasses.replace(policy, resume_after_ms=400)), input_rate=rate)
     wait, wrate = read_wav(espeak("Wait, stop, I have a different question for you.", tmp_path / "wait.wav"))
     outs = await run_offline(long_session, np.concatenate([pad, wait[:, 0], pad]))
     onset = [o.user.speech for o in outs].index(True)
