@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from agent.daemon.config import AudioConfig
+from agent.daemon.threads import in_daemon_thread
 from listen.resample import StreamingResampler
 
 log = logging.getLogger(__name__)
@@ -234,29 +235,7 @@ class SoundDeviceAudio:
         A call into a vanished sound server can block forever (ALSA's pipewire plugin does); such a
         thread is abandoned (it must not hold up the event loop or its shutdown, as the default
         executor would)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-
-        def target() -> None:
-            try:
-                r, e = fn(), None
-            except BaseException as exc:  # noqa: BLE001 - handed to the loop
-                r, e = None, exc
-
-            def done() -> None:
-                if fut.done():
-                    return
-                if e is not None:
-                    fut.set_exception(e)
-                else:
-                    fut.set_result(r)
-
-            try:
-                loop.call_soon_threadsafe(done)
-            except RuntimeError:
-                pass
-
-        threading.Thread(target=target, name="duplex-portaudio", daemon=True).start()
+        fut = in_daemon_thread(fn, "duplex-portaudio")
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
             return True

@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.config import SessionConfig
 from agent.daemon.config import BrainConfig
+from agent.daemon.threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -56,34 +57,6 @@ def validate_sampling(current: Any, changes: dict) -> Any:
         return SamplingConfig(**{**dataclasses.asdict(current), **changes})
     except ValueError as e:
         raise ValueError(f"sampling.{e}") from None
-
-
-async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
-    """``fn()`` in a daemon thread of its own. Unlike ``asyncio.to_thread`` (the default executor, which
-    ``asyncio.run`` joins at exit), a model load still running when the daemon is told to stop does not
-    hold up the process's exit."""
-    import threading
-
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future = loop.create_future()
-
-    def target() -> None:
-        try:
-            r, e = fn(), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop
-            r, e = None, exc
-
-        def done() -> None:
-            if not fut.done():
-                fut.set_exception(e) if e is not None else fut.set_result(r)
-
-        try:
-            loop.call_soon_threadsafe(done)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    threading.Thread(target=target, name="duplex-load", daemon=True).start()
-    return await fut
 
 
 class _Backoff:
@@ -166,7 +139,8 @@ class LocalBrain:
                                                        adapters_dir=self.config.adapters_dir)
                 return backend, codec_for_layout(backend.layout, self.config.codec_weights)
 
-            self.backend, self.codec = await _in_daemon_thread(_load)
+            # a daemon thread: a stop during a long load does not wait for it (asyncio.to_thread's executor would)
+            self.backend, self.codec = await in_daemon_thread(_load, "duplex-load")
         elif self.codec is None:
             self.codec = self.backend.codec
 
