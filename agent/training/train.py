@@ -236,10 +236,16 @@ def train_new_rows_only(model: Any, first_new: int, heard: slice | None = None) 
     return params
 
 
+def _check_init(cfg: TrainConfig, layout: DuplexLayout) -> None:
+    """What can be said of ``--init`` without loading it: before the shards are read or a model is made."""
+    if not cfg.init and cfg.mode in ("lora", "speech-base"):
+        raise ValueError(f"Mode {cfg.mode} needs --init: the checkpoint it trains on.")
+    if cfg.mode == "speech-base":
+        _check_speech_base_init(cfg, layout)
+
+
 def _build_model(cfg: TrainConfig, layout: DuplexLayout) -> Any:
     if not cfg.init:
-        if cfg.mode in ("lora", "speech-base"):
-            raise ValueError(f"Mode {cfg.mode} needs --init: the checkpoint it trains on.")
         from think.checkpoint import MODEL_PRESETS, init_from_config
 
         if cfg.model_preset not in MODEL_PRESETS:
@@ -250,8 +256,6 @@ def _build_model(cfg: TrainConfig, layout: DuplexLayout) -> Any:
         raise ValueError(f"The shards were tokenized for another layout than {cfg.init}'s; re-run "
                          f"`duplex data tokenize --model {cfg.init}`.")
     model = loaded.model
-    if cfg.mode == "speech-base":
-        _check_speech_base_init(cfg, layout)
     if cfg.mode in ("lora", "speech-base"):
         from peft import LoraConfig, get_peft_model
 
@@ -421,7 +425,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if not state_path.is_file():
             raise FileNotFoundError(f"Nothing to resume in {out} (no last/trainer_state.pt).")
         _check_resume(cfg, out, layout)
-    # The shards first: a run they cannot feed fails before it makes (and leaves behind) a model
+    # The init and the shards first: a run they cannot feed fails before it makes (and leaves behind) a model
+    _check_init(cfg, layout)
     train_s = build_sampler(cfg, layout, "train", cfg.seed)
     val_s = build_sampler(cfg, layout, "val", cfg.seed + 1) or build_sampler(cfg, layout, "test", cfg.seed + 1)
     model = _build_model(cfg, layout).to(_device(cfg))
