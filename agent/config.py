@@ -28,7 +28,9 @@ class SessionConfig:
 
     Attributes:
         system_prompt: text placed before the conversation (persona, instructions).
-        vad_aggressiveness: webrtcvad mode 0 (lenient) .. 3 (strict).
+        vad_aggressiveness: webrtcvad mode 0 (lenient) .. 3 (strict). 3: mode 2 takes a noise suppressor's
+            residue and a cancelled echo for speech, and each such run can cut the agent (the model card's
+            *A stricter VAD*).
         resample_quality: soxr quality of the microphone resampler ("QQ", "LQ", "MQ", "HQ", "VHQ"); higher
             qualities hold back more audio (HQ: up to ~115 ms for 16 -> 8 kHz), so live sessions use LQ.
         max_queued_frames: user frames waiting for the model before the oldest are dropped (real time
