@@ -38,6 +38,7 @@ import numpy as np
 from agent.daemon.config import MqttConfig
 
 log = logging.getLogger(__name__)
+STABLE_S = 10  # a connection that lasted this long resets the reconnect backoff
 
 # Acks and errors that may wait for the broker while connected (the control queue holds 1000 commands).
 RELIABLE_BACKLOG = 2000
@@ -301,6 +302,7 @@ class MqttBridge:
         c = self.config
         delay = c.reconnect_initial_s
         fresh = False  # the broker's session from an earlier run of this process is gone
+        connected_at, short_lived = 0.0, 0  # connections the broker closed within STABLE_S, in a row
         while not self._stop.is_set():
             try:
                 if not fresh:
@@ -322,7 +324,7 @@ class MqttBridge:
                     self.connects += 1
                     self.state["mqtt_connects"] = self.connects
                     self._state_dirty = True
-                    delay = c.reconnect_initial_s
+                    connected_at = time.monotonic()
                     log.info("connected to mqtt://%s:%s as %s", c.host, c.port, self.base)
                     tasks = [asyncio.create_task(self._reader(client)), asyncio.create_task(self._writer(client)),
                              asyncio.create_task(self._stop.wait())]
@@ -346,6 +348,21 @@ class MqttBridge:
             except Exception:
                 log.exception("mqtt bridge failed; reconnecting")
             finally:
+                if self.connected:
+                    # The backoff starts over only after a connection that held: two daemons with one client id
+                    # push each other off the broker the moment they connect, and would otherwise reconnect
+                    # five times a second, forever.
+                    if time.monotonic() - connected_at >= STABLE_S:
+                        delay, short_lived = c.reconnect_initial_s, 0
+                    else:
+                        short_lived += 1
+                        if short_lived == 3:
+                            log.error("the mqtt broker closed this connection %d times in a row within %d s of "
+                                      "connecting: is another daemon running with client id %r (device_id %r)? "
+                                      "Two clients with one id push each other off; give each its own "
+                                      "--device-id.", short_lived, STABLE_S, self._client_kwargs()["identifier"],
+                                      self.device_id)
+                    self.state["mqtt_short_connections"] = short_lived
                 self.connected = False
                 self._client = None
             if self._stop.is_set():

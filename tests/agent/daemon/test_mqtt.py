@@ -543,3 +543,25 @@ async def test_a_command_that_fails_unexpectedly_is_still_acked_with_ok_false():
         loop_task.cancel()
     assert [(t, m.get("code") or m.get("ok"), m.get("request_id")) for t, m in out] == [
         ("error", "internal_error", "s1"), ("ack", False, "s1"), ("ack", True, "p1")]
+
+
+def test_two_daemons_with_one_device_id_back_off_and_say_why(mosquitto, nano_model):
+    """They share the broker client id, so each connection pushes the other off the moment it connects: the
+    backoff now starts over only after a connection that held (it reconnected ~5 times a second, forever), and
+    the log names the likely cause."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "agent.cli", "daemon", "--audio", "none", "--model", str(nano_model),
+            "--mqtt-port", str(mosquitto.port), "--device-id", "twin", "--set", "brain.threads=1",
+            "--set", "max_seconds=14", "--set", "mqtt.reconnect_max_s=2"]
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(2.0)
+    logs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        logs.append([json.loads(line) for line in err.decode().splitlines() if line.startswith("{")])
+    connects = [sum(r["msg"].startswith("connected to") for r in log) for log in logs]
+    said = [r["msg"] for log in logs for r in log if r["level"] == "ERROR" and "another daemon" in r["msg"]]
+    assert said and "'duplex-twin'" in said[0] and "--device-id" in said[0], said
+    assert all(n <= 12 for n in connects), connects  # a handful in ~12 s, not ~60
