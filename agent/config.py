@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ PRESET_KINDS = {"train-": "training", "codec-": "codec training", "data-": "data
 
 def preset_kind(name: str) -> str:
     return next((kind for prefix, kind in PRESET_KINDS.items() if name.startswith(prefix)), "session")
+
+
+def is_finite_number(v: Any) -> bool:
+    """An int or float (not a bool, not NaN or infinite): what a numeric setting from YAML or JSON must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_yaml(path_or_preset: str | Path, kind: str | None = None) -> dict:

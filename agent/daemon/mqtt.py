@@ -27,7 +27,6 @@ import collections
 import io
 import json
 import logging
-import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from agent.config import is_finite_number
 from agent.daemon.config import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,6 @@ def parse_json(payload: bytes, max_bytes: int) -> Any:
         raise ControlError("invalid_json", f"The payload is not valid JSON ({e}).") from None
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def validate_control(obj: Any, command_from_topic: str | None = None) -> dict:
     """Check a control object against the schema; returns it (with ``command`` filled in)."""
     if command_from_topic is not None and obj is None:
@@ -124,7 +120,7 @@ def validate_control(obj: Any, command_from_topic: str | None = None) -> dict:
             raise ControlError("missing_field", f"{cmd} needs \"{name}\": {what}.", rid)
     if cmd == "volume":
         v = obj["volume"]
-        if not _is_number(v) or not (0.0 <= v <= 2.0):
+        if not is_finite_number(v) or not (0.0 <= v <= 2.0):
             raise ControlError("invalid_field", f"volume must be a number from 0.0 to 2.0, got {json.dumps(v)[:40]}.", rid)
     elif cmd == "adapter":
         a = obj["adapter"]

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from agent.config import is_finite_number
 from agent.dialogue import augment as aug
 from agent.dialogue import tts
 from agent.dialogue.content import Picker, slot_split
@@ -89,18 +90,14 @@ def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
 def _check_kind(name: str, v, default):
     """A data preset value of the kind its default is (a wrong one failed inside the first dialogue's worker)."""
     bad = ((isinstance(default, bool) and not isinstance(v, bool))
            or (isinstance(default, int) and not isinstance(default, bool)
                and (isinstance(v, bool) or not isinstance(v, int)))
-           or (isinstance(default, float) and not _number(v))
+           or (isinstance(default, float) and not is_finite_number(v))
            or (isinstance(default, tuple) and not (isinstance(v, (list, tuple)) and len(v) == 2
-                                                   and all(map(_number, v)) and v[0] <= v[1]))
+                                                   and all(map(is_finite_number, v)) and v[0] <= v[1]))
            or (isinstance(default, (dict, list)) and not isinstance(v, type(default)))
            or (default is None and v is not None and not isinstance(v, dict)))
     if bad:
@@ -117,7 +114,7 @@ def _weights(name: str, w: dict, known: tuple[str, ...] | None = None) -> None:
     if unknown:
         raise ValueError(f"data preset setting {name} has unknown key(s) {', '.join(map(str, unknown))}; "
                          f"known: {', '.join(known)}.")
-    if not all(_number(x) and x >= 0 for x in w.values()) or not sum(w.values()) > 0:
+    if not all(is_finite_number(x) and x >= 0 for x in w.values()) or not sum(w.values()) > 0:
         raise ValueError(f"data preset setting {name} must map names to numbers >= 0 with a positive sum, got {w!r}.")
 
 
