@@ -49,12 +49,18 @@ ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "
                    "Steph", "Zac", "anika", "norbert", "shelby", "travis", "victor"]
 FLITE_VOICES = ["slt", "rms", "awb", "kal16", "kal"]
 FESTIVAL_VOICES = ["cmu_us_slt_arctic_hts", "kal_diphone", "ked_diphone"]
+# Kokoro-82M's styles (neural, Japanese-trained, speaking English): the nearest to a natural voice that installs
+# here. No preset trains on them; ``data-unseen-voices`` tests the session on them.
+KOKORO_VOICES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+
 
 def all_user_voices() -> list[str]:
-    """Every user voice id: ``espeak:<accent>+<variant>``, ``flite:<voice>``, ``festival:<voice>``."""
+    """Every user voice id: ``espeak:<accent>+<variant>``, ``flite:<voice>``, ``festival:<voice>``,
+    ``kokoro:<style>``."""
     voices = [f"espeak:{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS]
     voices += [f"flite:{v}" for v in FLITE_VOICES]
     voices += [f"festival:{v}" for v in FESTIVAL_VOICES]
+    voices += [f"kokoro:{v}" for v in KOKORO_VOICES]
     return voices
 
 
@@ -140,10 +146,11 @@ def _normalise(x: np.ndarray, rms_db: float = -22.0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # user voices
 
-def synth_user(text: str, voice: str, rate_wpm: int | None = None, pitch: int | None = None) -> np.ndarray:
+def synth_user(text: str, voice: str, rate_wpm: int | None = None, pitch: int | None = None,
+               speed: float | None = None) -> np.ndarray:
     """Speak ``text`` with a user voice; 16 kHz mono float32, trimmed, normalised to -22 dBFS RMS.
 
-    ``rate_wpm``/``pitch`` (0–99) apply to espeak-ng only (its own prosody controls)."""
+    ``rate_wpm``/``pitch`` (0–99) apply to espeak-ng only (its own prosody controls); ``speed`` to Kokoro only."""
     engine, name = voice.split(":", 1)
     if not engine_available(engine):
         raise MissingTTS(f"user voice {voice} needs {engine}: {INSTALL_HINT.get(engine)}")
@@ -155,6 +162,8 @@ def synth_user(text: str, voice: str, rate_wpm: int | None = None, pitch: int | 
         audio, rate = eng.flite(text, name)
     elif engine == "festival":  # festival's own resampling to 16 kHz (part of the reproducible data recipe)
         audio, rate = eng.festival(text, name, rate=SAMPLE_RATE)
+    elif engine == "kokoro":
+        audio, rate = eng.kokoro(text, name, speed=float(speed) if speed else 1.0)
     else:
         raise ValueError(f"unknown user voice engine in {voice!r}")
     audio = resample(audio, rate, SAMPLE_RATE)

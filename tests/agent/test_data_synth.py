@@ -288,9 +288,34 @@ def test_a_bad_data_preset_is_one_sentence_before_any_dialogue_is_made(tmp_path,
 
 
 def test_the_shipped_data_presets_still_load():
-    for name in ("data-smoke", "data-tiny"):
+    for name in ("data-smoke", "data-tiny", "data-unseen-voices"):
         cfg = synth.load_preset(name)
         assert cfg.count >= 1 and isinstance(cfg.timeline.latency, tuple) and sum(cfg.splits.values()) > 0
+
+
+def test_kokoro_users_make_a_test_set_of_a_voice_family_no_preset_trains_on(tmp_path):
+    """`data-unseen-voices`: neural (Kokoro) users, every dialogue a test dialogue, each user turn heard where the
+    record puts it, and a pause head cut well before the end of its whole sentence."""
+    missing = [e for e in ("piper", "kokoro") if not tts.engine_available(e)]
+    if missing:
+        pytest.skip("TTS missing: " + "; ".join(tts.INSTALL_HINT[e] for e in missing))
+    assert not any(tts.engine_of(v) == "kokoro" for p in ("data-smoke", "data-tiny")
+                   for v in synth.voice_pools(synth.load_preset(p).voices)["train"])
+    cfg = synth.load_preset("data-unseen-voices")
+    lo, hi = cfg.voices.kokoro_speed
+    out = tmp_path / "kokoro"
+    m = synth.synth(out, count=2, preset="data-unseen-voices", seed=4, progress=False, announce=lambda m: None)
+    assert set(m["splits"]) == {"test"}
+    for rec, audio, _ in _records(out):
+        assert rec["user_voice"].startswith("kokoro:") and rec["split"] == "test"
+        assert lo <= rec["augment"]["user_voice_params"]["speed"] <= hi
+        for t in rec["turns"]:
+            if t["speaker"] == "user" and t["end"] - t["start"] > 0.3:
+                assert _loud_fraction(audio[:, 0], t["start"], t["end"]) > 0.3, t
+    whole = tts.synth_user("what kind of animal is a goose", "kokoro:jm_kumo")
+    share = len("what kind of") / len("what kind of animal is a goose")
+    head = tts.cut_at_word_gap(whole, int(len(whole) * share))
+    assert 0.25 * len(whole) < len(head) < 0.55 * len(whole)
 
 
 # ---------------------------------------------------------------------------------------------------------------
