@@ -41,6 +41,7 @@ from agent.dialogue.content import Picker, slot_split
 from agent.dialogue.timeline import PHENOMENA, Builder, TimelineConfig, held
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+USER_ENGINES = ("espeak", "flite", "festival", "kokoro")
 
 
 @dataclass
@@ -127,6 +128,17 @@ def _check_values(cfg):
             raise ValueError(f"data preset setting splits must map splits to whole dialogue counts, got {cfg.splits!r}.")
         if not 0 <= cfg.heldout_share <= 1 or cfg.seconds_per_dialogue <= 0:
             raise ValueError("data preset settings heldout_share must be 0 to 1 and seconds_per_dialogue > 0.")
+    elif isinstance(cfg, VoiceConfig):
+        unknown = [e for e in cfg.engines if e not in USER_ENGINES]
+        if unknown or not cfg.engines:
+            raise ValueError(f"data preset setting voices.engines must name user voice engines from "
+                             f"{', '.join(USER_ENGINES)}, got {cfg.engines!r}.")
+        _weights("voices.engine_weights", cfg.engine_weights, USER_ENGINES)
+        for name, (lo, hi) in (("espeak_rate", (80, 450)), ("espeak_pitch", (0, 99)), ("kokoro_speed", (0.5, 2.0))):
+            a, b = getattr(cfg, name)
+            if not lo <= a <= b <= hi:
+                raise ValueError(f"data preset setting voices.{name} must be a range within {lo} to {hi}, "
+                                 f"got {[a, b]}.")
     elif isinstance(cfg, TimelineConfig):
         _weights("timeline.phenomena", cfg.phenomena, PHENOMENA)
         if not (0 < cfg.min_duration and cfg.min_duration + 3.0 <= cfg.max_duration):

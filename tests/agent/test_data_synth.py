@@ -271,8 +271,13 @@ def test_workers_below_one_are_refused_not_taken_as_one(tmp_path, capsys, worker
     ("count: abc\n", ["count must be an integer"]),
     ("splits: [1,\n", ["not valid YAML"]),
     ("timeline: {min_duration: 2024-01-01}\n", ["timeline.min_duration", "date"]),
+    ("voices: {engines: [kokoro, piper]}\n", ["voices.engines", "espeak, flite, festival, kokoro", "piper"]),
+    ("voices: {kokoro_speed: [0, 1]}\n", ["voices.kokoro_speed", "0.5 to 2.0"]),
+    ("voices: {espeak_pitch: [50, 150]}\n", ["voices.espeak_pitch", "0 to 99"]),
+    ("voices: {engine_weights: {kokoro: -1}}\n", ["voices.engine_weights", "numbers >= 0"]),
 ], ids=["splits-scalar", "splits-zero", "splits-unknown", "timeline-scalar", "text-number", "min-above-max",
-        "no-phenomenon", "range-scalar", "share-text", "count-text", "broken-yaml", "date"])
+        "no-phenomenon", "range-scalar", "share-text", "count-text", "broken-yaml", "date", "engine-unknown",
+        "kokoro-speed", "espeak-pitch", "engine-weight"])
 def test_a_bad_data_preset_is_one_sentence_before_any_dialogue_is_made(tmp_path, capsys, yaml_text, words):
     """Each was a traceback: in the parent (splits: 3, a modulo by zero, a KeyError) or from inside the first
     dialogue's worker ("'int' object has no attribute 'min_duration'", "high - low < 0")."""
