@@ -243,8 +243,6 @@ def train_detector(cfg: TurnTrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     mcfg = RecognizerConfig.from_dict(DEFAULT_MODEL | cfg.model)
-    if mcfg.front != "mel" and cfg.freq_masks:
-        raise ValueError(f"freq_masks mask log-mel bands; the {mcfg.front} front has none (set freq_masks=0).")
     dirs = dialogue_dirs(cfg.data)
     paths = tuple(p for p in cfg.mic_paths.split(",") if p)
     train = featurize(dirs, "train", mcfg, paths, cfg.window_s, out / "features", cfg.workers, progress)
@@ -258,8 +256,7 @@ def train_detector(cfg: TurnTrainConfig, progress: bool = True) -> dict:
     weight = torch.tensor([sum(counts) / (2 * max(1, c)) for c in counts], dtype=torch.float32, device=device)
     model = build_detector(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # dB -> the log-mel front's scaled natural-log units; the prosody front is relative to the speaker already
-    shift = 0.0 if mcfg.front == "prosody" else cfg.gain_db / 10.0 * math.log(10.0) / 4.0
+    shift = cfg.gain_db / 10.0 * math.log(10.0) / 4.0  # dB -> the front end's scaled natural-log units
     t0, step, best, history = time.time(), 0, -math.inf, []
     metrics = open(out / "metrics.jsonl", "a")
     bar = tqdm(total=cfg.steps, desc="turn detector", unit="step", disable=not progress)

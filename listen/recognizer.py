@@ -33,11 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from listen.prosody import causal_prosody
 from streaming.codecs.fsq import causal_log_mel, mel_filterbank
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz',-?.!"
-FRONTS = ("mel", "prosody")
 LEXICON_FILE = "lexicon.json"
 SNAP_DISTANCE = 0.5  # a word this far (normalised edit distance) from every lexicon word is kept as spelled
 ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "recognizer"
@@ -59,9 +57,6 @@ class RecognizerConfig:
     kernel: int = 5
     rnn_layers: int = 2
     alphabet: str = ALPHABET  # class k+1 is alphabet[k]; class 0 is the CTC blank
-    # "mel": log-mel bands (n_mels per hop); "prosody": pitch and loudness relative to the speaker
-    # (listen/prosody.py, 4 per hop; ``win`` is then the pitch window: 40 ms reaches 60 Hz)
-    front: str = "mel"
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "hop", "win", "n_fft", "n_mels", "stack", "dim", "conv_layers", "kernel",
@@ -73,10 +68,6 @@ class RecognizerConfig:
             raise ValueError(f"The recogniser's fmax must be above 0 and at most half its sample rate, got {self.fmax!r}.")
         if not isinstance(self.alphabet, str) or " " not in self.alphabet or len(set(self.alphabet)) != len(self.alphabet):
             raise ValueError("The recogniser's alphabet must be a string of distinct characters with a space in it.")
-        if self.front not in FRONTS:
-            raise ValueError(f"The recogniser's front must be one of {', '.join(FRONTS)}, got {self.front!r}.")
-        if self.win < self.hop:
-            raise ValueError(f"The recogniser's win ({self.win}) must be at least its hop ({self.hop}).")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RecognizerConfig":
@@ -93,13 +84,6 @@ class RecognizerConfig:
     @property
     def classes(self) -> int:
         return 1 + len(self.alphabet)
-
-    @property
-    def hop_features(self) -> int:
-        """Features per hop: ``n_mels``, or the prosody front's 4."""
-        from listen.prosody import FEATURES
-
-        return FEATURES if self.front == "prosody" else self.n_mels
 
 
 def normalize_text(text: str, alphabet: str = ALPHABET) -> str:
@@ -139,32 +123,24 @@ def build_model(cfg: RecognizerConfig, classes: int | None = None):
             fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, fmax=cfg.fmax)
             self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)
             self.register_buffer("window", torch.hann_window(cfg.win, periodic=True), persistent=False)
-            self.inp = nn.Linear(cfg.hop_features * cfg.stack, cfg.dim)
+            self.inp = nn.Linear(cfg.n_mels * cfg.stack, cfg.dim)
             self.blocks = nn.ModuleList(Block() for _ in range(cfg.conv_layers))
             self.rnn = nn.GRU(cfg.dim, cfg.dim, cfg.rnn_layers, batch_first=True)
             self.out = nn.Linear(cfg.dim, classes or cfg.classes)
 
         def features(self, pcm, state=None):
-            """PCM ``(B, n*stack*hop)`` -> feature steps ``(B, n, stack*hop_features)``, and the front end's
-            state: the last window's context (mel: a tensor; prosody: ``{"ctx", "sums"}``)."""
-            if cfg.front == "prosody":
-                f, state = causal_prosody(pcm, state, cfg.sample_rate, cfg.win, cfg.hop)
-            else:
-                f, state = causal_log_mel(pcm, state, self.window, self.mel_fb, cfg.hop, cfg.n_fft, 1e-6)
-                f = (f + 6.0) / 4.0
-            b, hops, m = f.shape
-            return f.reshape(b, hops // cfg.stack, cfg.stack * m), state
+            """PCM ``(B, n*stack*hop)`` -> log-mel steps ``(B, n, stack*n_mels)``, state (the last window's
+            context)."""
+            mel, state = causal_log_mel(pcm, state, self.window, self.mel_fb, cfg.hop, cfg.n_fft, 1e-6)
+            b, hops, m = mel.shape
+            return ((mel + 6.0) / 4.0).reshape(b, hops // cfg.stack, cfg.stack * m), state
 
         def forward(self, pcm, state: dict | None = None, feats=None):
             """Log-probabilities ``(B, steps, classes)`` and the new state. ``feats`` (from :meth:`features`)
             skips the front end (training on precomputed features)."""
             state = state or {}
             new = {}
-            if feats is None and cfg.front == "prosody":  # flat keys, so batched sessions stack them
-                front = {"ctx": state["pros_ctx"], "sums": state["pros_sums"]} if "pros_ctx" in state else None
-                feats, front = self.features(pcm, front)
-                new["pros_ctx"], new["pros_sums"] = front["ctx"], front["sums"]
-            elif feats is None:
+            if feats is None:
                 feats, new["mel"] = self.features(pcm, state.get("mel"))
             h = self.inp(feats)
             for i, block in enumerate(self.blocks):

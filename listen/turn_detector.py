@@ -237,14 +237,8 @@ def _forward_one(model, x: np.ndarray, state: dict) -> tuple[float, dict]:
 
 def _zero_state(cfg: RecognizerConfig, torch) -> dict:
     """The state a stream starts from (what the modules assume for None): silence before it, zeros inside."""
-    if cfg.front == "prosody":
-        from listen.prosody import zero_state
-
-        front = zero_state(1, cfg.win, cfg.hop, torch.zeros(1))
-        state = {"pros_ctx": front["ctx"], "pros_sums": front["sums"]}
-    else:
-        state = {"mel": torch.zeros(1, cfg.win - cfg.hop)}
-    state["rnn"] = torch.zeros(cfg.rnn_layers, 1, cfg.dim)
+    state = {"mel": torch.zeros(1, cfg.win - cfg.hop),
+             "rnn": torch.zeros(cfg.rnn_layers, 1, cfg.dim)}
     for i in range(cfg.conv_layers):
         state[f"conv{i}"] = torch.zeros(1, cfg.kernel - 1, cfg.dim)
     return state

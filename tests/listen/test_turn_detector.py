@@ -12,14 +12,12 @@ SMALL = {"sample_rate": 8000, "hop": 80, "win": 200, "n_fft": 256, "n_mels": 16,
          "dim": 24, "conv_layers": 1, "rnn_layers": 1}
 
 
-@pytest.fixture(params=["mel", "prosody"])
-def detector_dir(tmp_path, request):
-    """A small random detector with either front end (the prosody one's state is a different dict)."""
+@pytest.fixture
+def detector_dir(tmp_path):
     import torch
 
     torch.manual_seed(0)
-    shape = SMALL | ({"front": "prosody", "win": 320} if request.param == "prosody" else {})
-    model = build_detector(RecognizerConfig.from_dict(shape))
+    model = build_detector(RecognizerConfig.from_dict(SMALL))
     save_detector(model, tmp_path / "det", {"threshold": 0.4, "window_s": 0.64})
     return tmp_path / "det"
 
