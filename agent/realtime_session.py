@@ -33,11 +33,11 @@ import numpy as np
 
 from agent.realtime_settings import SessionSettings, check_output_modalities, parse_session_update, session_view
 from agent.session import FrameOutput, Session
-from listen.pcm import float32_to_pcm16_bytes, pcm16_bytes_to_float32
 from listen.resample import InputDecimator, OutputResampler
 from streaming import events as ev
 from streaming.clock import FollowingClock
 from streaming.events import EventError, error_event, server_event
+from streaming.wire_audio import WireFormat
 from think.context import PromptTooLong
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class RealtimeConnection:
             model=model, adapter=None, instructions=base.system_prompt, sampling=dataclasses.replace(base.sampling),
             events={"frame": self.cfg.frame_events, "latency": self.cfg.frame_events},
             silence_ms=self.cfg.silence_duration_ms, turn_type="server_vad", barge_in=base.policy.barge_in,
-            input_rate=self.cfg.default_input_rate, output_rate=self.cfg.default_output_rate)
+            input_format=WireFormat("pcm16", self.cfg.default_input_rate),
+            output_format=WireFormat("pcm16", self.cfg.default_output_rate))
         # runtime
         self.entry = None
         self.model_session = None  # opened ahead of the clock; owned by `session` once it starts
@@ -297,10 +298,11 @@ class RealtimeConnection:
         await handler(event)
 
     async def _on_append(self, event: dict) -> None:
-        data = ev.decode_audio_b64(event["audio"], self.cfg.max_audio_bytes)
+        wire = self.settings.input_format
+        data = ev.decode_audio_b64(event["audio"], self.cfg.max_audio_bytes, wire.sample_bytes)
         if not data:
             return
-        seconds = len(data) / 2 / self.settings.input_rate
+        seconds = len(data) / wire.sample_bytes / wire.rate
         if seconds > self.cfg.max_audio_ahead_seconds:  # more than the rate limit can ever let through at once
             raise EventError("audio_too_large", f"This append holds {seconds:.2f} s of audio; send at most "
                              f"{self.cfg.max_audio_ahead_seconds:.1f} s per append.", param="audio")
@@ -313,7 +315,7 @@ class RealtimeConnection:
             return
         if self.session is None:
             self._start(delay=True)
-        x = pcm16_bytes_to_float32(data)
+        x = wire.decode(data)
         if self.decimator is not None:
             x = self.decimator.process(x)
         self.appended_since_commit = True
@@ -509,7 +511,7 @@ class RealtimeConnection:
             r = self.response
             if r is not None:
                 if len(pcm):
-                    self._emit(ev.output_audio_delta(r.id, r.item_id, float32_to_pcm16_bytes(pcm)))
+                    self._emit(ev.output_audio_delta(r.id, r.item_id, self.settings.output_format.encode(pcm)))
                     r.samples += len(pcm)
                 if out.text_delta:
                     self._emit(ev.output_audio_transcript_delta(r.id, r.item_id, out.text_delta))

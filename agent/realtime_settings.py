@@ -14,6 +14,7 @@ from typing import Any
 from agent.policy import PolicyConfig
 from streaming import events as ev
 from streaming.events import EventError
+from streaming.wire_audio import WireFormat
 from think.sampling import SamplingConfig
 
 X_FIELDS = ("model", "adapter", "sampling", "events")
@@ -36,7 +37,7 @@ class SessionSettings:
             barge-in cut, no answer prompt; the model alone decides when it speaks and when it stops).
         barge_in: ``interrupt_response``: the policy cuts the agent when the user talks over it (while turn
             detection is on; see ``cuts``).
-        input_rate / output_rate: client PCM16 rates (Hz).
+        input_format / output_format: the client's audio on the wire (PCM16 at a rate, or G.711 at 8 kHz).
     """
 
     model: str
@@ -47,8 +48,16 @@ class SessionSettings:
     silence_ms: float = 500.0
     turn_type: str | None = "server_vad"
     barge_in: bool = True
-    input_rate: int = 24000
-    output_rate: int = 24000
+    input_format: WireFormat = WireFormat()
+    output_format: WireFormat = WireFormat()
+
+    @property
+    def input_rate(self) -> int:
+        return self.input_format.rate
+
+    @property
+    def output_rate(self) -> int:
+        return self.output_format.rate
 
     @property
     def cuts(self) -> bool:
@@ -107,7 +116,7 @@ def parse_session_update(s: dict, current: SessionSettings, models: list[str]) -
     return dataclasses.replace(
         current, model=model, adapter=adapter or None, instructions=instructions,
         sampling=sampling, events=events, silence_ms=silence_ms, turn_type=turn_type, barge_in=barge_in,
-        input_rate=audio.input_rate or current.input_rate, output_rate=audio.output_rate or current.output_rate)
+        input_format=audio.input or current.input_format, output_format=audio.output or current.output_format)
 
 
 def _parse_sampling(value: Any, current: SamplingConfig) -> SamplingConfig:
@@ -182,9 +191,9 @@ def session_view(settings: SessionSettings, session_id: str, models: list[str], 
     return {
         "type": "realtime", "object": "realtime.session", "id": session_id, "model": settings.model,
         "instructions": settings.instructions, "output_modalities": ["audio"],
-        "audio": {"input": {"format": {"type": "audio/pcm", "rate": settings.input_rate}, "turn_detection": turn},
+        "audio": {"input": {"format": settings.input_format.view(), "turn_detection": turn},
                   # The model's own voice, or its voice/persona adapter: a client's voice name selects nothing.
-                  "output": {"format": {"type": "audio/pcm", "rate": settings.output_rate},
+                  "output": {"format": settings.output_format.view(),
                              "voice": settings.adapter or "default"}},
         "x_duplex": {
             "model": settings.model, "models": models, "adapter": settings.adapter, "adapters": adapters,

@@ -9,7 +9,7 @@ Event matrix (the implemented subset; "no" rows are GA events this project does 
 
 | event | direction | fields | implemented |
 |---|---|---|---|
-| `session.update` | client → server | `session`: {`instructions`?, `audio`?: {`input`?: {`format`?: {`type`: "audio/pcm", `rate`}, `turn_detection`?}, `output`?: {`format`?, `voice`?}}, `output_modalities`?} | yes (rates 8000–48000 Hz; beta `input_audio_format: "pcm16"` read as 24 kHz) |
+| `session.update` | client → server | `session`: {`instructions`?, `audio`?: {`input`?: {`format`?: {`type`: "audio/pcm", `rate`}, `turn_detection`?}, `output`?: {`format`?, `voice`?}}, `output_modalities`?} | yes (PCM16 at 8000–48000 Hz, or G.711 `audio/pcmu`/`audio/pcma` at 8 kHz; beta `"pcm16"` read as 24 kHz, `"g711_ulaw"`/`"g711_alaw"`) |
 | `input_audio_buffer.append` | client → server | `audio`: base64 PCM16 | yes |
 | `input_audio_buffer.commit` | client → server | — | yes |
 | `input_audio_buffer.clear` | client → server | — | yes |
@@ -51,6 +51,8 @@ import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from streaming.wire_audio import BETA_NAMES, G711_RATE, TYPES, WireFormat
 
 __all__ = [
     "PREFIX",
@@ -229,12 +231,12 @@ def response_done(response_id: str, status: str, reason: str | None = None,
     return server_event(RESPONSE_DONE, response=response)
 
 
-def output_audio_delta(response_id: str, item_id: str, pcm16: bytes,
+def output_audio_delta(response_id: str, item_id: str, audio: bytes,
                        output_index: int = 0, content_index: int = 0) -> dict[str, Any]:
-    """A ``response.output_audio.delta`` carrying PCM16 bytes as base64."""
+    """A ``response.output_audio.delta`` carrying the session's output format's bytes as base64."""
     return server_event(RESPONSE_OUTPUT_AUDIO_DELTA, response_id=response_id, item_id=item_id,
                         output_index=output_index, content_index=content_index,
-                        delta=encode_audio_b64(pcm16))
+                        delta=encode_audio_b64(audio))
 
 
 def output_audio_transcript_delta(response_id: str, item_id: str, text: str,
@@ -267,15 +269,15 @@ def barge_in_event(frame: int, reason: str = "turn_detected", response_id: str |
 
 # -- audio ---------------------------------------------------------------------------------------
 
-def encode_audio_b64(pcm16: bytes) -> str:
-    """Base64 text for PCM16 bytes (no line breaks)."""
-    return base64.b64encode(pcm16).decode("ascii")
+def encode_audio_b64(audio: bytes) -> str:
+    """Base64 text for audio bytes (no line breaks)."""
+    return base64.b64encode(audio).decode("ascii")
 
 
-def decode_audio_b64(s: str, max_bytes: int) -> bytes:
-    """Decode base64 PCM16 audio, at most ``max_bytes`` decoded bytes.
+def decode_audio_b64(s: str, max_bytes: int, sample_bytes: int = 2) -> bytes:
+    """Decode base64 audio (PCM16: ``sample_bytes`` 2; G.711: 1), at most ``max_bytes`` decoded bytes.
 
-    Raises EventError ``invalid_audio`` (not a string, not strict base64, odd byte count) or
+    Raises EventError ``invalid_audio`` (not a string, not strict base64, PCM16 with an odd byte count) or
     ``audio_too_large``. The size is checked on the encoded length first, so an oversize chunk is
     never decoded.
     """
@@ -290,7 +292,7 @@ def decode_audio_b64(s: str, max_bytes: int) -> bytes:
         raise EventError("invalid_audio", "audio is not valid base64.") from None
     if len(data) > max_bytes:
         raise EventError("audio_too_large", f"audio chunk of {len(data)} bytes exceeds {max_bytes}.")
-    if len(data) % 2:
+    if len(data) % sample_bytes:
         raise EventError("invalid_audio", f"PCM16 audio needs an even byte count, got {len(data)}.")
     return data
 
@@ -300,39 +302,46 @@ class SessionAudio:
     """Audio formats asked for in a ``session.update``.
 
     Attributes:
-        input_rate: sample rate of the client's PCM16 input, None if the update leaves it alone.
-        output_rate: sample rate the client wants back, None if the update leaves it alone.
+        input: the client's input format (encoding and rate), None if the update leaves it alone.
+        output: the format the client wants back, None if the update leaves it alone.
     """
 
-    input_rate: int | None = None
-    output_rate: int | None = None
+    input: WireFormat | None = None
+    output: WireFormat | None = None
 
 
-def parse_audio_format(fmt: Any, param: str = "format") -> int:
-    """Return the sample rate of a Realtime audio format such as ``{"type": "audio/pcm", "rate": 24000}``.
+def parse_audio_format(fmt: Any, param: str = "format") -> WireFormat:
+    """The wire format of a Realtime audio format such as ``{"type": "audio/pcm", "rate": 24000}``.
 
-    Only PCM16 (``audio/pcm``) at :data:`MIN_RATE`..:data:`MAX_RATE` Hz is supported; a missing rate
-    means 24000. The beta string ``"pcm16"`` is accepted as 24 kHz PCM. Raises EventError
-    ``unsupported_audio_format`` otherwise.
+    PCM16 (``audio/pcm``) at :data:`MIN_RATE`..:data:`MAX_RATE` Hz (a missing rate means 24000), or G.711
+    ``audio/pcmu`` / ``audio/pcma`` at 8 kHz; the beta strings ``"pcm16"`` (24 kHz), ``"g711_ulaw"`` and
+    ``"g711_alaw"``. Raises EventError ``unsupported_audio_format`` otherwise.
     """
-    if fmt == "pcm16":
-        return DEFAULT_RATE
+    if isinstance(fmt, str) and fmt in BETA_NAMES:
+        enc = BETA_NAMES[fmt]
+        return WireFormat(enc, DEFAULT_RATE if enc == "pcm16" else G711_RATE)
     if not isinstance(fmt, dict):
         raise EventError("unsupported_audio_format",
                          f'{param} must be an object like {{"type": "audio/pcm", "rate": 24000}}, '
                          f"got {_kind(fmt)}.", param=param)
     kind = fmt.get("type")
-    if kind != "audio/pcm":
-        raise EventError("unsupported_audio_format",
-                         f'only "audio/pcm" (PCM16 mono) is supported, got {short_repr(kind)}.', param=f"{param}.type")
-    rate = fmt.get("rate", DEFAULT_RATE)
+    enc = next((e for e, t in TYPES.items() if t == kind), None)
+    if enc is None:
+        raise EventError("unsupported_audio_format", f'{param}.type must be one of {", ".join(TYPES.values())}, '
+                         f"got {short_repr(kind)}.", param=f"{param}.type")
+    rate = fmt.get("rate", DEFAULT_RATE if enc == "pcm16" else G711_RATE)
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
+    if enc != "pcm16":
+        if rate != G711_RATE:
+            raise EventError("unsupported_audio_format", f"{kind} is {G711_RATE} Hz, got rate {short_repr(rate)}.",
+                             param=f"{param}.rate")
+        return WireFormat(enc, G711_RATE)
     if not _is_int(rate) or not MIN_RATE <= rate <= MAX_RATE:
         raise EventError("unsupported_audio_format",
                          f"rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, got {short_repr(rate)}.",
                          param=f"{param}.rate")
-    return rate
+    return WireFormat("pcm16", rate)
 
 
 def parse_session_audio(session: dict[str, Any]) -> SessionAudio:
@@ -345,20 +354,20 @@ def parse_session_audio(session: dict[str, Any]) -> SessionAudio:
     if audio is not None and not isinstance(audio, dict):
         raise EventError("invalid_field", f"session.audio must be an object, got {_kind(audio)}.",
                          param="session.audio")
-    rates: dict[str, int | None] = {}
+    formats: dict[str, WireFormat | None] = {}
     for side in ("input", "output"):
         block = (audio or {}).get(side)
         if block is not None and not isinstance(block, dict):
             raise EventError("invalid_field", f"session.audio.{side} must be an object, got {_kind(block)}.",
                              param=f"session.audio.{side}")
         if block is not None and "format" in block:
-            rates[side] = parse_audio_format(block["format"], param=f"session.audio.{side}.format")
+            formats[side] = parse_audio_format(block["format"], param=f"session.audio.{side}.format")
         elif f"{side}_audio_format" in session:
-            rates[side] = parse_audio_format(session[f"{side}_audio_format"],
-                                             param=f"session.{side}_audio_format")
+            formats[side] = parse_audio_format(session[f"{side}_audio_format"],
+                                               param=f"session.{side}_audio_format")
         else:
-            rates[side] = None
-    return SessionAudio(input_rate=rates["input"], output_rate=rates["output"])
+            formats[side] = None
+    return SessionAudio(input=formats["input"], output=formats["output"])
 
 
 # -- client events -------------------------------------------------------------------------------

@@ -127,12 +127,13 @@ class Client:
                 break
         return out
 
-    async def stream(self, audio: np.ndarray, rate: int, chunk_ms: int = 40, realtime: bool = True) -> None:
-        """Send ``audio`` as appends of ``chunk_ms``, paced in real time."""
+    async def stream(self, audio: np.ndarray, rate: int, chunk_ms: int = 40, realtime: bool = True,
+                     encode=pcm16_b64) -> None:
+        """Send ``audio`` as appends of ``chunk_ms`` (``encode``: float32 -> base64 wire audio), paced in real time."""
         n = rate * chunk_ms // 1000
         start = time.monotonic()
         for k, i in enumerate(range(0, len(audio), n)):
-            await self.send("input_audio_buffer.append", audio=pcm16_b64(audio[i:i + n]))
+            await self.send("input_audio_buffer.append", audio=encode(audio[i:i + n]))
             if realtime:
                 await asyncio.sleep(max(0.0, start + (k + 1) * chunk_ms / 1000 - time.monotonic()))
 
@@ -342,6 +343,33 @@ async def test_input_rate_change_mid_session_and_live_sampling(server, speech):
     await c.send("session.update", session={"x_duplex": {"model": "talker"}})
     assert (await c.error())["error"]["code"] == "session_already_started"
     await c.close()
+
+
+async def test_a_telephone_client_talks_g711_mu_law_both_ways(server, speech):
+    """A phone bridge's 8 kHz mu-law, one byte a sample: the session hears the caller (speech_started), answers
+    in mu-law (640 bytes per 80 ms frame, audible once decoded) and reports the formats it uses."""
+    import soxr
+
+    from streaming.wire_audio import WireFormat
+
+    ulaw = WireFormat("pcmu", 8000)
+    c = await Client.connect(server.ws_url)
+    await c.until("session.created")
+    await c.send("session.update", session={"audio": {"input": {"format": {"type": "audio/pcmu"}},
+                                                      "output": {"format": {"type": "audio/pcmu"}}},
+                                            "x_duplex": {"model": "talker"}})
+    audio = (await c.until("session.updated"))["session"]["audio"]
+    assert audio["input"]["format"] == {"type": "audio/pcmu"} and audio["output"]["format"] == {"type": "audio/pcmu"}
+    s8 = soxr.resample(speech, 24000, 8000).astype(np.float32)
+    reader = asyncio.create_task(c.drain(len(s8) / 8000 + 1.5))
+    await c.stream(s8, 8000, encode=lambda x: base64.b64encode(ulaw.encode(x)).decode())
+    await reader
+    await c.close()
+    assert c.of("input_audio_buffer.speech_started"), [e["type"] for e in c.events[:30]]
+    deltas = [base64.b64decode(e["delta"]) for e in c.of("response.output_audio.delta")]
+    assert deltas and {len(d) for d in deltas} == {640}
+    heard = ulaw.decode(b"".join(deltas))
+    assert float(np.sqrt(np.mean(heard ** 2))) > 0.01
 
 
 async def test_unknown_model_in_the_url_falls_back_with_a_clear_error(server):

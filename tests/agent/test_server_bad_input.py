@@ -154,7 +154,9 @@ CASES = {
     "wrong_rate_in_session_update": (lambda c: c.send("session.update", session={
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": 7}}}}), "unsupported_audio_format", None),
     "unsupported_format_type": (lambda c: c.send("session.update", session={
-        "audio": {"output": {"format": {"type": "audio/pcmu"}}}}), "unsupported_audio_format", None),
+        "audio": {"output": {"format": {"type": "audio/opus"}}}}), "unsupported_audio_format", None),
+    "g711_at_another_rate": (lambda c: c.send("session.update", session={
+        "audio": {"input": {"format": {"type": "audio/pcma", "rate": 16000}}}}), "unsupported_audio_format", None),
     "unknown_event": (lambda c: c.send("conversation.item.delete", item_id="x"), "unknown_event", None),
     "invalid_json": (lambda c: c.ws.send('{"type": "session.update", '), "invalid_json", None),
     "json_not_an_object": (lambda c: c.ws.send("[1, 2, 3]"), "invalid_event", None),

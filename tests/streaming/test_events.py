@@ -2,10 +2,12 @@
 import base64
 import json
 
+import numpy as np
 import pytest
 
 from streaming import events as ev
 from streaming.events import EventError, decode_audio_b64, parse_client_event, server_event
+from streaming.wire_audio import WireFormat
 
 MAX = 64 * 1024
 
@@ -214,17 +216,22 @@ def test_session_update_with_unsupported_rate_is_rejected_with_event_id():
 
 # -- audio formats -------------------------------------------------------------------------------
 
-def test_audio_format_returns_rate():
-    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 24000}) == 24000
-    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 8000}) == 8000
-    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 48000.0}) == 48000
-    assert ev.parse_audio_format({"type": "audio/pcm"}) == 24000
-    assert ev.parse_audio_format("pcm16") == 24000  # beta spelling
+def test_audio_format_returns_encoding_and_rate():
+    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 24000}) == WireFormat("pcm16", 24000)
+    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 8000}).rate == 8000
+    assert ev.parse_audio_format({"type": "audio/pcm", "rate": 48000.0}).rate == 48000
+    assert ev.parse_audio_format({"type": "audio/pcm"}).rate == 24000
+    assert ev.parse_audio_format("pcm16") == WireFormat("pcm16", 24000)  # beta spelling
+    assert ev.parse_audio_format({"type": "audio/pcmu"}) == WireFormat("pcmu", 8000)
+    assert ev.parse_audio_format({"type": "audio/pcma", "rate": 8000}) == WireFormat("pcma", 8000)
+    assert ev.parse_audio_format("g711_ulaw") == WireFormat("pcmu", 8000)
+    assert ev.parse_audio_format("g711_alaw") == WireFormat("pcma", 8000)
 
 
 @pytest.mark.parametrize("fmt", [
-    {"type": "audio/pcmu"}, {"type": "audio/pcm", "rate": 7999}, {"type": "audio/pcm", "rate": 48001},
-    {"type": "audio/pcm", "rate": "24000"}, {"type": "audio/pcm", "rate": True}, "g711_ulaw", None,
+    {"type": "audio/opus"}, {"type": "audio/pcm", "rate": 7999}, {"type": "audio/pcm", "rate": 48001},
+    {"type": "audio/pcm", "rate": "24000"}, {"type": "audio/pcm", "rate": True}, {"type": "audio/pcmu", "rate": 16000},
+    "g722", "g711", None,
 ])
 def test_unsupported_audio_format_raises(fmt):
     with pytest.raises(EventError) as info:
@@ -234,10 +241,29 @@ def test_unsupported_audio_format_raises(fmt):
 
 def test_session_audio_reads_ga_and_beta_layouts():
     ga = {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}, "output": {"voice": "x"}}}
-    assert ev.parse_session_audio(ga) == ev.SessionAudio(input_rate=16000, output_rate=None)
-    beta = {"input_audio_format": "pcm16", "output_audio_format": "pcm16"}
-    assert ev.parse_session_audio(beta) == ev.SessionAudio(24000, 24000)
+    assert ev.parse_session_audio(ga) == ev.SessionAudio(input=WireFormat("pcm16", 16000), output=None)
+    beta = {"input_audio_format": "pcm16", "output_audio_format": "g711_alaw"}
+    assert ev.parse_session_audio(beta) == ev.SessionAudio(WireFormat("pcm16", 24000), WireFormat("pcma", 8000))
     assert ev.parse_session_audio({"instructions": "x"}) == ev.SessionAudio(None, None)
+
+
+def test_g711_bytes_decode_to_the_samples_they_encode():
+    """mu-law and A-law round trips stay within G.711's quantisation (~3 % of the amplitude at speech levels),
+    one byte per sample, and odd byte counts are whole samples."""
+    t = np.arange(800) / 8000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    for enc in ("pcmu", "pcma"):
+        wire = WireFormat(enc, 8000)
+        data = wire.encode(x)
+        assert len(data) == len(x)
+        y = wire.decode(data)
+        assert np.max(np.abs(y - x)) < 0.03 * 0.3 + 2e-3, enc
+        assert len(wire.decode(data[:7])) == 7
+    assert ev.decode_audio_b64(ev.encode_audio_b64(b"\x01\x02\x03"), 100, sample_bytes=1) == b"\x01\x02\x03"
+    with pytest.raises(EventError, match="even byte count"):
+        ev.decode_audio_b64(ev.encode_audio_b64(b"\x01\x02\x03"), 100)
+    with pytest.raises(ValueError, match="8000"):
+        WireFormat("pcmu", 16000)
 
 
 # -- audio payloads ------------------------------------------------------------------------------
