@@ -62,6 +62,10 @@ class PolicyConfig:
             (``SessionConfig.turn_detector``).
         unfinished_below: the detector's P(finished) below which the user is taken to be still going; 0: the
             threshold the detector was tuned with (``turn.json``).
+        min_silence_ms: the agent may not start while the user, after saying something, has been silent less
+            than this; 0 (default): the model decides at once. A voice-independent wait through short pauses
+            (as ``silence_duration_ms`` is in turn-based servers): it adds up to this much to every answer's
+            latency, where the turn detector adds nothing at a turn end it hears as finished.
     """
 
     barge_in: bool = True
@@ -75,10 +79,11 @@ class PolicyConfig:
     answer_after_ms: float = 1600.0
     wait_unfinished: bool = True
     unfinished_below: float = 0.0
+    min_silence_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("barge_in_min_speech_ms", "release_after_ms", "echo_tail_ms", "pause_before_cut_ms",
-                     "resume_after_ms", "answer_after_ms"):
+                     "resume_after_ms", "answer_after_ms", "min_silence_ms"):
             value = getattr(self, name)
             if not (0 <= value <= 60_000):
                 raise ValueError(f"policy.{name} must be between 0 and 60000 ms, got {value}.")
@@ -99,8 +104,9 @@ class Decision:
         pause_audio: hold this frame's agent audio back (a barge-in not yet confirmed; the model talks on).
         speak_now: the user has waited ``answer_after_ms`` for an answer: the text slot may not draw PAD or
             end-of-turn this frame.
-        wait: the user is in a mid-turn pause (the turn detector says unfinished): the agent is forced silent
-            (``force_silence`` is set too) so that it does not take the turn.
+        wait: the user may go on (the turn detector says unfinished, or the silence is shorter than
+            ``min_silence_ms``): the agent is forced silent (``force_silence`` is set too) so that it does not
+            take the turn.
     """
 
     force_silence: bool = False
@@ -130,6 +136,7 @@ class TurnPolicy:
         self._pause_frames = math.ceil(config.pause_before_cut_ms / ms)
         self._resume_quiet = max(1, math.ceil(config.resume_after_ms / ms))
         self._answer_quiet = math.ceil(config.answer_after_ms / ms) if config.answer_after_ms > 0 else 0
+        self._min_quiet = math.ceil(config.min_silence_ms / ms)
 
     def reset(self) -> None:
         self.user_speech_run = 0
@@ -207,7 +214,8 @@ class TurnPolicy:
             self.awaiting_answer = True
         unanswered = self.awaiting_answer and not self.holding and not self.pausing and not self.agent_talking
         speak_now = unanswered and self._answer_quiet > 0 and self.waited >= self._answer_quiet
-        wait = c.wait_unfinished and user_unfinished and unanswered and not user_speech and not speak_now
+        too_soon = self.waited < self._min_quiet
+        wait = (c.wait_unfinished and user_unfinished or too_soon) and unanswered and not user_speech and not speak_now
         return Decision(force_silence=self.holding or wait, cut=cut, mute_user=echo_active, pause_audio=self.pausing,
                         speak_now=speak_now, wait=wait)
 

@@ -15,7 +15,7 @@ part of the package.
 
     apt-get install pocketsphinx-testdata; pip download --no-deps moonshine-voice -d /tmp/mv
     (cd /tmp/mv && unzip -o -q moonshine_voice-*.whl 'moonshine_voice/assets/*.wav')
-    python docs/diagnostics/real_speech_turns.py [DETECTOR_DIR] [--assets DIR] [--session --out DIR]
+    python docs/diagnostics/real_speech_turns.py [DETECTOR_DIR] [--assets DIR] [--session --out DIR [--set K=V]]
 """
 import argparse
 import json
@@ -88,13 +88,15 @@ def row(p: np.ndarray, step_s: float, t: float, nxt: float) -> np.ndarray:
     return np.asarray(out)
 
 
-def session_starts(name: str, x16: np.ndarray, out: Path, detector: str | None) -> dict:
+def session_starts(name: str, x16: np.ndarray, out: Path, detector: str | None, sets: list[str]) -> dict:
     """`duplex chat` on one recording: agent onsets inside the speaker's turn, and an answer after its end."""
     wav = out / f"{name}.in.wav"
     sf.write(wav, x16, 16000)
     cmd = ["duplex", "chat", "--in", str(wav), "--out", str(out / f"{name}.wav"), "-q", "--threads", "1"]
     if detector:
         cmd += ["--set", f"turn_detector={detector}"]
+    for item in sets:
+        cmd += ["--set", item]
     subprocess.run(cmd, check=True, capture_output=True)
     frames = json.loads((out / f"{name}.latency.json").read_text())["frames"]
     frame_s = 0.08
@@ -114,6 +116,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="default: the detector's")
     ap.add_argument("--session", action="store_true", help="also run each recording through `duplex chat`")
     ap.add_argument("--out", default=None, help="where --session writes its conversations (default: a temp dir)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a session setting for --session's `duplex chat` (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_detector(args.detector)
@@ -134,7 +138,7 @@ def main() -> None:
         if args.session:
             out = Path(args.out or tempfile.mkdtemp(prefix="real-speech-"))
             out.mkdir(parents=True, exist_ok=True)
-            per_file[name] |= session_starts(name, x, out, args.detector)
+            per_file[name] |= session_starts(name, x, out, args.detector, args.sets)
     if not per_file:
         raise SystemExit("No recordings found: see this script's docstring for where they come from.")
     result = {"detector": args.detector or "shipped", "threshold": thr, "summary": summarize(scores, thr)}

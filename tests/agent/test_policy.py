@@ -215,3 +215,17 @@ def test_no_wait_while_the_user_talks_the_agent_talks_before_anything_was_said_o
 def test_unfinished_below_out_of_range_is_refused():
     with pytest.raises(ValueError, match="unfinished_below"):
         PolicyConfig(unfinished_below=1.0)
+
+
+def test_min_silence_holds_the_agent_until_the_user_has_been_quiet_that_long_whatever_the_detector_says():
+    policy = TurnPolicy(PolicyConfig(min_silence_ms=320), frame_ms=80)
+    decisions = run_heard(policy, [(True, False)] * 5 + [(False, False)] * 5, agent_rms=0.0)
+    assert [d.wait and d.force_silence for d in decisions] == [False] * 5 + [True] * 3 + [False] * 2
+    # a pause shorter than it, then more speech: held all through; the agent talking is never held
+    policy = TurnPolicy(PolicyConfig(min_silence_ms=320), frame_ms=80)
+    decisions = run_heard(policy, [(True, False)] * 3 + [(False, False)] * 2 + [(True, False)] * 3, agent_rms=0.0)
+    assert [d.wait for d in decisions[3:5]] == [True, True] and not any(d.wait for d in decisions[5:])
+    policy.after_step(0.2)
+    assert not any(d.force_silence for d in run_heard(policy, [(False, False)] * 3, agent_rms=0.2))
+    with pytest.raises(ValueError, match="min_silence_ms"):
+        PolicyConfig(min_silence_ms=-1)
