@@ -10,7 +10,7 @@ Event matrix (the implemented subset; "no" rows are GA events this project does 
 | event | direction | fields | implemented |
 |---|---|---|---|
 | `session.update` | client → server | `session`: {`instructions`?, `audio`?: {`input`?: {`format`?: {`type`: "audio/pcm", `rate`}, `turn_detection`?}, `output`?: {`format`?, `voice`?}}, `output_modalities`?} | yes (PCM16 at 8000–48000 Hz, or G.711 `audio/pcmu`/`audio/pcma` at 8 kHz; beta `"pcm16"` read as 24 kHz, `"g711_ulaw"`/`"g711_alaw"`) |
-| `input_audio_buffer.append` | client → server | `audio`: base64 PCM16 | yes |
+| `input_audio_buffer.append` | client → server | `audio`: base64, in the session's input format (PCM16 or G.711) | yes |
 | `input_audio_buffer.commit` | client → server | — | yes |
 | `input_audio_buffer.clear` | client → server | — | yes |
 | `conversation.item.truncate` | client → server | `item_id`, `content_index`, `audio_end_ms` | yes |
