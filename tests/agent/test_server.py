@@ -358,8 +358,13 @@ async def test_a_telephone_client_talks_g711_mu_law_both_ways(server, speech):
     await c.send("session.update", session={"audio": {"input": {"format": {"type": "audio/pcmu"}},
                                                       "output": {"format": {"type": "audio/pcmu"}}},
                                             "x_duplex": {"model": "talker"}})
-    audio = (await c.until("session.updated"))["session"]["audio"]
+    updated = await c.until("session.updated")
+    audio = updated["session"]["audio"]
     assert audio["input"]["format"] == {"type": "audio/pcmu"} and audio["output"]["format"] == {"type": "audio/pcmu"}
+    from openai.types.realtime import RealtimeServerEvent
+    from pydantic import TypeAdapter
+
+    assert TypeAdapter(RealtimeServerEvent).validate_python(updated).session.audio.input.format.type == "audio/pcmu"
     s8 = soxr.resample(speech, 24000, 8000).astype(np.float32)
     reader = asyncio.create_task(c.drain(len(s8) / 8000 + 1.5))
     await c.stream(s8, 8000, encode=lambda x: base64.b64encode(ulaw.encode(x)).decode())
