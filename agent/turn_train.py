@@ -191,13 +191,19 @@ def event_scores(model, data, records: dict[str, dict], step_s: float) -> dict[s
                 continue
             t = float(e["time"])
             nxt = next((s for s in starts if s > t + 1e-3), math.inf)
-            row = []
-            for ms in EVAL_OFFSETS_MS:
-                at = t + ms / 1000.0
-                i = int(math.floor(at / step_s)) - 1  # the last step that ended by then
-                row.append(float(p[i]) if at < nxt and 0 <= i < len(p) else math.nan)
-            scores[e["type"]].append(np.asarray(row))
+            scores[e["type"]].append(scores_after(p, step_s, t, nxt))
     return scores
+
+
+def scores_after(p: np.ndarray, step_s: float, t: float, nxt: float) -> np.ndarray:
+    """P(finished) ``p`` (one per step of ``step_s``) at each of ``EVAL_OFFSETS_MS`` after the user stopped at
+    ``t``; ``nan`` from ``nxt`` on (the user spoke again)."""
+    row = []
+    for ms in EVAL_OFFSETS_MS:
+        at = t + ms / 1000.0
+        i = int(math.floor(at / step_s)) - 1  # the last step that ended by then
+        row.append(float(p[i]) if at < nxt and 0 <= i < len(p) else math.nan)
+    return np.asarray(row)
 
 
 def summarize(scores: dict[str, list[np.ndarray]], threshold: float | None = None) -> dict:

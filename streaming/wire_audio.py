@@ -8,6 +8,7 @@ sample), so a phone gateway can talk to the agent without transcoding. The codec
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -64,8 +65,11 @@ class WireFormat:
         return codec.lin2ulaw(lin, 2) if self.encoding == "pcmu" else codec.lin2alaw(lin, 2)
 
 
+@functools.cache
 def _audioop():
-    with warnings.catch_warnings():  # Python 3.11-3.12 warn that it leaves in 3.13 (audioop-lts then)
+    """Imported once (it runs per frame of a G.711 session), quietly: Python 3.11-3.12 warn that it leaves in
+    3.13, where the audioop-lts backport provides it."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import audioop
     return audioop

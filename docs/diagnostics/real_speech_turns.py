@@ -30,7 +30,7 @@ import torch
 import webrtcvad
 
 from agent.data.tts_engines import resample
-from agent.turn_train import EVAL_OFFSETS_MS, summarize
+from agent.turn_train import EVAL_OFFSETS_MS, scores_after, summarize
 from listen.turn_detector import load_detector
 
 PS = Path("/usr/share/pocketsphinx/test/data")
@@ -79,15 +79,6 @@ def p_finished(model, x16: np.ndarray) -> tuple[np.ndarray, float]:
     return logp[0, :, 1].exp().numpy(), cfg.step_samples / cfg.sample_rate
 
 
-def row(p: np.ndarray, step_s: float, t: float, nxt: float) -> np.ndarray:
-    out = []
-    for ms in EVAL_OFFSETS_MS:
-        at = t + ms / 1000.0
-        i = int(math.floor(at / step_s)) - 1
-        out.append(float(p[i]) if at < nxt and 0 <= i < len(p) else math.nan)
-    return np.asarray(out)
-
-
 def session_starts(name: str, x16: np.ndarray, out: Path, detector: str | None, sets: list[str]) -> dict:
     """`duplex chat` on one recording: agent onsets inside the speaker's turn, and an answer after its end."""
     wav = out / f"{name}.in.wav"
@@ -129,8 +120,8 @@ def main() -> None:
         p, step_s = p_finished(model, with_tail(x))
         pauses = [(a, b) for a, b in gaps if b - a >= 0.25]
         for a, b in pauses:
-            scores["pause"].append(row(p, step_s, a, b))
-        scores["turn_end"].append(row(p, step_s, last, math.inf))
+            scores["pause"].append(scores_after(p, step_s, a, b))
+        scores["turn_end"].append(scores_after(p, step_s, last, math.inf))
         k240 = EVAL_OFFSETS_MS.index(240)
         per_file[name] = {"pauses": len(pauses),
                           "p_at_240ms_in_pauses": [round(float(r[k240]), 3) for r in scores["pause"][-len(pauses):]]
